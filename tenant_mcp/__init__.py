@@ -1,0 +1,31 @@
+"""tenant_mcp: multi-tenant MCP servers on the official SDK.
+
+Every request is authenticated to exactly one tenant; every tool, resource, template and prompt
+is scoped to it; the tenant is injected by the server, never taken from the client or the model;
+and `ctx.db` keeps each tenant's rows in that tenant's own database.
+"""
+
+from tenant_mcp.app import TenantMCP, TenantScope
+from tenant_mcp.auth.jwt import JWTSettings
+from tenant_mcp.context import TenantContext
+from tenant_mcp.errors import AuthenticationError, ConfigurationError, NotFoundError, TenantMCPError
+from tenant_mcp.http import HTTPOptions
+from tenant_mcp.models import Principal, Tenant
+from tenant_mcp.storage import Result, TenantDatabase, new_id
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "HTTPOptions",
+    "JWTSettings",
+    "NotFoundError",
+    "Principal",
+    "Result",
+    "Tenant",
+    "TenantContext",
+    "TenantDatabase",
+    "TenantMCP",
+    "TenantMCPError",
+    "TenantScope",
+    "new_id",
+]

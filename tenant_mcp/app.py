@@ -1,0 +1,411 @@
+"""`TenantMCP`: the object a developer creates, decorates and serves."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from mcp.server.mcpserver.prompts import Prompt
+from mcp.server.mcpserver.resources import ResourceTemplate
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.context_injection import find_context_parameter
+from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ServerEvent, ToolsListChanged
+from mcp_types import Prompt as MCPPrompt
+from mcp_types import PromptArgument as MCPPromptArgument
+from mcp_types import Resource as MCPResource
+from mcp_types import ResourceTemplate as MCPResourceTemplate
+from mcp_types import Tool as MCPTool
+from mcp_types import ToolAnnotations
+
+from tenant_mcp.audit import AuditLog
+from tenant_mcp.auth.authenticator import Authenticator
+from tenant_mcp.auth.jwt import JWTSettings, JWTVerifier
+from tenant_mcp.catalogue import Catalogue, Entry, Section, StaticResource, Visibility
+from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane
+from tenant_mcp.errors import TenantMCPError
+from tenant_mcp.server import ScopedServer
+from tenant_mcp.storage import DatabasePool
+from tenant_mcp.tenancy import _norm
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from tenant_mcp.http import HTTPOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything that exists only while the server is serving."""
+
+    control_plane: ControlPlane
+    authenticator: Authenticator
+    audit: AuditLog
+    pool: DatabasePool
+
+
+def _visibility(scopes: Iterable[str], plans: Iterable[str] | None) -> Visibility:
+    if isinstance(scopes, str) or isinstance(plans, str):
+        raise TypeError("scopes and plans are lists of strings, e.g. scopes=['notes:export']")
+    return Visibility(frozenset(scopes), frozenset(plans) if plans is not None else None)
+
+
+def _refuse_tenant_parameters(kind: str, name: str, parameters: Iterable[str]) -> None:
+    for parameter in parameters:
+        if _norm(parameter).startswith("tenant"):
+            raise TenantMCPError(
+                f"{kind} {name!r} takes a parameter {parameter!r}: the tenant is never an argument. "
+                "Read it from ctx.tenant (annotate a parameter with TenantContext)."
+            )
+
+
+def _tool_entry(
+    fn: Callable[..., Any],
+    *,
+    name: str | None,
+    title: str | None,
+    description: str | None,
+    annotations: ToolAnnotations | None,
+    meta: dict[str, Any] | None,
+    structured_output: bool | None,
+    visibility: Visibility,
+) -> Entry[Tool, MCPTool]:
+    tool = Tool.from_function(
+        fn,
+        name=name,
+        title=title,
+        description=description,
+        annotations=annotations,
+        meta=meta,
+        structured_output=structured_output,
+    )
+    _refuse_tenant_parameters("tool", tool.name, tool.parameters.get("properties", {}))
+    wire = MCPTool(
+        name=tool.name,
+        title=tool.title,
+        description=tool.description,
+        input_schema=tool.parameters,
+        output_schema=tool.output_schema,
+        annotations=tool.annotations,
+        _meta=tool.meta,
+    )
+    return Entry(tool.name, tool, wire, visibility)
+
+
+def _prompt_entry(
+    fn: Callable[..., Any],
+    *,
+    name: str | None,
+    title: str | None,
+    description: str | None,
+    visibility: Visibility,
+) -> Entry[Prompt, MCPPrompt]:
+    prompt = Prompt.from_function(fn, name=name, title=title, description=description)
+    arguments = prompt.arguments or []
+    _refuse_tenant_parameters("prompt", prompt.name, [a.name for a in arguments])
+    wire = MCPPrompt(
+        name=prompt.name,
+        title=prompt.title,
+        description=prompt.description,
+        arguments=[
+            MCPPromptArgument(name=a.name, description=a.description, required=a.required) for a in arguments
+        ],
+    )
+    return Entry(prompt.name, prompt, wire, visibility)
+
+
+def _resource_entry(
+    fn: Callable[..., Any],
+    uri: str,
+    *,
+    name: str | None,
+    title: str | None,
+    description: str | None,
+    mime_type: str | None,
+    visibility: Visibility,
+) -> tuple[str, Entry[Any, Any]]:
+    """("templates", entry) for a URI with {variables}, else ("resources", entry)."""
+    name = name or fn.__name__
+    description = description or inspect.getdoc(fn)
+    if "{" in uri:
+        template = ResourceTemplate.from_function(
+            fn, uri_template=uri, name=name, title=title, description=description, mime_type=mime_type
+        )
+        _refuse_tenant_parameters("resource template", uri, template.parameters.get("properties", {}))
+        wire_t = MCPResourceTemplate(
+            uri_template=uri, name=name, title=title, description=description, mime_type=mime_type
+        )
+        return "templates", Entry(uri, template, wire_t, visibility)
+    context_kwarg = find_context_parameter(fn)
+    extra = [p for p in inspect.signature(fn).parameters if p != context_kwarg]
+    if extra:
+        raise TenantMCPError(
+            f"resource {uri!r} has parameters {extra}: a fixed URI takes only the context; "
+            "use a template such as 'notes://{note_id}' for parameters"
+        )
+    static = StaticResource(uri=uri, fn=fn, context_kwarg=context_kwarg, mime_type=mime_type)
+    wire_r = MCPResource(uri=uri, name=name, title=title, description=description, mime_type=mime_type)
+    return "resources", Entry(uri, static, wire_r, visibility)
+
+
+class TenantMCP:
+    """A multi-tenant MCP server.
+
+    Register tools, resources and prompts with the decorators; each runs inside the caller's
+    tenant and receives a `TenantContext` if it asks for one. Serve with `tenant-mcp serve
+    module:app`, `app.http_app()` (an ASGI app) or `app.run()`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        database_url: str | None = None,
+        instructions: str | None = None,
+        version: str = "",
+        audit_argument_values: bool = False,
+        max_open_databases: int = 64,
+        credential_cache_seconds: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.database_url = database_url or os.environ.get("TENANT_MCP_DATABASE_URL") or DEFAULT_DATABASE_URL
+        self.audit_argument_values = audit_argument_values
+        self.max_open_databases = max_open_databases
+        self.credential_cache_seconds = credential_cache_seconds
+        self._catalogue = Catalogue()
+        self._migrations: list[str] = []
+        self._runtime: Runtime | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._server = ScopedServer(
+            name,
+            catalogue=self._catalogue,
+            runtime=lambda: self._runtime,
+            instructions=instructions,
+            version=version,
+        )
+
+    # -- registration --------------------------------------------------------------------------
+
+    def tool(
+        self,
+        name: str | None = None,
+        *,
+        title: str | None = None,
+        description: str | None = None,
+        annotations: ToolAnnotations | None = None,
+        meta: dict[str, Any] | None = None,
+        structured_output: bool | None = None,
+        scopes: Sequence[str] = (),
+        plans: Sequence[str] | None = None,
+    ) -> Callable[[F], F]:
+        """Register a tool every tenant may see, limited by `scopes` and `plans` when given."""
+        if callable(name):
+            raise TypeError("use @app.tool() with parentheses")
+
+        def decorator(fn: F) -> F:
+            entry = _tool_entry(
+                fn,
+                name=name,
+                title=title,
+                description=description,
+                annotations=annotations,
+                meta=meta,
+                structured_output=structured_output,
+                visibility=_visibility(scopes, plans),
+            )
+            self._catalogue.tools.add_shared(entry)
+            return fn
+
+        return decorator
+
+    def resource(
+        self,
+        uri: str,
+        *,
+        name: str | None = None,
+        title: str | None = None,
+        description: str | None = None,
+        mime_type: str | None = None,
+        scopes: Sequence[str] = (),
+        plans: Sequence[str] | None = None,
+    ) -> Callable[[F], F]:
+        """Register a resource (fixed URI) or a resource template (URI with ``{variables}``).
+
+        The same URI gives each tenant its own content: the function runs in the caller's tenant.
+        """
+
+        def decorator(fn: F) -> F:
+            section, entry = _resource_entry(
+                fn, uri, name=name, title=title, description=description, mime_type=mime_type,
+                visibility=_visibility(scopes, plans),
+            )  # fmt: skip
+            self._section(section).add_shared(entry)
+            return fn
+
+        return decorator
+
+    def prompt(
+        self,
+        name: str | None = None,
+        *,
+        title: str | None = None,
+        description: str | None = None,
+        scopes: Sequence[str] = (),
+        plans: Sequence[str] | None = None,
+    ) -> Callable[[F], F]:
+        if callable(name):
+            raise TypeError("use @app.prompt() with parentheses")
+
+        def decorator(fn: F) -> F:
+            entry = _prompt_entry(
+                fn, name=name, title=title, description=description, visibility=_visibility(scopes, plans)
+            )
+            self._catalogue.prompts.add_shared(entry)
+            return fn
+
+        return decorator
+
+    def completion(self) -> Callable[[F], F]:
+        """Register the completion handler: ``async def complete(ref, argument, ctx) -> list[str]``.
+
+        It is only called for prompts and templates the caller can see; anything else completes
+        to an empty list, the same as an unknown reference.
+        """
+
+        def decorator(fn: F) -> F:
+            self._server.completion_handler = fn
+            return fn
+
+        return decorator
+
+    def migrations(self, statements: Sequence[str]) -> None:
+        """Schema for every tenant's database, applied in order, once each, on first use."""
+        if self._runtime is not None:
+            raise TenantMCPError("declare migrations before the server starts")
+        if isinstance(statements, str):
+            raise TypeError("migrations takes a list of SQL scripts")
+        self._migrations.extend(statements)
+
+    def tenant(self, slug: str) -> TenantScope:
+        """Register items for one tenant only, also while serving."""
+        return TenantScope(self, slug)
+
+    def _section(self, name: str) -> Section[Any, Any]:
+        section: Section[Any, Any] = getattr(self._catalogue, name)
+        return section
+
+    def _announce(self, slug: str, event: ServerEvent) -> None:
+        """Tell the tenant's `subscriptions/listen` streams that its catalogue changed."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not serving yet: clients will list the new items when they connect
+        task = loop.create_task(self._server.tenant_bus.publish_to(slug, event))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- running -------------------------------------------------------------------------------
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise TenantMCPError("the server is not running")
+        return self._runtime
+
+    @asynccontextmanager
+    async def running(self, *, jwt: JWTSettings | None = None) -> AsyncIterator[Runtime]:
+        """Open the control plane and tenant databases and start the audit writer.
+
+        The HTTP app and the stdio runner enter this; tests and embedders can too.
+        """
+        if self._runtime is not None:
+            raise TenantMCPError("the server is already running")
+        async with ControlPlane(self.database_url) as control_plane:
+            pool = DatabasePool(control_plane.data_dir, self._migrations, max_open=self.max_open_databases)
+            audit = AuditLog(control_plane, keep_argument_values=self.audit_argument_values)
+            authenticator = Authenticator(
+                control_plane,
+                jwt=JWTVerifier(jwt) if jwt else None,
+                cache_seconds=self.credential_cache_seconds,
+            )
+            try:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(audit.run)
+                    self._runtime = Runtime(control_plane, authenticator, audit, pool)
+                    try:
+                        yield self._runtime
+                    finally:
+                        self._runtime = None
+                        await audit.aclose()
+            finally:
+                await pool.aclose()
+
+    def http_app(self, options: HTTPOptions | None = None) -> Starlette:
+        """The ASGI app serving MCP at ``/mcp`` (runs `running()` in its lifespan)."""
+        from tenant_mcp.http import HTTPOptions, build_app
+
+        return build_app(self, options or HTTPOptions())
+
+
+class TenantScope:
+    """Items for one tenant, registered at run time. Other tenants never see them, and may
+    register items of the same name."""
+
+    def __init__(self, app: TenantMCP, slug: str) -> None:
+        self._app = app
+        self.slug = slug
+
+    def add_tool(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        title: str | None = None,
+        description: str | None = None,
+        annotations: ToolAnnotations | None = None,
+        structured_output: bool | None = None,
+        scopes: Sequence[str] = (),
+    ) -> None:
+        entry = _tool_entry(
+            fn, name=name, title=title, description=description, annotations=annotations, meta=None,
+            structured_output=structured_output, visibility=_visibility(scopes, None),
+        )  # fmt: skip
+        self._app._catalogue.tools.add_private(self.slug, entry)
+        self._app._announce(self.slug, ToolsListChanged())
+
+    def remove_tool(self, name: str) -> None:
+        if not self._app._catalogue.tools.remove_private(self.slug, name):
+            raise TenantMCPError(f"tenant {self.slug!r} has no tool {name!r} of its own")
+        self._app._announce(self.slug, ToolsListChanged())
+
+    def add_resource(
+        self,
+        fn: Callable[..., Any],
+        uri: str,
+        *,
+        name: str | None = None,
+        title: str | None = None,
+        description: str | None = None,
+        mime_type: str | None = None,
+    ) -> None:
+        section, entry = _resource_entry(
+            fn, uri, name=name, title=title, description=description, mime_type=mime_type,
+            visibility=Visibility(),
+        )  # fmt: skip
+        self._app._section(section).add_private(self.slug, entry)
+        self._app._announce(self.slug, ResourcesListChanged())
+
+    def add_prompt(
+        self, fn: Callable[..., Any], *, name: str | None = None, title: str | None = None,
+        description: str | None = None,
+    ) -> None:  # fmt: skip
+        entry = _prompt_entry(fn, name=name, title=title, description=description, visibility=Visibility())
+        self._app._catalogue.prompts.add_private(self.slug, entry)
+        self._app._announce(self.slug, PromptsListChanged())

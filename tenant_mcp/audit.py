@@ -1,0 +1,121 @@
+"""The audit trail: one event per MCP request, written in batches.
+
+Writing each event in its own transaction would add a disk sync to every request. Events go into
+a bounded in-memory queue instead and a background task writes them every `flush_seconds` (or
+sooner when `batch_size` accumulate) in one transaction. `aclose` drains the queue, so a clean
+shutdown loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+import anyio
+
+from tenant_mcp.controlplane import AuditEvent, ControlPlane
+
+logger = logging.getLogger("tenant_mcp.audit")
+
+
+def _now() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def summarise_arguments(arguments: Any, *, keep_values: bool) -> str | None:
+    """Arguments as a hash (the default: values may be customer data) or as JSON when configured."""
+    if arguments is None:
+        return None
+    text = json.dumps(arguments, sort_keys=True, default=str, separators=(",", ":"))
+    if keep_values:
+        return text[:4096]
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class AuditLog:
+    """Collects events from request handlers and writes them to the control plane in batches."""
+
+    def __init__(
+        self,
+        control_plane: ControlPlane,
+        *,
+        flush_seconds: float = 0.25,
+        batch_size: int = 500,
+        keep_argument_values: bool = False,
+    ) -> None:
+        self._control_plane = control_plane
+        self._flush_seconds = flush_seconds
+        self._batch_size = batch_size
+        self.keep_argument_values = keep_argument_values
+        self._pending: list[AuditEvent] = []
+        self._wake = anyio.Event()
+        self._closed = False
+        self._lock = anyio.Lock()
+        self.dropped = 0
+
+    def record(
+        self,
+        *,
+        tenant_id: str | None,
+        principal: str | None,
+        method: str,
+        target: str | None = None,
+        outcome: str,
+        reason: str | None = None,
+        duration_ms: float = 0.0,
+        arguments: Any = None,
+    ) -> None:
+        if len(self._pending) >= 100 * self._batch_size:
+            # The database is stuck; keep serving rather than grow without bound, and say so.
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                logger.error("audit queue full: %d events dropped", self.dropped)
+            return
+        self._pending.append(
+            AuditEvent(
+                at=_now(),
+                tenant_id=tenant_id,
+                principal=principal,
+                method=method,
+                target=target,
+                outcome=outcome,
+                reason=reason,
+                duration_ms=round(duration_ms, 3),
+                arguments=summarise_arguments(arguments, keep_values=self.keep_argument_values),
+            )
+        )
+        if len(self._pending) >= self._batch_size:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[: self._batch_size], self._pending[self._batch_size :]
+            used_keys = {e.principal[4:] for e in batch if e.principal and e.principal.startswith("key:")}
+            try:
+                await self._control_plane.write_audit(batch, used_keys)
+            except Exception:
+                logger.exception("writing %d audit events failed; retrying later", len(batch))
+                self._pending[:0] = batch
+                return
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Flush periodically until `aclose`. Start it in a task group."""
+        task_status.started()
+        while not self._closed:
+            with anyio.move_on_after(self._flush_seconds):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            await self.flush()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._wake.set()
+        await self.flush()

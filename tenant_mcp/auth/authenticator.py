@@ -1,0 +1,145 @@
+"""One place that turns a bearer credential into (tenant, principal), or refuses it.
+
+HTTP, stdio and every later transport call `Authenticator.authenticate`. Lookups are cached for
+`cache_seconds` (default 1 s) so the hot path does not hit the database on every request, which
+bounds how long a revoked key or a suspended tenant keeps working, also when the change was made
+by another process.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from mcp.server.auth.provider import AccessToken
+from pydantic import ConfigDict
+
+from tenant_mcp.auth import apikeys
+from tenant_mcp.auth.jwt import JWTVerifier, scopes_of
+from tenant_mcp.controlplane import ControlPlane, KeyRecord
+from tenant_mcp.errors import AuthenticationError
+from tenant_mcp.models import Principal, Tenant
+
+
+class TenantAccessToken(AccessToken):
+    """The SDK's `AccessToken`, carrying the resolved tenant and principal.
+
+    `subject` is tenant-qualified on purpose: the SDK binds a session to (client_id, iss,
+    subject), so putting the tenant id in the subject binds every session to its tenant too.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    tenant: Tenant
+    principal: Principal
+    verified_at: float
+
+
+class _TTLCache:
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+        self._items: dict[str, tuple[float, Any]] = {}
+
+    def get(self, key: str) -> Any:
+        hit = self._items.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key: str, value: Any) -> None:
+        if len(self._items) > 100_000:  # a flood of distinct ids must not grow memory unbounded
+            self._items.clear()
+        self._items[key] = (time.monotonic() + self._ttl, value)
+
+
+class Authenticator:
+    def __init__(
+        self,
+        control_plane: ControlPlane,
+        *,
+        jwt: JWTVerifier | None = None,
+        cache_seconds: float = 1.0,
+    ) -> None:
+        self.control_plane = control_plane
+        self.jwt = jwt
+        self.cache_seconds = cache_seconds
+        self._keys = _TTLCache(cache_seconds)
+        self._tenants = _TTLCache(cache_seconds)
+
+    async def authenticate(self, token: str) -> TenantAccessToken:
+        if apikeys.looks_like_api_key(token):
+            return await self._api_key(token)
+        if self.jwt is not None and token.count(".") == 2:
+            return await self._jwt(token)
+        raise AuthenticationError("unrecognised credential")
+
+    async def _api_key(self, token: str) -> TenantAccessToken:
+        key_id = apikeys.parse_key_id(token)
+        if key_id is None:
+            raise AuthenticationError("malformed API key")
+        cached: tuple[KeyRecord | None, Tenant | None] | None = self._keys.get(key_id)
+        if cached is None:
+            record = await self.control_plane.key(key_id)
+            tenant = await self.control_plane.tenant_by_id(record.tenant_id) if record else None
+            cached = (record, tenant)
+            self._keys.put(key_id, cached)
+        record, tenant = cached
+        if record is None or not apikeys.matches(token, record.digest):
+            raise AuthenticationError(f"unknown API key {key_id}")
+        if record.revoked_at is not None:
+            raise AuthenticationError(f"API key {key_id} is revoked")
+        if tenant is None or not tenant.active:
+            raise AuthenticationError(f"tenant of API key {key_id} is missing or suspended")
+        principal = Principal(
+            tenant_id=tenant.id,
+            subject=f"key:{key_id}",
+            scopes=frozenset(record.scopes),
+            auth_method="api_key",
+            client_id=key_id,
+            key_id=key_id,
+        )
+        return self._token(token, tenant, principal, expires_at=None)
+
+    async def _jwt(self, token: str) -> TenantAccessToken:
+        assert self.jwt is not None
+        claims = await self.jwt.verify(token)
+        claim = self.jwt.settings.tenant_claim
+        slug = claims.get(claim)
+        if not isinstance(slug, str) or not slug:
+            raise AuthenticationError(f"JWT has no {claim!r} claim")
+        tenant: Tenant | None = self._tenants.get(slug)
+        if tenant is None:
+            tenant = await self.control_plane.tenant_by_slug(slug)
+            if tenant is not None:
+                self._tenants.put(slug, tenant)
+        if tenant is None or not tenant.active:
+            raise AuthenticationError("JWT tenant is unknown or suspended")
+        allowed = tenant.metadata.get("jwt_issuers")
+        if allowed is not None and claims["iss"] not in allowed:
+            raise AuthenticationError("JWT issuer is not allowed for this tenant")
+        client_id = claims.get("client_id") or claims.get("azp") or "jwt"
+        principal = Principal(
+            tenant_id=tenant.id,
+            subject=str(claims["sub"]),
+            scopes=scopes_of(claims),
+            auth_method="jwt",
+            client_id=str(client_id),
+            issuer=str(claims["iss"]),
+            claims=claims,
+        )
+        return self._token(token, tenant, principal, expires_at=int(claims["exp"]))
+
+    @staticmethod
+    def _token(token: str, tenant: Tenant, principal: Principal, expires_at: int | None) -> TenantAccessToken:
+        claims = {"iss": principal.issuer} if principal.issuer else None
+        return TenantAccessToken(
+            token=token,
+            client_id=principal.client_id,
+            scopes=sorted(principal.scopes),
+            expires_at=expires_at,
+            subject=f"{tenant.id}:{principal.subject}",
+            claims=claims,
+            tenant=tenant,
+            principal=principal,
+            verified_at=time.monotonic(),
+        )

@@ -1,0 +1,428 @@
+"""`tenant-mcp`: manage tenants and keys, read the audit trail, serve an app.
+
+Every command takes `--db URL` (or `TENANT_MCP_DATABASE_URL`) and `--json`. User mistakes print
+one line to stderr and exit non-zero; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import importlib
+import json
+import os
+import shutil
+import sqlite3
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from tenant_mcp.app import TenantMCP
+from tenant_mcp.auth.jwt import JWTSettings
+from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane
+from tenant_mcp.errors import ConfigurationError, TenantMCPError
+from tenant_mcp.http import HTTPOptions
+from tenant_mcp.models import Tenant
+from tenant_mcp.storage import DatabasePool, remove_files
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"TENANT_MCP_{name}", default)
+
+
+def _flag(name: str) -> bool:
+    return (_env(name) or "").lower() in ("1", "true", "yes", "on")
+
+
+def _csv(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def _tenant_dict(tenant: Tenant) -> dict[str, Any]:
+    return {
+        "id": tenant.id, "slug": tenant.slug, "name": tenant.name, "plan": tenant.plan,
+        "status": tenant.status, "metadata": tenant.metadata, "created_at": tenant.created_at,
+    }  # fmt: skip
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [list(map(str, header)), *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+# -- tenants -------------------------------------------------------------------------------------
+
+
+async def _tenant_create(args: argparse.Namespace, cp: ControlPlane) -> None:
+    tenant = await cp.create_tenant(args.slug, name=args.name, plan=args.plan)
+    _print(args, _tenant_dict(tenant), f"created tenant {tenant.slug} (plan {tenant.plan})")
+
+
+async def _tenant_list(args: argparse.Namespace, cp: ControlPlane) -> None:
+    tenants = await cp.list_tenants()
+    rows = [(t.slug, t.name, t.plan, t.status, t.created_at) for t in tenants]
+    _print(
+        args, [_tenant_dict(t) for t in tenants], _table(rows, ("SLUG", "NAME", "PLAN", "STATUS", "CREATED"))
+    )
+
+
+async def _tenant_status(args: argparse.Namespace, cp: ControlPlane) -> None:
+    tenant = await cp.set_status(args.slug, "suspended" if args.command == "suspend" else "active")
+    _print(args, _tenant_dict(tenant), f"tenant {tenant.slug} is {tenant.status}")
+
+
+async def _tenant_delete(args: argparse.Namespace, cp: ControlPlane) -> None:
+    if not args.yes:
+        raise _UsageError(f"deleting {args.slug!r} removes all of its data; repeat with --yes to confirm")
+    tenant = await cp.delete_tenant(args.slug)
+    remove_files(DatabasePool(cp.data_dir).path(tenant.id))
+    _print(args, {"deleted": tenant.slug}, f"deleted tenant {tenant.slug} and all of its data")
+
+
+def _dump_tenant_db(path: Path) -> dict[str, list[dict[str, Any]]]:
+    if not path.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        out: dict[str, list[dict[str, Any]]] = {}
+        for table in tables:
+            rows = conn.execute(f'SELECT * FROM "{table}"').fetchall()
+            out[table] = [
+                {k: (base64.b64encode(v).decode() if isinstance(v, bytes) else v) for k, v in dict(r).items()}
+                for r in rows
+            ]
+        return out
+    finally:
+        conn.close()
+
+
+async def _tenant_export(args: argparse.Namespace, cp: ControlPlane) -> None:
+    tenant = await cp.require_tenant(args.slug)
+    keys = [k.public(tenant.slug) for k in await cp.list_keys(tenant.slug)]
+    output = Path(args.output or f"{tenant.slug}-export.json")
+    db_path = DatabasePool(cp.data_dir).path(tenant.id)
+
+    def write() -> dict[str, int]:
+        tables = _dump_tenant_db(db_path)
+        data = {"tenant": _tenant_dict(tenant), "keys": keys, "tables": tables}
+        output.write_text(json.dumps(data, indent=2, default=str))
+        return {table: len(rows) for table, rows in tables.items()}
+
+    counts = await anyio.to_thread.run_sync(write)
+    _print(args, {"tenant": tenant.slug, "file": str(output), "rows": counts}, f"wrote {output} ({counts})")
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+async def _key_create(args: argparse.Namespace, cp: ControlPlane) -> None:
+    record, key = await cp.create_key(args.tenant, scopes=_csv(args.scopes), label=args.label)
+    data = {"tenant": args.tenant, "key_id": record.key_id, "key": key, "scopes": list(record.scopes)}
+    _print(args, data, f"{key}\n(key id {record.key_id}; this is the only time the key is shown)")
+
+
+async def _key_list(args: argparse.Namespace, cp: ControlPlane) -> None:
+    keys = await cp.list_keys(args.tenant)
+    rows = [
+        (
+            k.key_id,
+            ",".join(k.scopes),
+            k.label,
+            k.created_at,
+            k.last_used_at,
+            "revoked" if k.revoked_at else "active",
+        )
+        for k in keys
+    ]
+    header = ("KEY ID", "SCOPES", "LABEL", "CREATED", "LAST USED", "STATUS")
+    _print(args, [k.public(args.tenant) for k in keys], _table(rows, header))
+
+
+async def _key_revoke(args: argparse.Namespace, cp: ControlPlane) -> None:
+    record = await cp.revoke_key(args.key_id)
+    _print(args, {"key_id": record.key_id, "revoked_at": record.revoked_at}, f"revoked key {record.key_id}")
+
+
+# -- audit ---------------------------------------------------------------------------------------
+
+
+async def _audit(args: argparse.Namespace, cp: ControlPlane) -> None:
+    if args.limit < 1:
+        raise _UsageError("--limit must be at least 1")
+    events = await cp.audit_events(args.tenant, args.limit)
+    rows = [(e["at"], e["principal"], e["method"], e["target"], e["outcome"], e["reason"]) for e in events]
+    _print(args, events, _table(rows, ("AT", "PRINCIPAL", "METHOD", "TARGET", "OUTCOME", "REASON")))
+
+
+# -- serving -------------------------------------------------------------------------------------
+
+
+def load_app(target: str) -> TenantMCP:
+    """Import ``package.module:attr`` or ``path/to/file.py:attr``."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise _UsageError(f"expected MODULE:ATTR, e.g. example_servers.notes:app (got {target!r})")
+    if module_name.endswith(".py"):
+        module_name = module_name[:-3].replace("/", ".").strip(".")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise _UsageError(f"cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attr, None)
+    if not isinstance(app, TenantMCP):
+        raise _UsageError(f"{target!r} is not a TenantMCP instance")
+    return app
+
+
+def _jwt_settings(args: argparse.Namespace, audience_default: str) -> JWTSettings | None:
+    if not (args.jwt_jwks_url or args.jwt_public_key):
+        if args.jwt_issuer:
+            raise _UsageError("--jwt-issuer needs --jwt-jwks-url or --jwt-public-key")
+        return None
+    common: dict[str, Any] = {
+        "issuers": tuple(_csv(args.jwt_issuer)),
+        "audience": args.jwt_audience or audience_default,
+        "tenant_claim": args.jwt_tenant_claim,
+    }
+    if args.jwt_jwks_url and args.jwt_public_key:
+        raise _UsageError("give either --jwt-jwks-url or --jwt-public-key, not both")
+    if args.jwt_public_key:
+        return JWTSettings.from_public_key_file(args.jwt_public_key, **common)
+    return JWTSettings(jwks_url=args.jwt_jwks_url, **common)
+
+
+def _http_options(args: argparse.Namespace) -> HTTPOptions:
+    options = HTTPOptions(
+        host=args.host,
+        port=args.port,
+        stateless=args.stateless,
+        json_response=args.json_response,
+        allowed_hosts=_csv(args.allowed_hosts),
+        allowed_origins=_csv(args.allowed_origins),
+        required_scopes=_csv(args.required_scopes),
+    )
+    options.jwt = _jwt_settings(args, options.resource_url)
+    return options
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from tenant_mcp import http, stdio
+
+    app = load_app(args.app)
+    if args.db_given:
+        app.database_url = args.db
+    options = _http_options(args)
+    if args.transport == "stdio":
+        asyncio.run(stdio.serve(app, jwt=options.jwt))
+    elif args.transport == "streamable-http":
+        asyncio.run(http.serve(app, options, log_level=args.log_level))
+    else:
+        raise _UsageError(f"unknown transport {args.transport!r}: use streamable-http or stdio")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from example_servers.notes import app
+    from tenant_mcp import http
+
+    app.database_url = args.db
+    options = HTTPOptions(host=args.host, port=args.port)
+
+    async def prepare() -> dict[str, str]:
+        keys = {}
+        async with ControlPlane(args.db) as cp:
+            for slug, name, plan, scopes in (
+                ("acme", "Acme Corp", "pro", ["notes:export"]),
+                ("globex", "Globex", "free", []),
+            ):
+                if await cp.tenant_by_slug(slug) is None:
+                    await cp.create_tenant(slug, name=name, plan=plan)
+                _, keys[slug] = await cp.create_key(slug, scopes=scopes, label="demo")
+        return keys
+
+    keys = asyncio.run(prepare())
+    url = f"http://{args.host}:{args.port}{options.path}"
+    executable = shutil.which("tenant-mcp") or "tenant-mcp"
+    db_url = "sqlite:///" + str(Path(args.db[len("sqlite:///") :]).resolve())
+    desktop = {
+        "mcpServers": {
+            f"notes-{slug}": {
+                "command": executable,
+                "args": ["serve", "example_servers.notes:app", "--transport", "stdio", "--db", db_url],
+                "env": {"TENANT_MCP_API_KEY": key},
+            }
+            for slug, key in keys.items()
+        }
+    }
+    print(f"tenant_mcp demo: the notes server at {url}\n")
+    for slug, key in keys.items():
+        print(f"  {slug:7} key: {key}")
+    print("\nClaude Desktop (claude_desktop_config.json), over stdio:")
+    print(json.dumps(desktop, indent=2))
+    print("\nMCP Inspector CLI, over HTTP:")
+    print(
+        f"  npx @modelcontextprotocol/inspector --cli {url} --transport http "
+        f'--header "Authorization: Bearer {keys["acme"]}" --method tools/list'
+    )
+    print("\nPython (mcp SDK):")
+    print(
+        "  import httpx2\n  from mcp import Client\n  from mcp.client.streamable_http import streamable_http_client\n"
+        f'  hc = httpx2.AsyncClient(headers={{"Authorization": "Bearer {keys["acme"]}"}})\n'
+        f'  async with Client(streamable_http_client("{url}", http_client=hc)) as client:\n'
+        '      print(await client.call_tool("whoami", {}))'
+    )
+    print("\nServing until Ctrl-C.", flush=True)
+    asyncio.run(http.serve(app, options, log_level="warning"))
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+Handler = Callable[[argparse.Namespace, ControlPlane], Coroutine[Any, Any, None]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--db",
+        default=_env("DATABASE_URL", DEFAULT_DATABASE_URL),
+        help="control-plane database URL (env TENANT_MCP_DATABASE_URL; default %(default)s)",
+    )
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+
+    parser = argparse.ArgumentParser(
+        prog="tenant-mcp", description="Multi-tenant MCP servers: tenants, keys, audit, serving."
+    )
+    commands = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    tenant = commands.add_parser("tenant", help="create, list, suspend, delete and export tenants")
+    tenant_cmds = tenant.add_subparsers(dest="command", required=True, metavar="ACTION")
+    p = tenant_cmds.add_parser("create", parents=[common], help="create a tenant")
+    p.add_argument("slug", help="lowercase letters, digits and hyphens")
+    p.add_argument("--name", help="display name (default: the slug)")
+    p.add_argument("--plan", default="free", help="plan name used by plans=[...] rules (default: free)")
+    p.set_defaults(handler=_tenant_create)
+    p = tenant_cmds.add_parser("list", parents=[common], help="list tenants")
+    p.set_defaults(handler=_tenant_list)
+    for action, helptext in (
+        ("suspend", "refuse every request of a tenant"),
+        ("activate", "lift a suspension"),
+    ):
+        p = tenant_cmds.add_parser(action, parents=[common], help=helptext)
+        p.add_argument("slug")
+        p.set_defaults(handler=_tenant_status)
+    p = tenant_cmds.add_parser("delete", parents=[common], help="delete a tenant and all of its data")
+    p.add_argument("slug")
+    p.add_argument("--yes", action="store_true", help="confirm the deletion")
+    p.set_defaults(handler=_tenant_delete)
+    p = tenant_cmds.add_parser("export", parents=[common], help="write a tenant's data to a JSON file")
+    p.add_argument("slug")
+    p.add_argument("--output", "-o", help="file to write (default: SLUG-export.json)")
+    p.set_defaults(handler=_tenant_export)
+
+    key = commands.add_parser("key", help="create, list and revoke API keys")
+    key_cmds = key.add_subparsers(dest="command", required=True, metavar="ACTION")
+    p = key_cmds.add_parser("create", parents=[common], help="create a key (shown once)")
+    p.add_argument("tenant", help="tenant slug")
+    p.add_argument("--scopes", default="", help="comma-separated scopes, e.g. notes:export")
+    p.add_argument("--label", default="", help="a note for people, e.g. 'claude desktop'")
+    p.set_defaults(handler=_key_create)
+    p = key_cmds.add_parser("list", parents=[common], help="list a tenant's keys")
+    p.add_argument("tenant", help="tenant slug")
+    p.set_defaults(handler=_key_list)
+    p = key_cmds.add_parser("revoke", parents=[common], help="revoke a key (effective within 2 s)")
+    p.add_argument("key_id")
+    p.set_defaults(handler=_key_revoke)
+
+    p = commands.add_parser("audit", parents=[common], help="recent audit events of a tenant")
+    p.add_argument("tenant", help="tenant slug")
+    p.add_argument("--limit", type=int, default=50, help="how many events, newest first (default 50)")
+    p.set_defaults(handler=_audit)
+
+    serve = commands.add_parser("serve", parents=[common], help="serve a TenantMCP app")
+    serve.add_argument("app", help="MODULE:ATTR of a TenantMCP, e.g. example_servers.notes:app")
+    serve.add_argument("--transport", default=_env("TRANSPORT", "streamable-http"),
+                       choices=["streamable-http", "stdio"], help="default: streamable-http")  # fmt: skip
+    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=int(_env("PORT", "8000") or 8000), help="default 8000")
+    serve.add_argument("--stateless", action="store_true", default=_flag("STATELESS"),
+                       help="no sessions: every request stands alone")  # fmt: skip
+    serve.add_argument("--json-response", action="store_true", default=_flag("JSON_RESPONSE"),
+                       help="answer POSTs with JSON instead of SSE")  # fmt: skip
+    serve.add_argument("--allowed-hosts", default=_env("ALLOWED_HOSTS"),
+                       help="comma-separated extra Host values, e.g. mcp.example.com")  # fmt: skip
+    serve.add_argument("--allowed-origins", default=_env("ALLOWED_ORIGINS"),
+                       help="comma-separated extra Origin values, e.g. https://app.example.com")  # fmt: skip
+    serve.add_argument("--required-scopes", default=_env("REQUIRED_SCOPES"),
+                       help="comma-separated scopes every credential must have (403 otherwise)")  # fmt: skip
+    serve.add_argument(
+        "--jwt-jwks-url", default=_env("JWT_JWKS_URL"), help="accept JWTs signed by these keys"
+    )
+    serve.add_argument(
+        "--jwt-public-key", default=_env("JWT_PUBLIC_KEY"), help="PEM file of the JWT signing key"
+    )
+    serve.add_argument("--jwt-issuer", default=_env("JWT_ISSUER"), help="required iss (comma-separated list)")
+    serve.add_argument("--jwt-audience", default=_env("JWT_AUDIENCE"),
+                       help="required aud: this server's resource URL (default http://HOST:PORT/mcp)")  # fmt: skip
+    serve.add_argument("--jwt-tenant-claim", default=_env("JWT_TENANT_CLAIM", "tenant"),
+                       help="claim holding the tenant slug (default: tenant)")  # fmt: skip
+    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
+                       choices=["critical", "error", "warning", "info", "debug"])  # fmt: skip
+    serve.set_defaults(handler=None, run=_serve)
+
+    demo = commands.add_parser("demo", parents=[common], help="run the notes example with two demo tenants")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.set_defaults(handler=None, run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args.db_given = (
+        any(a == "--db" or a.startswith("--db=") for a in raw) or "TENANT_MCP_DATABASE_URL" in os.environ
+    )
+    try:
+        if args.handler is None:
+            args.run(args)
+        else:
+            handler: Handler = args.handler
+
+            async def run() -> None:
+                async with ControlPlane(args.db) as cp:
+                    await handler(args, cp)
+
+            asyncio.run(run())
+    except (_UsageError, TenantMCPError) as exc:
+        print(f"tenant-mcp: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, (_UsageError, ConfigurationError)) else 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""`TenantContext`: what a tool, resource or prompt function receives.
+
+It is the SDK's `Context` (progress, logging, elicitation, nested reads all work as documented
+there) plus the caller's tenant, principal and tenant-bound database. Annotate a parameter with
+it and the framework fills it in; it never appears in an input schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcp.server.mcpserver import Context
+
+from tenant_mcp.errors import TenantMCPError
+from tenant_mcp.models import Principal, Tenant
+from tenant_mcp.storage import TenantDatabase
+
+
+class TenantContext(Context[Any, Any]):
+    _tenant: Tenant
+    _principal: Principal
+    _db: TenantDatabase | None
+
+    @classmethod
+    def _bind(
+        cls, base: Context[Any, Any], tenant: Tenant, principal: Principal, db: TenantDatabase | None
+    ) -> TenantContext:
+        ctx = cls(  # type: ignore[call-arg]  # Context's __init__ takes these; pydantic's stub hides it
+            request_context=base._request_context,
+            mcp_server=base._mcp_server,
+            input_params=base._input_params,
+            subscriptions=base._subscriptions,
+        )
+        ctx._tenant = tenant
+        ctx._principal = principal
+        ctx._db = db
+        return ctx
+
+    @property
+    def tenant(self) -> Tenant:
+        """The caller's tenant, decided by the server from the credential. Never from arguments."""
+        return self._tenant
+
+    @property
+    def principal(self) -> Principal:
+        return self._principal
+
+    @property
+    def db(self) -> TenantDatabase:
+        """The caller's tenant database; see `tenant_mcp.storage`."""
+        if self._db is None:
+            raise TenantMCPError("this server has no tenant database configured")
+        return self._db

@@ -1,0 +1,213 @@
+"""Streamable HTTP transport: the authenticating gate in front of the SDK's session manager.
+
+Order of checks for every request to the MCP endpoint, each failing closed:
+1. Host and Origin (DNS rebinding). Always on, for every bind address: the SDK only enables it
+   for loopback binds unless configured, which would leave a 0.0.0.0 server open.
+2. The bearer credential (API key or JWT) -> exactly one active tenant, else 401 with
+   `WWW-Authenticate` (and `resource_metadata` when JWTs are configured).
+3. Headers that try to pick a tenant (`X-Tenant-Id`, ...) -> 400, audited as an override attempt.
+4. Server-wide required scopes -> 403 `insufficient_scope`.
+Then the SDK handles the request with the verified token in `scope["user"]`: its session table
+binds each `Mcp-Session-Id` to (client id, issuer, tenant-qualified subject), so another tenant
+or another key presenting the id gets the same 404 as for an unknown session.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mcp.server.auth.middleware.auth_context import auth_context_var
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.authentication import AuthCredentials
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from tenant_mcp.auth.jwt import JWTSettings
+from tenant_mcp.errors import AuthenticationError, ConfigurationError
+from tenant_mcp.tenancy import names_tenant, principal_label
+
+if TYPE_CHECKING:
+    from tenant_mcp.app import TenantMCP
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PRM_PATH = "/.well-known/oauth-protected-resource"
+
+
+@dataclass
+class HTTPOptions:
+    """How the HTTP transport is served. Every field has a `tenant-mcp serve` flag."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    path: str = "/mcp"
+    stateless: bool = False
+    json_response: bool = False
+    allowed_hosts: Sequence[str] = ()
+    allowed_origins: Sequence[str] = ()
+    max_body_bytes: int = 4 * 1024 * 1024
+    jwt: JWTSettings | None = None
+    required_scopes: Sequence[str] = ()
+    session_idle_timeout: float = 1800.0
+
+    def transport_security(self) -> TransportSecuritySettings:
+        hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"]
+        origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+        if self.host not in (*_LOOPBACK, "0.0.0.0", "::"):  # noqa: S104 - compared, not bound
+            hosts += [self.host, f"{self.host}:*"]
+        hosts += list(self.allowed_hosts)
+        origins += list(self.allowed_origins)
+        return TransportSecuritySettings(
+            enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+        )
+
+    @property
+    def resource_url(self) -> str:
+        return self.jwt.audience if self.jwt else f"http://{self.host}:{self.port}{self.path}"
+
+
+def _jsonrpc_error(status: int, code: int, message: str) -> Response:
+    body = {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status)
+
+
+class _Gate:
+    """ASGI app for the MCP endpoint: authenticate, then hand over to the SDK."""
+
+    def __init__(self, app: TenantMCP, options: HTTPOptions) -> None:
+        self._app = app
+        self._options = options
+        self._security = TransportSecurityMiddleware(options.transport_security())
+        self._required = frozenset(options.required_scopes)
+        if options.jwt is not None:
+            meta = f"{PRM_PATH}{options.path}"
+            self._challenge = f'Bearer error="invalid_token", error_description="Authentication required", ' \
+                f'resource_metadata="{_origin(options.resource_url)}{meta}"'  # fmt: skip
+        else:
+            self._challenge = 'Bearer error="invalid_token", error_description="Authentication required"'
+
+    def _unauthorized(self) -> Response:
+        return JSONResponse(
+            {"error": "invalid_token", "error_description": "Authentication required"},
+            status_code=401,
+            headers={"WWW-Authenticate": self._challenge},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        refusal = await self._security.validate_request(request, is_post=False)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        rt = self._app.runtime
+        authorization = request.headers.get("authorization", "")
+        scheme, _, credential = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip():
+            await self._unauthorized()(scope, receive, send)
+            return
+        try:
+            token = await rt.authenticator.authenticate(credential.strip())
+        except AuthenticationError as exc:
+            rt.audit.record(tenant_id=None, principal=None, method="http", outcome="denied", reason=str(exc))
+            await self._unauthorized()(scope, receive, send)
+            return
+        override = next((name for name in request.headers if names_tenant(name)), None)
+        if override is not None:
+            rt.audit.record(
+                tenant_id=token.tenant.id,
+                principal=principal_label(token.principal),
+                method="http",
+                outcome="denied",
+                reason=f"tenant override attempt: header {override}",
+            )
+            response = _jsonrpc_error(
+                400,
+                -32600,
+                f"header '{override}' is not accepted: the server sets the tenant from your credentials",
+            )
+            await response(scope, receive, send)
+            return
+        if not token.principal.has_scopes(self._required):
+            missing = " ".join(sorted(self._required - token.principal.scopes))
+            await JSONResponse(
+                {"error": "insufficient_scope", "error_description": f"Required scope: {missing}"},
+                status_code=403,
+                headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{missing}"'},
+            )(scope, receive, send)
+            return
+        user = AuthenticatedUser(token)
+        scope["user"] = user
+        scope["auth"] = AuthCredentials(token.scopes)
+        reset = auth_context_var.set(user)
+        try:
+            await self._app._server.session_manager.handle_request(scope, receive, send)
+        finally:
+            auth_context_var.reset(reset)
+
+
+def _origin(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
+    if not options.path.startswith("/"):
+        raise ConfigurationError("the MCP path must start with '/'")
+    server = app._server
+    # Creates the SDK's session manager with our transport settings; we route to it ourselves.
+    server.streamable_http_app(
+        streamable_http_path=options.path,
+        json_response=options.json_response,
+        stateless_http=options.stateless,
+        max_request_body_size=options.max_body_bytes,
+        session_idle_timeout=options.session_idle_timeout,
+        transport_security=options.transport_security(),
+        host=options.host,
+    )
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    routes = [Route(options.path, endpoint=_Gate(app, options)), Route("/healthz", health)]
+    if options.jwt is not None:
+        metadata = {
+            "resource": options.resource_url,
+            "authorization_servers": list(options.jwt.issuers),
+            "bearer_methods_supported": ["header"],
+            **({"scopes_supported": list(options.required_scopes)} if options.required_scopes else {}),
+        }
+        body = json.dumps(metadata).encode()
+
+        async def protected_resource(request: Request) -> Response:
+            return Response(body, media_type="application/json", headers={"Cache-Control": "max-age=3600"})
+
+        routes += [Route(PRM_PATH, protected_resource), Route(PRM_PATH + options.path, protected_resource)]
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
+        async with app.running(jwt=options.jwt), server.session_manager.run():
+            yield {}
+
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def serve(app: TenantMCP, options: HTTPOptions, *, log_level: str = "info") -> None:
+    """Serve until interrupted; on shutdown in-flight requests finish and the audit is flushed."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app.http_app(options),
+        host=options.host,
+        port=options.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=15,
+        lifespan="on",
+    )
+    await uvicorn.Server(config).serve()

@@ -1,0 +1,48 @@
+"""The two facts every request carries: which tenant, and who inside it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TenantStatus = Literal["active", "suspended"]
+AuthMethod = Literal["api_key", "jwt"]
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """A customer of the server. `id` is internal and stable; `slug` is the name people type."""
+
+    id: str
+    slug: str
+    name: str
+    plan: str
+    status: TenantStatus
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, inside exactly one tenant.
+
+    `key_id` is set for API keys, `claims` for JWTs. `client_id` is what sessions are bound to
+    together with the tenant and subject, so a second key of the same tenant cannot resume
+    another key's session.
+    """
+
+    tenant_id: str
+    subject: str
+    scopes: frozenset[str]
+    auth_method: AuthMethod
+    client_id: str
+    key_id: str | None = None
+    issuer: str | None = None
+    claims: dict[str, Any] = field(default_factory=dict)
+
+    def has_scopes(self, required: frozenset[str]) -> bool:
+        return required <= self.scopes

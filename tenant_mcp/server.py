@@ -1,0 +1,284 @@
+"""The enforcement point: an `MCPServer` whose every list, call, read and get goes through the
+catalogue for the current tenant.
+
+Overriding the public `MCPServer` methods (not short-circuiting in middleware) matters: the SDK
+then builds the response for a hidden item on exactly the same path as for a missing one, so the
+two are byte-identical on the wire and nothing reveals that another tenant's item exists.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Container, Iterable
+from typing import TYPE_CHECKING, Any
+
+import pydantic_core
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.helper_types import ReadResourceContents
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import (
+    ResourceError,
+    ResourceNotFoundError,
+    ToolError,
+    UnexpectedResourceError,
+)
+from mcp.server.mcpserver.resources.templates import ResourceSecurityError
+from mcp.shared.exceptions import MCPError
+from mcp_types import (
+    INTERNAL_ERROR,
+    CallToolResult,
+    CompleteRequestParams,
+    CompleteResult,
+    Completion,
+    GetPromptResult,
+    InputRequiredResult,
+    PromptReference,
+    ResourceTemplateReference,
+)
+from mcp_types import Prompt as MCPPrompt
+from mcp_types import Resource as MCPResource
+from mcp_types import ResourceTemplate as MCPResourceTemplate
+from mcp_types import Tool as MCPTool
+from pydantic.networks import AnyUrl
+
+from tenant_mcp.catalogue import Catalogue, StaticResource
+from tenant_mcp.context import TenantContext
+from tenant_mcp.models import Principal, Tenant
+from tenant_mcp.storage import TenantDatabase
+from tenant_mcp.subscriptions import TenantSubscriptionBus
+from tenant_mcp.tenancy import Call, TenancyMiddleware, current_call
+
+if TYPE_CHECKING:
+    from tenant_mcp.app import Runtime
+
+CompletionHandler = Callable[..., Any]
+
+
+def _require_call() -> Call:
+    call = current_call()
+    if call is None:
+        # The middleware refuses unauthenticated requests before any handler runs; reaching
+        # here means a code path bypassed it, so fail closed.
+        raise MCPError(code=INTERNAL_ERROR, message="No tenant")
+    return call
+
+
+def _resource_bytes(value: Any) -> str | bytes:
+    if isinstance(value, str | bytes):
+        return value
+    return json.dumps(pydantic_core.to_jsonable_python(value))
+
+
+class ScopedServer(MCPServer[Any]):
+    def __init__(
+        self,
+        name: str,
+        *,
+        catalogue: Catalogue,
+        runtime: Callable[[], Runtime | None],
+        instructions: str | None,
+        version: str,
+    ) -> None:
+        self.catalogue = catalogue
+        self.tenant_bus = TenantSubscriptionBus()
+        self._runtime = runtime
+        self.completion_handler: CompletionHandler | None = None
+        super().__init__(
+            name,
+            instructions=instructions,
+            version=version,
+            subscriptions=self.tenant_bus,
+            middleware=[TenancyMiddleware(runtime, self._declared_parameters)],
+            warn_on_duplicate_tools=False,
+        )
+        # The SDK validates Mcp-Param headers against the tool's schema *before* middleware,
+        # which answers differently for a hidden tool than for a missing one. Without this
+        # lookup the schema comes from our scoped tools/list instead.
+        self._lowlevel_server.get_tool_input_schema = None
+        self._lowlevel_server.add_request_handler(
+            "completion/complete", CompleteRequestParams, self._complete
+        )
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _declared_parameters(
+        self, method: str, name: str, tenant: Tenant, principal: Principal
+    ) -> Container[str]:
+        if method == "tools/call":
+            entry = self.catalogue.tools.visible(name, tenant, principal)
+            return entry.item.parameters.get("properties", {}) if entry else ()
+        entry = self.catalogue.prompts.visible(name, tenant, principal)
+        return {a.name for a in entry.item.arguments or ()} if entry else ()
+
+    def _bind(self, base: Context[Any, Any] | None, call: Call) -> TenantContext:
+        base = base or Context(mcp_server=self, subscriptions=self.tenant_bus)
+        rt = self._runtime()
+        db = TenantDatabase(rt.pool, call.tenant.id) if rt is not None else None
+        return TenantContext._bind(base, call.tenant, call.principal, db)
+
+    @staticmethod
+    async def _end(ctx: TenantContext, *, commit: bool) -> None:
+        if ctx._db is not None:
+            await ctx.db._finish(commit=commit)
+
+    @staticmethod
+    def _hidden(call: Call, kind: str, key: str, exists: bool) -> None:
+        call.denied = f"{kind} {'not visible' if exists else 'unknown'}: {key}"
+
+    # -- tools ---------------------------------------------------------------------------------
+
+    async def list_tools(self) -> list[MCPTool]:
+        call = _require_call()
+        return self.catalogue.tools.listing(call.tenant, call.principal)
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        call = _require_call()
+        entry = self.catalogue.tools.visible(name, call.tenant, call.principal)
+        if entry is None:
+            self._hidden(call, "tool", name, self._exists(self.catalogue.tools, name))
+            raise ToolError(f"Unknown tool: {name}")  # the SDK's own words for a missing tool
+        ctx = self._bind(context, call)
+        try:
+            result: CallToolResult | InputRequiredResult = await entry.item.run(
+                arguments, ctx, convert_result=True
+            )
+        except BaseException:
+            await self._end(ctx, commit=False)
+            raise
+        await self._end(ctx, commit=True)
+        return result
+
+    @staticmethod
+    def _exists(section: Any, key: str) -> bool:
+        return key in section.shared or any(key in own for own in section.private.values())
+
+    # -- resources -----------------------------------------------------------------------------
+
+    async def list_resources(self) -> list[MCPResource]:
+        call = _require_call()
+        return self.catalogue.resources.listing(call.tenant, call.principal)
+
+    async def list_resource_templates(self) -> list[MCPResourceTemplate]:
+        call = _require_call()
+        return self.catalogue.templates.listing(call.tenant, call.principal)
+
+    async def read_resource(
+        self, uri: AnyUrl | str, context: Context[Any, Any] | None = None
+    ) -> Iterable[ReadResourceContents] | InputRequiredResult:
+        call = _require_call()
+        uri = str(uri)
+        ctx = self._bind(context, call)
+        try:
+            contents = await self._read(uri, call, ctx)
+        except BaseException:
+            await self._end(ctx, commit=False)
+            raise
+        await self._end(ctx, commit=True)
+        return contents
+
+    async def _read(
+        self, uri: str, call: Call, ctx: TenantContext
+    ) -> Iterable[ReadResourceContents] | InputRequiredResult:
+        static = self.catalogue.resources.visible(uri, call.tenant, call.principal)
+        try:
+            if static is not None:
+                res: StaticResource = static.item
+                kwargs = {res.context_kwarg: ctx} if res.context_kwarg else {}
+                value = res.fn(**kwargs)
+                if hasattr(value, "__await__"):
+                    value = await value
+                mime = res.mime_type or ("text/plain" if isinstance(value, str) else "application/json")
+                return [ReadResourceContents(content=_resource_bytes(value), mime_type=mime)]
+            for entry in self.catalogue.templates.entries(call.tenant, call.principal):
+                try:
+                    params = entry.item.matches(uri)
+                except ResourceSecurityError:
+                    break
+                if params is None:
+                    continue
+                resource = await entry.item.create_resource(uri, params, context=ctx)
+                if isinstance(resource, InputRequiredResult):
+                    return resource
+                content = await resource.read()
+                return [
+                    ReadResourceContents(content=content, mime_type=resource.mime_type, meta=resource.meta)
+                ]
+        except (MCPError, ResourceError):
+            raise
+        except Exception as exc:
+            raise UnexpectedResourceError(f"Error reading resource {uri}") from exc
+        self._hidden(call, "resource", uri, self._exists(self.catalogue.resources, uri))
+        raise ResourceNotFoundError(f"Unknown resource: {uri}")
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    async def list_prompts(self) -> list[MCPPrompt]:
+        call = _require_call()
+        return self.catalogue.prompts.listing(call.tenant, call.principal)
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Context[Any, Any] | None = None
+    ) -> GetPromptResult | InputRequiredResult:
+        call = _require_call()
+        entry = self.catalogue.prompts.visible(name, call.tenant, call.principal)
+        if entry is None:
+            self._hidden(call, "prompt", name, self._exists(self.catalogue.prompts, name))
+            raise ValueError(f"Unknown prompt: {name}")  # as MCPServer.get_prompt says it
+        ctx = self._bind(context, call)
+        try:
+            rendered = await entry.item.render(arguments, ctx)
+        except MCPError:
+            await self._end(ctx, commit=False)
+            raise
+        except Exception as exc:
+            await self._end(ctx, commit=False)
+            raise ValueError(str(exc)) from exc
+        await self._end(ctx, commit=True)
+        if isinstance(rendered, InputRequiredResult):
+            return rendered
+        return GetPromptResult(
+            description=entry.item.description, messages=pydantic_core.to_jsonable_python(rendered)
+        )
+
+    # -- completion ----------------------------------------------------------------------------
+
+    async def _complete(
+        self, ctx: ServerRequestContext[Any, Any], params: CompleteRequestParams
+    ) -> CompleteResult:
+        """A reference the caller cannot see completes to nothing, exactly like an unknown one."""
+        call = _require_call()
+        empty = CompleteResult(completion=Completion(values=[]))
+        ref = params.ref
+        if isinstance(ref, PromptReference):
+            visible = self.catalogue.prompts.visible(ref.name, call.tenant, call.principal) is not None
+        elif isinstance(ref, ResourceTemplateReference):
+            visible = self.catalogue.templates.visible(ref.uri, call.tenant, call.principal) is not None
+        else:
+            visible = False
+        if not visible or self.completion_handler is None:
+            if not visible:
+                key = ref.name if isinstance(ref, PromptReference) else getattr(ref, "uri", "?")
+                self._hidden(call, "completion ref", str(key), False)
+            return empty
+        tctx = self._bind(Context(request_context=ctx, mcp_server=self, subscriptions=self.tenant_bus), call)
+        try:
+            result = self.completion_handler(ref, params.argument, tctx)
+            if hasattr(result, "__await__"):
+                result = await result
+        except MCPError:
+            await self._end(tctx, commit=False)
+            raise
+        except Exception as exc:
+            await self._end(tctx, commit=False)
+            raise MCPError(
+                code=INTERNAL_ERROR, message=f"Error completing argument {params.argument.name}"
+            ) from exc
+        await self._end(tctx, commit=True)
+        if result is None:
+            return empty
+        if isinstance(result, Completion):
+            return CompleteResult(completion=result)
+        values = [str(v) for v in result][:100]
+        return CompleteResult(completion=Completion(values=values))
