@@ -1,0 +1,165 @@
+"""Shared fixtures: real servers in subprocesses, real databases, real clients.
+
+`ServerProcess` starts `tenant-mcp serve` exactly as an operator would, on a free loopback port,
+with its own SQLite control plane in a temporary directory. Tenants and keys are created through
+the same `ControlPlane` the CLI uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from tenant_mcp.controlplane import ControlPlane
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANT_MCP_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Tenants:
+    """Tenants and keys in one control-plane database."""
+
+    db_url: str
+    keys: dict[str, str] = field(default_factory=dict)
+    key_ids: dict[str, str] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)
+
+    def run(self, coro_fn: Any) -> Any:
+        async def go() -> Any:
+            async with ControlPlane(self.db_url) as cp:
+                return await coro_fn(cp)
+
+        return asyncio.run(go())
+
+    def create(self, slug: str, *, plan: str = "free", name: str | None = None) -> str:
+        async def go(cp: ControlPlane) -> str:
+            return (await cp.create_tenant(slug, name=name, plan=plan)).id
+
+        self.ids[slug] = self.run(go)
+        return self.ids[slug]
+
+    def key(self, tenant: str, *, scopes: tuple[str, ...] = (), label: str = "", name: str | None = None) -> str:
+        async def go(cp: ControlPlane) -> tuple[str, str]:
+            record, key = await cp.create_key(tenant, scopes=scopes, label=label)
+            return record.key_id, key
+
+        key_id, key = self.run(go)
+        self.keys[name or tenant] = key
+        self.key_ids[name or tenant] = key_id
+        return key
+
+    def audit(self, tenant: str, limit: int = 200) -> list[dict[str, Any]]:
+        async def go(cp: ControlPlane) -> list[dict[str, Any]]:
+            return await cp.audit_events(tenant, limit)
+
+        return self.run(go)
+
+
+def standard_tenants(db_url: str) -> Tenants:
+    """acme (pro, key with notes:export), globex (free), and a second acme key."""
+    t = Tenants(db_url)
+    t.create("acme", plan="pro", name="Acme Corporation")
+    t.create("globex", plan="free", name="Globex Industries")
+    t.key("acme", scopes=("notes:export",))
+    t.key("globex")
+    t.key("acme", name="acme2")
+    return t
+
+
+class ServerProcess:
+    def __init__(self, app: str, db_url: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.base = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "tenant_mcp.cli", "serve", app, "--port", str(self.port), "--db", db_url,
+               "--log-level", "warning", *args]  # fmt: skip
+        self.log = Path(db_url[len("sqlite:///") :]).with_suffix(f".{self.port}.log")
+        self._log_file = self.log.open("w")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(**(env or {})), stdout=self._log_file,
+                                     stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()}")
+            try:
+                if httpx2.get(self.base + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx2.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not start: {self.log.read_text()}")
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+        return self.proc.returncode
+
+
+@asynccontextmanager
+async def mcp_client(url: str, key: str | None, *, mode: str = "auto", **headers: str) -> AsyncIterator[Client]:
+    """The official SDK client over streamable HTTP with a bearer key."""
+    h = dict(headers)
+    if key is not None:
+        h["Authorization"] = f"Bearer {key}"
+    async with (
+        httpx2.AsyncClient(headers=h, timeout=30) as hc,
+        Client(streamable_http_client(url, http_client=hc), mode=mode) as client,  # type: ignore[arg-type]
+    ):
+        yield client
+
+
+@pytest.fixture(scope="module")
+def notes_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('notes')}/control.db"
+
+
+@pytest.fixture(scope="module")
+def tenants(notes_db: str) -> Tenants:
+    return standard_tenants(notes_db)
+
+
+@pytest.fixture(scope="module")
+def notes_server(notes_db: str, tenants: Tenants) -> Iterator[ServerProcess]:
+    server = ServerProcess("example_servers.notes:app", notes_db)
+    yield server
+    server.stop()
