@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from pydantic import Field
 
 from tenant_mcp import TenantContext, TenantMCP, new_id
@@ -110,11 +111,9 @@ async def bulk_import(
 @app.resource("notes://{note_id}", mime_type="text/plain")
 async def note_body(note_id: str, ctx: TenantContext) -> str:
     """The body of a note."""
-    if not note_id.isdigit():
-        raise ValueError("note ids are numbers")
-    note = await ctx.db.get("notes", int(note_id))
-    if note is None:
-        raise ValueError(f"no note {note_id}")
+    note = await ctx.db.get("notes", int(note_id)) if note_id.isdigit() else None
+    if note is None:  # the SDK's own answer for an unknown URI, so nothing tells "missing" apart
+        raise ResourceNotFoundError(f"Unknown resource: notes://{note_id}")
     return str(note["body"])
 
 

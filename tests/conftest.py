@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -62,7 +63,9 @@ class Tenants:
             async with ControlPlane(self.db_url) as cp:
                 return await coro_fn(cp)
 
-        return asyncio.run(go())
+        # A thread of its own, so this also works from inside an async test's running loop.
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, go()).result()
 
     def create(self, slug: str, *, plan: str = "free", name: str | None = None) -> str:
         async def go(cp: ControlPlane) -> str:

@@ -105,3 +105,9 @@ async def globex_report(ctx: TenantContext) -> str:
 
 app.tenant("acme").add_tool(acme_report, name="private_report")
 app.tenant("globex").add_tool(globex_report, name="private_report")
+
+
+@app.tool()
+async def transfer(account_id: str, ctx: TenantContext) -> str:
+    """Declares `account_id` itself: a declared parameter is the tool's business, not an override."""
+    return f"{ctx.tenant.slug}:{account_id}"

@@ -1,0 +1,98 @@
+"""The tenant comes from the credential. A client or model that tries to name one, in arguments,
+in `_meta` or (see test_protocol) in headers, is refused with a clear error and audited."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
+
+from tenant_mcp import TenantContext, TenantMCP, TenantMCPError
+from tests.conftest import ServerProcess, Tenants, mcp_client
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Tenants]]:
+    db = f"sqlite:///{tmp_path_factory.mktemp('override')}/cp.db"
+    t = Tenants(db)
+    t.create("acme", plan="pro")
+    t.create("globex")
+    t.key("acme")
+    t.key("globex")
+    server = ServerProcess("tests.servers.probe:app", db)
+    yield server, t
+    server.stop()
+
+
+async def _refused(coro: Any) -> str:
+    with pytest.raises(MCPError) as info:
+        await coro
+    assert info.value.error.code == INVALID_PARAMS
+    message = info.value.error.message
+    assert "server sets the tenant" in message
+    assert "globex" not in message
+    return message
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+@pytest.mark.parametrize("argument", ["tenant_id", "tenant", "tenantId", "org_id", "organization_id", "Tenant-Slug"])
+async def test_tenant_arguments_are_refused(probe: tuple[ServerProcess, Tenants], mode: str, argument: str) -> None:
+    server, t = probe
+    async with mcp_client(server.url, t.keys["globex"], mode=mode) as c:
+        message = await _refused(c.call_tool("whoami", {argument: "acme"}))
+        assert f"arguments.{argument}" in message
+        # the same for a hidden or unknown tool: the refusal does not reveal which tools exist
+        assert await _refused(c.call_tool("private_reportz", {argument: "acme"})) == message
+        # and nothing ran as acme
+        own = await c.call_tool("whoami", {})
+        assert own.structured_content["tenant"] == "globex"  # type: ignore[index]
+
+
+async def test_tenant_hints_in_meta_and_prompt_arguments_are_refused(probe: tuple[ServerProcess, Tenants]) -> None:
+    server, t = probe
+    async with mcp_client(server.url, t.keys["acme"], mode="legacy") as c:
+        for key in ("tenant", "tenant_id", "io.acme/tenant", "x-org-id"):
+            message = await _refused(c.call_tool("whoami", {}, meta={key: "globex"}))
+            assert f"_meta.{key}" in message
+        await _refused(c.get_prompt("pro_prompt", {"topic": "x", "tenant_id": "globex"}))
+
+
+async def test_a_declared_parameter_is_not_an_override(probe: tuple[ServerProcess, Tenants]) -> None:
+    server, t = probe
+    async with mcp_client(server.url, t.keys["acme"]) as c:
+        result = await c.call_tool("transfer", {"account_id": "42"})
+        assert result.structured_content == {"result": "acme:42"}
+        await _refused(c.call_tool("transfer", {"account_id": "42", "org_id": "globex"}))
+
+
+async def test_override_attempts_are_audited(probe: tuple[ServerProcess, Tenants]) -> None:
+    server, t = probe
+    async with mcp_client(server.url, t.keys["globex"]) as c:
+        with pytest.raises(MCPError):
+            await c.call_tool("whoami", {"tenant_id": "acme-audit-probe"})
+    for _ in range(40):
+        events = [e for e in t.audit("globex") if e["reason"] and "arguments.tenant_id" in e["reason"]]
+        if events:
+            break
+        await anyio.sleep(0.05)
+    assert events and events[0]["outcome"] == "denied" and events[0]["method"] == "tools/call"
+    assert "acme-audit-probe" not in str(events[0]), "argument values are stored only as a hash by default"
+    assert events[0]["arguments"].startswith("sha256:")
+
+
+def test_registering_a_tenant_parameter_is_refused() -> None:
+    app = TenantMCP("bad", database_url="sqlite:///./unused.db")
+
+    async def leaky(tenant_id: str, ctx: TenantContext) -> str:
+        return tenant_id
+
+    with pytest.raises(TenantMCPError, match="the tenant is never an argument"):
+        app.tool()(leaky)
+    with pytest.raises(TenantMCPError, match="the tenant is never an argument"):
+        app.tenant("acme").add_tool(leaky)
