@@ -89,6 +89,7 @@ async def test_shutdown_drains_in_flight_calls_and_the_audit_queue(tmp_path_fact
         # Closing the client afterwards may fail: by then the server has (correctly) exited.
         with contextlib.suppress(Exception):
             async with mcp_client(server.url, key) as c:
+                await c.list_tools()  # the client validates results against the listed schema
                 result = await c.call_tool("slow_echo", {"token": "drain", "steps": 60}, progress_callback=progress)
                 results.append(result.structured_content)
 
@@ -96,7 +97,8 @@ async def test_shutdown_drains_in_flight_calls_and_the_audit_queue(tmp_path_fact
         tg.start_soon(slow_call)
         await running.wait()  # the call is in flight (60 steps x 10 ms)
         server.proc.send_signal(signal.SIGINT)
-    assert server.stop() in (0, 130), "the server did not stop cleanly on SIGINT"
+    assert server.proc.wait(20) in (0, 130), "the server did not stop cleanly on SIGINT"
+    server.stop()
     assert results == [{"tenant": "acme", "token": "drain"}]
     events = t.audit("acme")
     assert any(e["target"] == "slow_echo" and e["outcome"] == "ok" for e in events), events
