@@ -344,6 +344,11 @@ class TenantMCP:
                     finally:
                         self._runtime = None
                         await audit.aclose()
+            except ExceptionGroup as group:
+                # The task group wraps whatever the body raised; give callers their own error back.
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from None
+                raise
             finally:
                 await pool.aclose()
 

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -72,6 +73,12 @@ class HTTPOptions:
     def resource_url(self) -> str:
         return self.jwt.audience if self.jwt else f"http://{self.host}:{self.port}{self.path}"
 
+    @property
+    def metadata_url(self) -> str:
+        """RFC 9728: the well-known prefix goes between the resource's origin and its path."""
+        parts = urlsplit(self.resource_url)
+        return f"{parts.scheme}://{parts.netloc}{PRM_PATH}{parts.path.rstrip('/')}"
+
 
 def _jsonrpc_error(status: int, code: int, message: str) -> Response:
     body = {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
@@ -87,9 +94,10 @@ class _Gate:
         self._security = TransportSecurityMiddleware(options.transport_security())
         self._required = frozenset(options.required_scopes)
         if options.jwt is not None:
-            meta = f"{PRM_PATH}{options.path}"
-            self._challenge = f'Bearer error="invalid_token", error_description="Authentication required", ' \
-                f'resource_metadata="{_origin(options.resource_url)}{meta}"'  # fmt: skip
+            self._challenge = (
+                'Bearer error="invalid_token", error_description="Authentication required", '
+                f'resource_metadata="{options.metadata_url}"'
+            )
         else:
             self._challenge = 'Bearer error="invalid_token", error_description="Authentication required"'
 
@@ -107,8 +115,9 @@ class _Gate:
             await refusal(scope, receive, send)
             return
         rt = self._app.runtime
-        authorization = request.headers.get("authorization", "")
-        scheme, _, credential = authorization.partition(" ")
+        # Exactly one credential: with two, a proxy and this server could disagree on the tenant.
+        authorizations = request.headers.getlist("authorization")
+        scheme, _, credential = (authorizations[0] if len(authorizations) == 1 else "").partition(" ")
         if scheme.lower() != "bearer" or not credential.strip():
             await self._unauthorized()(scope, receive, send)
             return
@@ -152,11 +161,6 @@ class _Gate:
             auth_context_var.reset(reset)
 
 
-def _origin(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0]}"
-
-
 def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
     if not options.path.startswith("/"):
         raise ConfigurationError("the MCP path must start with '/'")
@@ -188,7 +192,8 @@ def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
         async def protected_resource(request: Request) -> Response:
             return Response(body, media_type="application/json", headers={"Cache-Control": "max-age=3600"})
 
-        routes += [Route(PRM_PATH, protected_resource), Route(PRM_PATH + options.path, protected_resource)]
+        paths = dict.fromkeys([PRM_PATH, PRM_PATH + options.path, urlsplit(options.metadata_url).path])
+        routes += [Route(path, protected_resource) for path in paths]
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:

@@ -115,7 +115,13 @@ class Authenticator:
         if tenant is None or not tenant.active:
             raise AuthenticationError("JWT tenant is unknown or suspended")
         allowed = tenant.metadata.get("jwt_issuers")
-        if allowed is not None and claims["iss"] not in allowed:
+        if isinstance(allowed, str):
+            allowed = [allowed]  # a lone string must not turn `in` into a substring test
+        if allowed is not None and (
+            not isinstance(allowed, list)
+            or not all(isinstance(i, str) for i in allowed)
+            or claims["iss"] not in allowed
+        ):
             raise AuthenticationError("JWT issuer is not allowed for this tenant")
         client_id = claims.get("client_id") or claims.get("azp") or "jwt"
         principal = Principal(

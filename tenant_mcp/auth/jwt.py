@@ -20,6 +20,9 @@ from typing import Any
 
 import anyio
 import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from tenant_mcp.errors import AuthenticationError, ConfigurationError
 
@@ -56,6 +59,8 @@ class JWTSettings:
             )
         if self.jwks_url is not None and not self.jwks_url.startswith(("https://", "http://")):
             raise ConfigurationError("the JWKS URL must be http(s)")
+        if self.public_key is not None:
+            _load_public_key(self.public_key)  # fail at startup, not on the first request
 
     @classmethod
     def from_public_key_file(cls, path: str | Path, **kwargs: Any) -> JWTSettings:
@@ -64,6 +69,38 @@ class JWTSettings:
         except OSError as exc:
             raise ConfigurationError(f"cannot read JWT public key {str(path)!r}: {exc.strerror}") from None
         return cls(public_key=pem, **kwargs)
+
+
+_KEY_ALGORITHMS: dict[type, tuple[str, ...]] = {
+    rsa.RSAPublicKey: ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
+    ec.EllipticCurvePublicKey: ("ES256", "ES384", "ES512"),
+    ed25519.Ed25519PublicKey: ("EdDSA",),
+    ed448.Ed448PublicKey: ("EdDSA",),
+}
+
+
+def _load_public_key(pem: str) -> tuple[Any, tuple[str, ...]]:
+    """The public key in a PEM (a public key or a certificate) and the algorithms that fit it.
+
+    Parsed once at startup so a wrong file (a private key, garbage) stops the server instead of
+    failing every request later.
+    """
+    data = pem.encode()
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            key: Any = x509.load_pem_x509_certificate(data).public_key()
+        elif b"PRIVATE KEY-----" in data:
+            raise ConfigurationError(
+                "the JWT key file holds a private key; give the public key (or certificate)"
+            )
+        else:
+            key = serialization.load_pem_public_key(data)
+    except ValueError:
+        raise ConfigurationError("the JWT key file is not a PEM public key or certificate") from None
+    for kind, algorithms in _KEY_ALGORITHMS.items():
+        if isinstance(key, kind):
+            return key, algorithms
+    raise ConfigurationError(f"unsupported JWT key type {type(key).__name__}")
 
 
 class _JWKSCache:
@@ -124,6 +161,7 @@ class JWTVerifier:
             if settings.jwks_url
             else None
         )
+        self._static = _load_public_key(settings.public_key) if settings.public_key is not None else None
 
     async def verify(self, token: str) -> dict[str, Any]:
         s = self.settings
@@ -134,12 +172,14 @@ class JWTVerifier:
         alg = header.get("alg")
         if alg not in s.algorithms:
             raise AuthenticationError(f"JWT algorithm {alg!r} is not allowed")
-        key: jwt.PyJWK | str
-        if self._jwks is not None:
-            key = await self._jwks.key(header.get("kid"))
+        key: Any
+        if self._static is not None:
+            key, fitting = self._static
+            if alg not in fitting:
+                raise AuthenticationError(f"JWT algorithm {alg!r} does not fit the configured key")
         else:
-            assert s.public_key is not None
-            key = s.public_key
+            assert self._jwks is not None
+            key = await self._jwks.key(header.get("kid"))
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -151,6 +191,8 @@ class JWTVerifier:
                 options={"require": ["exp", "iss", "aud", "sub"], "verify_signature": True},
             )
         except jwt.PyJWTError as exc:
+            raise AuthenticationError(f"JWT rejected: {type(exc).__name__}") from None
+        except (ValueError, TypeError, AttributeError) as exc:  # a key/algorithm mismatch inside PyJWT
             raise AuthenticationError(f"JWT rejected: {type(exc).__name__}") from None
         return claims
 
