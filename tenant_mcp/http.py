@@ -32,6 +32,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from tenant_mcp.auth.jwt import JWTSettings
+from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.errors import AuthenticationError, ConfigurationError
 from tenant_mcp.tenancy import names_tenant, principal_label
 
@@ -207,6 +208,10 @@ async def serve(app: TenantMCP, options: HTTPOptions, *, log_level: str = "info"
     """Serve until interrupted; on shutdown in-flight requests finish and the audit is flushed."""
     import uvicorn
 
+    # Open the control plane once up front: a bad URL or missing directory is then a clean
+    # configuration error, not a traceback from inside uvicorn's lifespan.
+    async with ControlPlane(app.database_url):
+        pass
     config = uvicorn.Config(
         app.http_app(options),
         host=options.host,

@@ -14,8 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +74,9 @@ class Tenants:
         self.ids[slug] = self.run(go)
         return self.ids[slug]
 
-    def key(self, tenant: str, *, scopes: tuple[str, ...] = (), label: str = "", name: str | None = None) -> str:
+    def key(
+        self, tenant: str, *, scopes: tuple[str, ...] = (), label: str = "", name: str | None = None
+    ) -> str:
         async def go(cp: ControlPlane) -> tuple[str, str]:
             record, key = await cp.create_key(tenant, scopes=scopes, label=label)
             return record.key_id, key
@@ -139,7 +141,9 @@ class ServerProcess:
 
 
 @asynccontextmanager
-async def mcp_client(url: str, key: str | None, *, mode: str = "auto", **headers: str) -> AsyncIterator[Client]:
+async def mcp_client(
+    url: str, key: str | None, *, mode: str = "auto", **headers: str
+) -> AsyncIterator[Client]:
     """The official SDK client over streamable HTTP with a bearer key."""
     h = dict(headers)
     if key is not None:

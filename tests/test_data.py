@@ -78,7 +78,11 @@ async def test_raw_sql_cannot_open_another_tenants_file(probe: tuple[ServerProce
 async def test_the_authorizer_refuses_attach_and_pragmas(tmp_path: Path) -> None:
     pool = DatabasePool(tmp_path, ["CREATE TABLE t (v TEXT)"])
     try:
-        for sql in ("ATTACH DATABASE 'other.sqlite3' AS o", "PRAGMA user_version = 7", "SELECT * FROM pragma_database_list"):
+        for sql in (
+            "ATTACH DATABASE 'other.sqlite3' AS o",
+            "PRAGMA user_version = 7",
+            "SELECT * FROM pragma_database_list",
+        ):
             db = TenantDatabase(pool, "0" * 32)
             with pytest.raises(sqlite3.DatabaseError, match="not authorized"):
                 await db.fetch_all(sql)
@@ -92,7 +96,9 @@ async def test_a_call_that_raises_leaves_nothing_behind(probe: tuple[ServerProce
     async with mcp_client(server.url, t.keys["acme"]) as a:
         result = await a.call_tool("write_then_fail", {"value": "half-written"})
         assert result.is_error
-        rows = _rows(await a.call_tool("raw_sql", {"sql": "SELECT value FROM items WHERE value = 'half-written'"}))
+        rows = _rows(
+            await a.call_tool("raw_sql", {"sql": "SELECT value FROM items WHERE value = 'half-written'"})
+        )
         assert rows == []
         assert _rows(await a.call_tool("partial_transaction", {"value": "tx"})) == 1
         values = {r["value"] for r in _rows(await a.call_tool("raw_sql", {"sql": "SELECT value FROM items"}))}
@@ -118,10 +124,9 @@ async def test_concurrent_writes_of_many_tenants_land_in_their_own_databases(
     server, t = probe
 
     async def write(slug: str) -> None:
-        async with mcp_client(server.url, t.keys[slug]) as c:
-            async with anyio.create_task_group() as tg:
-                for i in range(10):
-                    tg.start_soon(c.call_tool, "add_item", {"value": f"{slug}-{i}"})
+        async with mcp_client(server.url, t.keys[slug]) as c, anyio.create_task_group() as tg:
+            for i in range(10):
+                tg.start_soon(c.call_tool, "add_item", {"value": f"{slug}-{i}"})
 
     async with anyio.create_task_group() as tg:
         for slug in SLUGS:

@@ -46,7 +46,9 @@ def acme_note(notes_server: ServerProcess, tenants: Tenants) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_listings_differ_by_plan_and_scope(notes_server: ServerProcess, tenants: Tenants, mode: str) -> None:
+async def test_listings_differ_by_plan_and_scope(
+    notes_server: ServerProcess, tenants: Tenants, mode: str
+) -> None:
     expected = {
         "acme": {"export_notes", "bulk_import"},  # plan pro + notes:export scope
         "acme2": {"bulk_import"},  # same tenant, key without the scope
@@ -135,8 +137,12 @@ async def test_hidden_prompt_resource_and_completion_refs_look_missing(
             missing = await _error(c.get_prompt("pro_prompz", {"topic": "x"}))
             assert hidden[0] == missing[0]
             assert hidden[1].replace("pro_prompt", "X") == missing[1].replace("pro_prompz", "X")
-            a = await c.complete(PromptReference(type="ref/prompt", name="pro_prompt"), {"name": "topic", "value": ""})
-            b = await c.complete(PromptReference(type="ref/prompt", name="pro_prompz"), {"name": "topic", "value": ""})
+            a = await c.complete(
+                PromptReference(type="ref/prompt", name="pro_prompt"), {"name": "topic", "value": ""}
+            )
+            b = await c.complete(
+                PromptReference(type="ref/prompt", name="pro_prompz"), {"name": "topic", "value": ""}
+            )
             assert a.model_dump() == b.model_dump()
             # the private tool of the same name runs globex's own code
             report = await c.call_tool("private_report", {})

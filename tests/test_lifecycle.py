@@ -35,7 +35,9 @@ async def _refused_within(url: str, key: str, seconds: float) -> float:
     raise AssertionError(f"still accepted after {seconds} s")
 
 
-async def test_revocation_and_suspension_from_another_process(tmp_path_factory: pytest.TempPathFactory) -> None:
+async def test_revocation_and_suspension_from_another_process(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     db = f"sqlite:///{tmp_path_factory.mktemp('life')}/cp.db"
     t = Tenants(db)
     t.create("acme")
@@ -73,7 +75,9 @@ async def test_revocation_and_suspension_from_another_process(tmp_path_factory: 
         server.stop()
 
 
-async def test_shutdown_drains_in_flight_calls_and_the_audit_queue(tmp_path_factory: pytest.TempPathFactory) -> None:
+async def test_shutdown_drains_in_flight_calls_and_the_audit_queue(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     db = f"sqlite:///{tmp_path_factory.mktemp('drain')}/cp.db"
     t = Tenants(db)
     t.create("acme")
@@ -90,7 +94,9 @@ async def test_shutdown_drains_in_flight_calls_and_the_audit_queue(tmp_path_fact
         with contextlib.suppress(Exception):
             async with mcp_client(server.url, key) as c:
                 await c.list_tools()  # the client validates results against the listed schema
-                result = await c.call_tool("slow_echo", {"token": "drain", "steps": 60}, progress_callback=progress)
+                result = await c.call_tool(
+                    "slow_echo", {"token": "drain", "steps": 60}, progress_callback=progress
+                )
                 results.append(result.structured_content)
 
     async with anyio.create_task_group() as tg:

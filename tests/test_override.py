@@ -41,8 +41,12 @@ async def _refused(coro: Any) -> str:
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-@pytest.mark.parametrize("argument", ["tenant_id", "tenant", "tenantId", "org_id", "organization_id", "Tenant-Slug"])
-async def test_tenant_arguments_are_refused(probe: tuple[ServerProcess, Tenants], mode: str, argument: str) -> None:
+@pytest.mark.parametrize(
+    "argument", ["tenant_id", "tenant", "tenantId", "org_id", "organization_id", "Tenant-Slug"]
+)
+async def test_tenant_arguments_are_refused(
+    probe: tuple[ServerProcess, Tenants], mode: str, argument: str
+) -> None:
     server, t = probe
     async with mcp_client(server.url, t.keys["globex"], mode=mode) as c:
         message = await _refused(c.call_tool("whoami", {argument: "acme"}))
@@ -54,7 +58,9 @@ async def test_tenant_arguments_are_refused(probe: tuple[ServerProcess, Tenants]
         assert own.structured_content["tenant"] == "globex"  # type: ignore[index]
 
 
-async def test_tenant_hints_in_meta_and_prompt_arguments_are_refused(probe: tuple[ServerProcess, Tenants]) -> None:
+async def test_tenant_hints_in_meta_and_prompt_arguments_are_refused(
+    probe: tuple[ServerProcess, Tenants],
+) -> None:
     server, t = probe
     async with mcp_client(server.url, t.keys["acme"], mode="legacy") as c:
         for key in ("tenant", "tenant_id", "io.acme/tenant", "x-org-id"):

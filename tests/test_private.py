@@ -25,7 +25,9 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProc
     server.stop()
 
 
-async def test_same_name_private_tools_run_each_tenants_own_code(probe: tuple[ServerProcess, Tenants]) -> None:
+async def test_same_name_private_tools_run_each_tenants_own_code(
+    probe: tuple[ServerProcess, Tenants],
+) -> None:
     server, t = probe
     for slug, expected in (("acme", "acme private report"), ("globex", "globex private report")):
         async with mcp_client(server.url, t.keys[slug]) as c:
@@ -71,7 +73,9 @@ async def test_runtime_registration_is_private_and_announced_only_to_its_tenant(
         assert (await c.call_tool("acme_runtime", {})).is_error
 
 
-async def test_resource_updates_reach_only_the_publishing_tenant(probe: tuple[ServerProcess, Tenants]) -> None:
+async def test_resource_updates_reach_only_the_publishing_tenant(
+    probe: tuple[ServerProcess, Tenants],
+) -> None:
     server, t = probe
     uri = "items://1"
     seen: dict[str, list[str]] = {"acme": [], "globex": []}

@@ -21,7 +21,11 @@ app.migrations(["CREATE TABLE items (id INTEGER PRIMARY KEY, owner TEXT NOT NULL
 
 @app.tool()
 async def whoami(ctx: TenantContext) -> dict[str, Any]:
-    return {"tenant": ctx.tenant.slug, "subject": ctx.principal.subject, "scopes": sorted(ctx.principal.scopes)}
+    return {
+        "tenant": ctx.tenant.slug,
+        "subject": ctx.principal.subject,
+        "scopes": sorted(ctx.principal.scopes),
+    }
 
 
 @app.tool()
@@ -50,7 +54,9 @@ async def partial_transaction(value: str, ctx: TenantContext) -> int:
     await ctx.db.insert("items", {"id": new_id(), "owner": ctx.tenant.slug, "value": value + ":kept"})
     try:
         async with ctx.db.transaction():
-            await ctx.db.insert("items", {"id": new_id(), "owner": ctx.tenant.slug, "value": value + ":undone"})
+            await ctx.db.insert(
+                "items", {"id": new_id(), "owner": ctx.tenant.slug, "value": value + ":undone"}
+            )
             raise ValueError("inner failure")
     except ValueError:
         pass
