@@ -21,6 +21,7 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, INVALID_REQUEST
 
+from tenant_mcp.auth.authenticator import TenantAccessToken
 from tenant_mcp.errors import AuthenticationError
 from tenant_mcp.models import Principal, Tenant
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 
     from tenant_mcp.app import Runtime
-    from tenant_mcp.auth.authenticator import TenantAccessToken
 
 # Messages that carry no tenant data and are needed before a client can do anything.
 _OPEN_METHODS = frozenset({"initialize", "notifications/initialized", "ping", "server/discover"})
@@ -105,8 +105,6 @@ class TenancyMiddleware:
         self._declared = declared
 
     async def _principal(self, ctx: ServerRequestContext[Any, Any], rt: Runtime) -> TenantAccessToken | None:
-        from tenant_mcp.auth.authenticator import TenantAccessToken
-
         token = get_access_token()
         if not isinstance(token, TenantAccessToken):
             return None
