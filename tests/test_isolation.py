@@ -67,7 +67,9 @@ async def test_listings_differ_by_plan_and_scope(
             assert [p.name for p in (await c.list_prompts()).prompts] == ["summarize_notes"]
 
 
-async def test_tenant_dependent_results_are_cached_privately(notes_server: ServerProcess, tenants: Tenants) -> None:
+async def test_tenant_dependent_results_are_cached_privately(
+    notes_server: ServerProcess, tenants: Tenants
+) -> None:
     async with mcp_client(notes_server.url, tenants.keys["acme"]) as c:
         assert c.protocol_version == "2026-07-28"
         for result in (await c.list_tools(), await c.list_prompts(), await c.read_resource("profile://me")):
