@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from pydantic import Field
 
 from tenant_mcp import TenantContext, TenantMCP, new_id
@@ -62,7 +62,7 @@ async def get_note(note_id: NoteId, ctx: TenantContext) -> dict[str, Any]:
     """One note by id."""
     note = await ctx.db.get("notes", note_id)
     if note is None:
-        raise ValueError(f"no note {note_id}")
+        raise ToolError(f"No note {note_id}")  # a message the model can act on
     return note
 
 
@@ -82,7 +82,7 @@ async def search_notes(
 async def delete_note(note_id: NoteId, ctx: TenantContext) -> dict[str, Any]:
     """Delete a note by id."""
     if not await ctx.db.delete("notes", note_id):
-        raise ValueError(f"no note {note_id}")
+        raise ToolError(f"No note {note_id}")
     return {"deleted": note_id}
 
 
@@ -102,7 +102,7 @@ async def bulk_import(
     for i, note in enumerate(notes):
         title, body = note.get("title", ""), note.get("body", "")
         if not 1 <= len(title) <= 200 or len(body) > 100_000:
-            raise ValueError(f"note {i}: title must be 1-200 characters and body at most 100000")
+            raise ToolError(f"note {i}: title must be 1-200 characters and body at most 100000")
         rows.append((new_id(), title, body))
     async with ctx.db.transaction():
         return await ctx.db.execute_many("INSERT INTO notes (id, title, body) VALUES (?, ?, ?)", rows)
