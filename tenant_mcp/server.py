@@ -8,6 +8,7 @@ two are byte-identical on the wire and nothing reveals that another tenant's ite
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING, Any
@@ -24,16 +25,22 @@ from mcp.server.mcpserver.exceptions import (
 )
 from mcp.server.mcpserver.resources.templates import ResourceSecurityError
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import ResourceUpdated, ServerEvent
 from mcp_types import (
     INTERNAL_ERROR,
+    INVALID_PARAMS,
     CallToolResult,
     CompleteRequestParams,
     CompleteResult,
     Completion,
+    EmptyResult,
     GetPromptResult,
     InputRequiredResult,
     PromptReference,
     ResourceTemplateReference,
+    SetLevelRequestParams,
+    SubscribeRequestParams,
+    UnsubscribeRequestParams,
 )
 from mcp_types import Prompt as MCPPrompt
 from mcp_types import Resource as MCPResource
@@ -95,9 +102,14 @@ class ScopedServer(MCPServer[Any]):
         # which answers differently for a hidden tool than for a missing one. Without this
         # lookup the schema comes from our scoped tools/list instead.
         self._lowlevel_server.get_tool_input_schema = None
-        self._lowlevel_server.add_request_handler(
-            "completion/complete", CompleteRequestParams, self._complete
-        )
+        ll = self._lowlevel_server
+        ll.add_request_handler("completion/complete", CompleteRequestParams, self._complete)
+        ll.add_request_handler("logging/setLevel", SetLevelRequestParams, self._set_level)
+        ll.add_request_handler("resources/subscribe", SubscribeRequestParams, self._subscribe)
+        ll.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, self._unsubscribe)
+        # (tenant slug, session, uri) -> unsubscribe callable of the forwarding listener
+        self._resource_subscriptions: dict[tuple[str, str, str], Callable[[], None]] = {}
+        self._forwarding: set[asyncio.Task[None]] = set()
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -241,6 +253,73 @@ class ScopedServer(MCPServer[Any]):
         return GetPromptResult(
             description=entry.item.description, messages=pydantic_core.to_jsonable_python(rendered)
         )
+
+    # -- logging and resource subscriptions (2025-era sessions) ---------------------------------
+
+    async def _set_level(
+        self, ctx: ServerRequestContext[Any, Any], params: SetLevelRequestParams
+    ) -> EmptyResult:
+        """Accepted so clients can opt in; log messages go only to the requesting session anyway."""
+        _require_call()
+        return EmptyResult()
+
+    def _visible_uri(self, uri: str, call: Call) -> bool:
+        if self.catalogue.resources.visible(uri, call.tenant, call.principal) is not None:
+            return True
+        for entry in self.catalogue.templates.entries(call.tenant, call.principal):
+            try:
+                if entry.item.matches(uri) is not None:
+                    return True
+            except ResourceSecurityError:
+                return False
+        return False
+
+    @staticmethod
+    def _session_key(ctx: ServerRequestContext[Any, Any]) -> str:
+        headers = getattr(ctx.request, "headers", None)
+        return (
+            headers.get("mcp-session-id") if headers is not None else None
+        ) or f"connection:{id(ctx.session)}"
+
+    async def _subscribe(
+        self, ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams
+    ) -> EmptyResult:
+        """Forward this tenant's updates of `uri` to this session. Another tenant's URI, or one the
+        caller cannot see, is refused exactly like an unknown resource."""
+        call = _require_call()
+        uri = str(params.uri)
+        if not self._visible_uri(uri, call):
+            self._hidden(call, "resource", uri, self._exists(self.catalogue.resources, uri))
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown resource: {uri}", data={"uri": uri})
+        key = (call.tenant.slug, self._session_key(ctx), uri)
+        if key in self._resource_subscriptions:
+            return EmptyResult()
+        session = ctx.session
+        loop = asyncio.get_running_loop()
+
+        async def forward() -> None:
+            try:
+                await session.send_resource_updated(uri)
+            except Exception:  # the session is gone: stop forwarding to it
+                self._resource_subscriptions.pop(key, lambda: None)()
+
+        def listener(event: ServerEvent) -> None:
+            if isinstance(event, ResourceUpdated) and event.uri == uri:
+                task = loop.create_task(forward())
+                self._forwarding.add(task)
+                task.add_done_callback(self._forwarding.discard)
+
+        self._resource_subscriptions[key] = self.tenant_bus.subscribe(listener)
+        return EmptyResult()
+
+    async def _unsubscribe(
+        self, ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams
+    ) -> EmptyResult:
+        call = _require_call()
+        self._resource_subscriptions.pop(
+            (call.tenant.slug, self._session_key(ctx), str(params.uri)), lambda: None
+        )()
+        return EmptyResult()
 
     # -- completion ----------------------------------------------------------------------------
 

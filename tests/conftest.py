@@ -142,7 +142,7 @@ class ServerProcess:
 
 @asynccontextmanager
 async def mcp_client(
-    url: str, key: str | None, *, mode: str = "auto", **headers: str
+    url: str, key: str | None, *, mode: str = "auto", message_handler: Any = None, **headers: str
 ) -> AsyncIterator[Client]:
     """The official SDK client over streamable HTTP with a bearer key."""
     h = dict(headers)
@@ -150,7 +150,11 @@ async def mcp_client(
         h["Authorization"] = f"Bearer {key}"
     async with (
         httpx2.AsyncClient(headers=h, timeout=30) as hc,
-        Client(streamable_http_client(url, http_client=hc), mode=mode) as client,  # type: ignore[arg-type]
+        Client(
+            streamable_http_client(url, http_client=hc),
+            mode=mode,  # type: ignore[arg-type]
+            message_handler=message_handler,
+        ) as client,
     ):
         yield client
 

@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.conftest import ServerProcess, Tenants
 from tests.nodejs import JS, node_bin_dir, node_env, require_js_tools
 
@@ -46,7 +44,10 @@ def test_typescript_client_sees_only_its_own_tenant(notes_server: ServerProcess,
     assert globex["profile"] == {"name": "Globex Industries", "plan": "free"}
     assert all("acme" not in n["title"] for n in globex["notes"])
     assert "ts acme note" not in globex["prompt"]
-    assert globex["otherGet"] == {"isError": True, "text": f"Error executing tool get_note: No note {acme_id}"}
+    assert globex["otherGet"] == {
+        "isError": True,
+        "text": f"Error executing tool get_note: No note {acme_id}",
+    }
     assert globex["otherRead"]["code"] == -32602
     assert globex["otherRead"]["message"].endswith(f"Unknown resource: notes://{acme_id}")
 

@@ -4,9 +4,11 @@ reaches another."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from tests.conftest import ServerProcess, Tenants, mcp_client
 
@@ -99,3 +101,37 @@ async def test_resource_updates_reach_only_the_publishing_tenant(
         await anyio.sleep(0.3)
         tg.cancel_scope.cancel()
     assert seen == {"acme": [], "globex": [uri]}
+
+
+async def test_legacy_resource_subscriptions_are_per_tenant(probe: tuple[ServerProcess, Tenants]) -> None:
+    server, t = probe
+    uri = "items://7"
+    seen: dict[str, list[str]] = {"acme": [], "globex": []}
+
+    def handler(slug: str) -> Any:
+        async def on_message(message: Any) -> None:
+            root = getattr(message, "root", message)
+            if getattr(root, "method", None) == "notifications/resources/updated":
+                seen[slug].append(str(root.params.uri))
+
+        return on_message
+
+    async with (
+        mcp_client(server.url, t.keys["acme"], mode="legacy", message_handler=handler("acme")) as a,
+        mcp_client(server.url, t.keys["globex"], mode="legacy", message_handler=handler("globex")) as b,
+    ):
+        await a.subscribe_resource(uri)
+        await b.subscribe_resource(uri)
+        with pytest.raises(MCPError) as hidden:
+            await b.subscribe_resource("nowhere://1")
+        assert hidden.value.error.message == "Unknown resource: nowhere://1"
+        await a.call_tool("touch_resource", {"uri": uri})
+        with anyio.fail_after(5):
+            while not seen["acme"]:
+                await anyio.sleep(0.05)
+        await anyio.sleep(0.3)
+        assert seen == {"acme": [uri], "globex": []}
+        await a.unsubscribe_resource(uri)
+        await a.call_tool("touch_resource", {"uri": uri})
+        await anyio.sleep(0.3)
+        assert seen["acme"] == [uri]
