@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from tenant_mcp.http import HTTPOptions
+    from tenant_mcp.oauth import OAuthServer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -320,7 +321,9 @@ class TenantMCP:
         return self._runtime
 
     @asynccontextmanager
-    async def running(self, *, jwt: JWTSettings | None = None) -> AsyncIterator[Runtime]:
+    async def running(
+        self, *, jwt: JWTSettings | None = None, oauth: OAuthServer | None = None
+    ) -> AsyncIterator[Runtime]:
         """Open the control plane and tenant databases and start the audit writer.
 
         The HTTP app and the stdio runner enter this; tests and embedders can too.
@@ -333,6 +336,7 @@ class TenantMCP:
             authenticator = Authenticator(
                 control_plane,
                 jwt=JWTVerifier(jwt) if jwt else None,
+                oauth=oauth,
                 cache_seconds=self.credential_cache_seconds,
             )
             try:

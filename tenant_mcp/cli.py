@@ -223,6 +223,7 @@ def _http_options(args: argparse.Namespace) -> HTTPOptions:
         allowed_hosts=_csv(args.allowed_hosts),
         allowed_origins=_csv(args.allowed_origins),
         required_scopes=_csv(args.required_scopes),
+        oauth_issuer=args.oauth_issuer,
     )
     options.jwt = _jwt_settings(args, options.resource_url)
     return options
@@ -387,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="required aud: this server's resource URL (default http://HOST:PORT/mcp)")  # fmt: skip
     serve.add_argument("--jwt-tenant-claim", default=_env("JWT_TENANT_CLAIM", "tenant"),
                        help="claim holding the tenant slug (default: tenant)")  # fmt: skip
+    serve.add_argument("--oauth-issuer", default=_env("OAUTH_ISSUER"),
+                       help="turn on the built-in OAuth authorization server at this public base URL, "
+                       "e.g. http://127.0.0.1:8000 (for clients that only speak OAuth)")  # fmt: skip
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                        choices=["critical", "error", "warning", "info", "debug"])  # fmt: skip
     serve.set_defaults(handler=None, run=_serve)

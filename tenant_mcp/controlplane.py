@@ -61,6 +61,45 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_events_tenant ON audit_events(tenant_id, id);
     """,
+    # The built-in OAuth authorization server (tenant_mcp.oauth). Codes and tokens are stored as
+    # SHA-256 digests, like API keys; a token is bound to one tenant, key, client and resource.
+    """
+    CREATE TABLE oauth_clients (
+        client_id TEXT PRIMARY KEY,
+        info TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE oauth_requests (
+        id TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        params TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        browser TEXT,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE oauth_codes (
+        digest TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        key_id TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        params TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE oauth_tokens (
+        digest TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('access', 'refresh')),
+        client_id TEXT NOT NULL,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        key_id TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        resource TEXT,
+        family TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    CREATE INDEX oauth_tokens_family ON oauth_tokens(family);
+    """,
 )
 
 
@@ -279,6 +318,8 @@ class ControlPlane:
         await conn.execute("BEGIN IMMEDIATE")
         try:
             await conn.execute("DELETE FROM api_keys WHERE tenant_id = ?", (tenant.id,))
+            await conn.execute("DELETE FROM oauth_codes WHERE tenant_id = ?", (tenant.id,))
+            await conn.execute("DELETE FROM oauth_tokens WHERE tenant_id = ?", (tenant.id,))
             await conn.execute("DELETE FROM audit_events WHERE tenant_id = ?", (tenant.id,))
             await conn.execute("DELETE FROM tenants WHERE id = ?", (tenant.id,))
             await conn.execute("COMMIT")

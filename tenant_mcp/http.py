@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.routes import create_auth_routes
+from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, RevocationOptions
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials
@@ -34,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 from tenant_mcp.auth.jwt import JWTSettings
 from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.errors import AuthenticationError, ConfigurationError
+from tenant_mcp.oauth import CONSENT_PATH, OAuthServer
 from tenant_mcp.tenancy import names_tenant, principal_label
 
 if TYPE_CHECKING:
@@ -56,6 +59,7 @@ class HTTPOptions:
     allowed_origins: Sequence[str] = ()
     max_body_bytes: int = 4 * 1024 * 1024
     jwt: JWTSettings | None = None
+    oauth_issuer: str | None = None  # public base URL of the built-in authorization server, if on
     required_scopes: Sequence[str] = ()
     session_idle_timeout: float = 1800.0
 
@@ -69,6 +73,11 @@ class HTTPOptions:
         return TransportSecuritySettings(
             enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
         )
+
+    @property
+    def authorization_servers(self) -> list[str]:
+        issuers = list(self.jwt.issuers) if self.jwt else []
+        return issuers + ([self.oauth_issuer.rstrip("/")] if self.oauth_issuer else [])
 
     @property
     def resource_url(self) -> str:
@@ -94,7 +103,7 @@ class _Gate:
         self._options = options
         self._security = TransportSecurityMiddleware(options.transport_security())
         self._required = frozenset(options.required_scopes)
-        if options.jwt is not None:
+        if options.authorization_servers:
             self._challenge = (
                 'Bearer error="invalid_token", error_description="Authentication required", '
                 f'resource_metadata="{options.metadata_url}"'
@@ -181,10 +190,24 @@ def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     routes = [Route(options.path, endpoint=_Gate(app, options)), Route("/healthz", health)]
-    if options.jwt is not None:
+    oauth = None
+    if options.oauth_issuer is not None:
+        oauth = OAuthServer(lambda: app.runtime, issuer=options.oauth_issuer, resource=options.resource_url)
+        routes += create_auth_routes(
+            oauth,
+            # AuthSettings keeps a path-less issuer without the trailing slash a bare AnyHttpUrl adds;
+            # clients compare issuers byte for byte (RFC 8414).
+            issuer_url=AuthSettings.model_validate(
+                {"issuer_url": oauth.issuer, "resource_server_url": None}
+            ).issuer_url,
+            client_registration_options=ClientRegistrationOptions(enabled=True),
+            revocation_options=RevocationOptions(enabled=True),
+        )
+        routes.append(Route(CONSENT_PATH, oauth.consent, methods=["GET", "POST"]))
+    if options.authorization_servers:
         metadata = {
             "resource": options.resource_url,
-            "authorization_servers": list(options.jwt.issuers),
+            "authorization_servers": options.authorization_servers,
             "bearer_methods_supported": ["header"],
             **({"scopes_supported": list(options.required_scopes)} if options.required_scopes else {}),
         }
@@ -198,7 +221,7 @@ def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with app.running(jwt=options.jwt), server.session_manager.run():
+        async with app.running(jwt=options.jwt, oauth=oauth), server.session_manager.run():
             yield {}
 
     return Starlette(routes=routes, lifespan=lifespan)

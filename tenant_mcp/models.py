@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 TenantStatus = Literal["active", "suspended"]
-AuthMethod = Literal["api_key", "jwt"]
+AuthMethod = Literal["api_key", "jwt", "oauth"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +30,8 @@ class Tenant:
 class Principal:
     """Who is calling, inside exactly one tenant.
 
-    `key_id` is set for API keys, `claims` for JWTs. `client_id` is what sessions are bound to
+    `key_id` is set for API keys and for tokens of the built-in OAuth server (the key that approved
+    them), `claims` for JWTs. `client_id` is what sessions are bound to
     together with the tenant and subject, so a second key of the same tenant cannot resume
     another key's session.
     """

@@ -109,6 +109,7 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self.base = f"http://127.0.0.1:{self.port}"
+        args = tuple(a.replace("{port}", str(self.port)) for a in args)  # for flags that name the URL
         cmd = [sys.executable, "-m", "tenant_mcp.cli", "serve", app, "--port", str(self.port), "--db", db_url,
                "--log-level", "warning", *args]  # fmt: skip
         self.log = Path(db_url[len("sqlite:///") :]).with_suffix(f".{self.port}.log")

@@ -9,7 +9,7 @@ by another process.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp.server.auth.provider import AccessToken
 from pydantic import ConfigDict
@@ -19,6 +19,9 @@ from tenant_mcp.auth.jwt import JWTVerifier, scopes_of
 from tenant_mcp.controlplane import ControlPlane, KeyRecord
 from tenant_mcp.errors import AuthenticationError
 from tenant_mcp.models import Principal, Tenant
+
+if TYPE_CHECKING:
+    from tenant_mcp.oauth import OAuthServer
 
 
 class TenantAccessToken(AccessToken):
@@ -58,32 +61,40 @@ class Authenticator:
         control_plane: ControlPlane,
         *,
         jwt: JWTVerifier | None = None,
+        oauth: OAuthServer | None = None,
         cache_seconds: float = 1.0,
     ) -> None:
         self.control_plane = control_plane
         self.jwt = jwt
+        self.oauth = oauth
         self.cache_seconds = cache_seconds
         self._keys = _TTLCache(cache_seconds)
         self._tenants = _TTLCache(cache_seconds)
+        self._grants = _TTLCache(cache_seconds)
 
     async def authenticate(self, token: str) -> TenantAccessToken:
         if apikeys.looks_like_api_key(token):
             return await self._api_key(token)
+        if self.oauth is not None and token.startswith("tmo_"):
+            return await self._oauth(token)
         if self.jwt is not None and token.count(".") == 2:
             return await self._jwt(token)
         raise AuthenticationError("unrecognised credential")
 
-    async def _api_key(self, token: str) -> TenantAccessToken:
-        key_id = apikeys.parse_key_id(token)
-        if key_id is None:
-            raise AuthenticationError("malformed API key")
+    async def _key(self, key_id: str) -> tuple[KeyRecord | None, Tenant | None]:
         cached: tuple[KeyRecord | None, Tenant | None] | None = self._keys.get(key_id)
         if cached is None:
             record = await self.control_plane.key(key_id)
             tenant = await self.control_plane.tenant_by_id(record.tenant_id) if record else None
             cached = (record, tenant)
             self._keys.put(key_id, cached)
-        record, tenant = cached
+        return cached
+
+    async def _api_key(self, token: str) -> TenantAccessToken:
+        key_id = apikeys.parse_key_id(token)
+        if key_id is None:
+            raise AuthenticationError("malformed API key")
+        record, tenant = await self._key(key_id)
         if record is None or not apikeys.matches(token, record.digest):
             raise AuthenticationError(f"unknown API key {key_id}")
         if record.revoked_at is not None:
@@ -99,6 +110,37 @@ class Authenticator:
             key_id=key_id,
         )
         return self._token(token, tenant, principal, expires_at=None)
+
+    async def _oauth(self, token: str) -> TenantAccessToken:
+        """A token of the built-in authorization server: live only while its key and tenant are."""
+        assert self.oauth is not None
+        grant: dict[str, Any] | None = self._grants.get(token)
+        if grant is None:
+            grant = await self.oauth.access_grant(token) or {}
+            self._grants.put(token, grant)
+        if not grant or grant["expires_at"] < time.time():
+            raise AuthenticationError("unknown, expired or revoked OAuth token")
+        if (grant["resource"] or "").rstrip("/") != self.oauth.resource.rstrip("/"):
+            raise AuthenticationError("OAuth token was issued for another resource")
+        record, tenant = await self._key(grant["key_id"])
+        if (
+            record is None
+            or record.revoked_at is not None
+            or tenant is None
+            or tenant.id != grant["tenant_id"]
+        ):
+            raise AuthenticationError("the API key behind this OAuth token is revoked")
+        if not tenant.active:
+            raise AuthenticationError("tenant of this OAuth token is suspended")
+        principal = Principal(
+            tenant_id=tenant.id,
+            subject=f"key:{record.key_id}",
+            scopes=frozenset(grant["scopes"]) & frozenset(record.scopes),
+            auth_method="oauth",
+            client_id=grant["client_id"],
+            key_id=record.key_id,
+        )
+        return self._token(token, tenant, principal, expires_at=grant["expires_at"])
 
     async def _jwt(self, token: str) -> TenantAccessToken:
         assert self.jwt is not None

@@ -1,0 +1,413 @@
+"""The built-in OAuth 2.1 authorization server, for clients that only speak the MCP auth flow.
+
+Teams without their own identity provider can still connect assistants that insist on OAuth.
+The SDK's handlers serve RFC 8414 metadata, RFC 7591 dynamic client registration, the
+authorization-code grant with PKCE (S256 only), refresh and RFC 7009 revocation; this module is
+the provider behind them plus the sign-in page. A person signs in to a tenant by pasting one of
+its API keys, sees the client's name and the scopes asked for, and approves or denies.
+
+Tokens are opaque (`tmo_...` access, `tmr_...` refresh), stored only as SHA-256 digests, and bound
+to one tenant, the API key used to approve, the client and this server's resource URL. Access
+tokens live 15 minutes; refresh tokens rotate on every use (a replayed one revokes its whole
+family). Revoking the key or suspending the tenant ends every token issued through it, because
+each use re-checks both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import json
+import secrets
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from mcp.server.auth.provider import (
+    AccessToken,
+    AuthorizationCode,
+    AuthorizationParams,
+    AuthorizeError,
+    RefreshToken,
+    TokenError,
+    construct_redirect_uri,
+)
+from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from tenant_mcp.errors import AuthenticationError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tenant_mcp.app import Runtime
+
+ACCESS_SECONDS = 15 * 60
+REFRESH_SECONDS = 30 * 24 * 3600
+CODE_SECONDS = 5 * 60
+REQUEST_SECONDS = 10 * 60
+CONSENT_PATH = "/oauth/consent"
+_COOKIE = "tenant_mcp_consent"
+# The consent page must never be framed (clickjacking) or cached, and leaks no referrer.
+_PAGE_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+class TenantCode(AuthorizationCode):
+    tenant_id: str
+    key_id: str
+
+
+class TenantRefreshToken(RefreshToken):
+    tenant_id: str
+    key_id: str
+    family: str
+
+
+class OAuthServer:
+    """The SDK's `OAuthAuthorizationServerProvider`, backed by the control plane."""
+
+    def __init__(self, runtime: Callable[[], Runtime], *, issuer: str, resource: str) -> None:
+        self._runtime = runtime  # the routes exist before the server runs; state comes from the runtime
+        self.issuer = issuer.rstrip("/")
+        self.resource = resource
+
+    @property
+    def _conn(self) -> Any:
+        return self._runtime().control_plane.conn
+
+    # -- clients (RFC 7591) ----------------------------------------------------------------------
+
+    async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        async with self._conn.execute(
+            "SELECT info FROM oauth_clients WHERE client_id = ?", (client_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return OAuthClientInformationFull.model_validate_json(row[0]) if row else None
+
+    async def register_client(self, client_info: OAuthClientInformationFull) -> None:
+        await self._conn.execute(
+            "INSERT INTO oauth_clients (client_id, info, created_at) VALUES (?, ?, ?)",
+            (
+                client_info.client_id,
+                client_info.model_dump_json(),
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            ),
+        )
+
+    # -- authorization -----------------------------------------------------------------------------
+
+    async def authorize(self, client: OAuthClientInformationFull, params: AuthorizationParams) -> str:
+        """Park the validated request and send the browser to the sign-in page."""
+        if params.resource is not None and params.resource.rstrip("/") != self.resource.rstrip("/"):
+            raise AuthorizeError(error="invalid_request", error_description="unknown resource")
+        request_id = secrets.token_urlsafe(24)
+        await self._conn.execute(
+            "INSERT INTO oauth_requests (id, client_id, params, csrf, expires_at) VALUES (?, ?, ?, ?, ?)",
+            (request_id, client.client_id, params.model_dump_json(), secrets.token_urlsafe(24),
+             time.time() + REQUEST_SECONDS),
+        )  # fmt: skip
+        await self._conn.execute("DELETE FROM oauth_requests WHERE expires_at < ?", (time.time(),))
+        return f"{self.issuer}{CONSENT_PATH}?request={request_id}"
+
+    async def load_authorization_code(
+        self, client: OAuthClientInformationFull, authorization_code: str
+    ) -> TenantCode | None:
+        async with self._conn.execute(
+            "SELECT * FROM oauth_codes WHERE digest = ? AND client_id = ?",
+            (_digest(authorization_code), client.client_id),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        params = json.loads(row["params"])
+        return TenantCode(
+            code=authorization_code,
+            scopes=json.loads(row["scopes"]),
+            expires_at=row["expires_at"],
+            client_id=row["client_id"],
+            code_challenge=params["code_challenge"],
+            redirect_uri=params["redirect_uri"],
+            redirect_uri_provided_explicitly=params["redirect_uri_provided_explicitly"],
+            resource=params.get("resource"),
+            tenant_id=row["tenant_id"],
+            key_id=row["key_id"],
+        )
+
+    async def exchange_authorization_code(
+        self, client: OAuthClientInformationFull, authorization_code: TenantCode
+    ) -> OAuthToken:
+        # Single use: the DELETE decides which of two racing exchanges wins.
+        cur = await self._conn.execute(
+            "DELETE FROM oauth_codes WHERE digest = ?", (_digest(authorization_code.code),)
+        )
+        if cur.rowcount != 1:
+            raise TokenError(error="invalid_grant", error_description="authorization code already used")
+        await self._check_key(authorization_code.key_id, authorization_code.tenant_id)
+        return await self._issue(
+            client.client_id, authorization_code.tenant_id, authorization_code.key_id, authorization_code.scopes,
+            authorization_code.resource or self.resource, family=uuid.uuid4().hex,
+        )  # fmt: skip
+
+    # -- refresh and revocation ----------------------------------------------------------------------
+
+    async def load_refresh_token(
+        self, client: OAuthClientInformationFull, refresh_token: str
+    ) -> TenantRefreshToken | None:
+        row = await self._token_row(refresh_token, "refresh")
+        if row is None or row["client_id"] != client.client_id:
+            return None
+        if row["revoked_at"] is not None:
+            # A rotated refresh token came back: someone holds a copy. End the whole family.
+            await self._revoke_family(row["family"])
+            return None
+        return TenantRefreshToken(
+            token=refresh_token,
+            client_id=row["client_id"],
+            scopes=json.loads(row["scopes"]),
+            expires_at=int(row["expires_at"]),
+            resource=row["resource"],
+            tenant_id=row["tenant_id"],
+            key_id=row["key_id"],
+            family=row["family"],
+        )
+
+    async def exchange_refresh_token(
+        self, client: OAuthClientInformationFull, refresh_token: TenantRefreshToken, scopes: list[str]
+    ) -> OAuthToken:
+        if not set(scopes) <= set(refresh_token.scopes):
+            raise TokenError(error="invalid_scope", error_description="cannot widen scopes on refresh")
+        cur = await self._conn.execute(
+            "UPDATE oauth_tokens SET revoked_at = ? WHERE digest = ? AND revoked_at IS NULL",
+            (time.time(), _digest(refresh_token.token)),
+        )
+        if cur.rowcount != 1:
+            raise TokenError(error="invalid_grant", error_description="refresh token already used")
+        await self._check_key(refresh_token.key_id, refresh_token.tenant_id)
+        return await self._issue(
+            client.client_id, refresh_token.tenant_id, refresh_token.key_id, scopes or refresh_token.scopes,
+            refresh_token.resource or self.resource, family=refresh_token.family,
+        )  # fmt: skip
+
+    async def load_access_token(self, token: str) -> AccessToken | None:
+        """Unused by tenant_mcp (the authenticator verifies `tmo_` tokens); part of the protocol."""
+        grant = await self.access_grant(token)
+        if grant is None:
+            return None
+        return AccessToken(
+            token=token, client_id=grant["client_id"], scopes=grant["scopes"], resource=grant["resource"]
+        )
+
+    async def revoke_token(self, token: AccessToken | RefreshToken) -> None:
+        row = await self._token_row(token.token, None)
+        if row is not None:
+            await self._revoke_family(row["family"]) if row[
+                "kind"
+            ] == "refresh" else await self._conn.execute(
+                "UPDATE oauth_tokens SET revoked_at = ? WHERE digest = ?", (time.time(), row["digest"])
+            )
+
+    async def exchange_identity_assertion(self, *args: Any, **kwargs: Any) -> OAuthToken:
+        raise TokenError(
+            error="unsupported_grant_type", error_description="identity assertions are not supported"
+        )
+
+    # -- used by the authenticator -----------------------------------------------------------------
+
+    async def access_grant(self, token: str) -> dict[str, Any] | None:
+        """What a live access token grants (tenant, key, client, scopes, resource), else None."""
+        row = await self._token_row(token, "access")
+        if row is None or row["revoked_at"] is not None or row["expires_at"] < time.time():
+            return None
+        return {
+            "tenant_id": row["tenant_id"],
+            "key_id": row["key_id"],
+            "client_id": row["client_id"],
+            "scopes": json.loads(row["scopes"]),
+            "resource": row["resource"],
+            "expires_at": int(row["expires_at"]),
+        }
+
+    # -- internals -------------------------------------------------------------------------------
+
+    async def _token_row(self, token: str, kind: str | None) -> Any:
+        async with self._conn.execute(
+            "SELECT * FROM oauth_tokens WHERE digest = ?", (_digest(token),)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None or (kind is not None and row["kind"] != kind):
+            return None
+        return row
+
+    async def _revoke_family(self, family: str) -> None:
+        await self._conn.execute(
+            "UPDATE oauth_tokens SET revoked_at = ? WHERE family = ? AND revoked_at IS NULL",
+            (time.time(), family),
+        )
+
+    async def _check_key(self, key_id: str, tenant_id: str) -> None:
+        control_plane = self._runtime().control_plane
+        record = await control_plane.key(key_id)
+        tenant = await control_plane.tenant_by_id(tenant_id)
+        if record is None or record.revoked_at is not None or tenant is None or not tenant.active:
+            raise TokenError(error="invalid_grant", error_description="the grant is no longer valid")
+
+    async def _issue(
+        self, client_id: str, tenant_id: str, key_id: str, scopes: list[str], resource: str, *, family: str
+    ) -> OAuthToken:
+        access, refresh = "tmo_" + secrets.token_urlsafe(32), "tmr_" + secrets.token_urlsafe(32)
+        now = time.time()
+        rows = [
+            (_digest(access), "access", now + ACCESS_SECONDS),
+            (_digest(refresh), "refresh", now + REFRESH_SECONDS),
+        ]
+        await self._conn.executemany(
+            "INSERT INTO oauth_tokens (digest, kind, client_id, tenant_id, key_id, scopes, resource, family,"
+            " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (d, kind, client_id, tenant_id, key_id, json.dumps(scopes), resource, family, exp)
+                for d, kind, exp in rows
+            ],
+        )
+        return OAuthToken(
+            access_token=access,
+            expires_in=ACCESS_SECONDS,
+            scope=" ".join(scopes) or None,
+            refresh_token=refresh,
+        )
+
+    # -- the sign-in and consent page ----------------------------------------------------------------
+
+    async def _pending(self, request_id: str) -> Any:
+        async with self._conn.execute(
+            "SELECT * FROM oauth_requests WHERE id = ? AND expires_at > ?", (request_id, time.time())
+        ) as cur:
+            return await cur.fetchone()
+
+    async def consent(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self._decide(request)
+        request_id = request.query_params.get("request", "")
+        pending = await self._pending(request_id)
+        if pending is None:
+            return _page("Sign-in link expired", "<p>This sign-in link is invalid or has expired. "
+                         "Start again from your application.</p>", status=400)  # fmt: skip
+        client = await self.get_client(pending["client_id"])
+        params = AuthorizationParams.model_validate_json(pending["params"])
+        browser = secrets.token_urlsafe(24)
+        await self._conn.execute(
+            "UPDATE oauth_requests SET browser = ? WHERE id = ?", (_digest(browser), request_id)
+        )
+        name = html.escape((client.client_name if client else None) or pending["client_id"])
+        scopes = params.scopes or []
+        scope_list = (
+            "".join(f"<li><code>{html.escape(s)}</code></li>" for s in scopes)
+            or "<li>the key's own scopes</li>"
+        )
+        body = f"""
+<p><strong>{name}</strong> wants to use this MCP server on your behalf.</p>
+<p>It asks for:</p><ul>{scope_list}</ul>
+<p>It will be sent back to <code>{html.escape(str(params.redirect_uri))}</code>.</p>
+<form method="post" action="{CONSENT_PATH}">
+  <input type="hidden" name="request" value="{html.escape(request_id)}">
+  <input type="hidden" name="csrf" value="{html.escape(pending["csrf"])}">
+  <label for="api_key">Sign in with one of your tenant's API keys</label>
+  <input id="api_key" name="api_key" type="password" autocomplete="off" required>
+  <div class="actions">
+    <button type="submit" name="decision" value="approve">Approve</button>
+    <button type="submit" name="decision" value="deny" formnovalidate>Deny</button>
+  </div>
+</form>"""
+        response = _page("Authorize access", body)
+        response.set_cookie(_COOKIE, browser, max_age=REQUEST_SECONDS, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https", path=CONSENT_PATH)  # fmt: skip
+        return response
+
+    async def _decide(self, request: Request) -> Response:
+        form = await request.form()
+        request_id = str(form.get("request", ""))
+        pending = await self._pending(request_id)
+        browser = request.cookies.get(_COOKIE, "")
+        if (
+            pending is None
+            or not hmac.compare_digest(str(form.get("csrf", "")), pending["csrf"])
+            or pending["browser"] is None
+            or not hmac.compare_digest(_digest(browser), pending["browser"])
+        ):
+            return _page(
+                "Request refused", "<p>This form is invalid or has expired. Start again.</p>", status=400
+            )
+        params = AuthorizationParams.model_validate_json(pending["params"])
+        redirect = str(params.redirect_uri)
+        if form.get("decision") != "approve":
+            await self._conn.execute("DELETE FROM oauth_requests WHERE id = ?", (request_id,))
+            return _redirect(construct_redirect_uri(redirect, error="access_denied", state=params.state))
+        try:
+            token = await self._runtime().authenticator.authenticate(str(form.get("api_key", "")).strip())
+        except AuthenticationError:
+            token = None
+        if token is None or token.principal.key_id is None:
+            return await self.consent_again(request_id, "That key was not accepted. Paste an active API key.")
+        await self._conn.execute("DELETE FROM oauth_requests WHERE id = ?", (request_id,))
+        requested = params.scopes or sorted(token.principal.scopes)
+        granted = [s for s in requested if s in token.principal.scopes]  # never more than the key has
+        code = secrets.token_urlsafe(32)
+        await self._conn.execute(
+            "INSERT INTO oauth_codes (digest, client_id, tenant_id, key_id, scopes, params, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (_digest(code), pending["client_id"], token.tenant.id, token.principal.key_id, json.dumps(granted),
+             params.model_dump_json(), time.time() + CODE_SECONDS),
+        )  # fmt: skip
+        return _redirect(construct_redirect_uri(redirect, code=code, state=params.state))
+
+    async def consent_again(self, request_id: str, message: str) -> Response:
+        """Re-show the form after a bad key, keeping the same pending request."""
+        pending = await self._pending(request_id)
+        assert pending is not None
+        body = f"""
+<p role="alert" class="error">{html.escape(message)}</p>
+<form method="post" action="{CONSENT_PATH}">
+  <input type="hidden" name="request" value="{html.escape(request_id)}">
+  <input type="hidden" name="csrf" value="{html.escape(pending["csrf"])}">
+  <label for="api_key">API key</label>
+  <input id="api_key" name="api_key" type="password" autocomplete="off" required>
+  <div class="actions">
+    <button type="submit" name="decision" value="approve">Approve</button>
+    <button type="submit" name="decision" value="deny" formnovalidate>Deny</button>
+  </div>
+</form>"""
+        return _page("Authorize access", body, status=401)
+
+
+def _redirect(url: str) -> Response:
+    return RedirectResponse(
+        url, status_code=302, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    )
+
+
+def _page(title: str, body: str, *, status: int = 200) -> HTMLResponse:
+    document = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>
+body {{ font: 16px/1.5 system-ui, sans-serif; max-width: 32rem; margin: 3rem auto; padding: 0 1rem; color: #1a1a1a; }}
+h1 {{ font-size: 1.4rem; }} code {{ background: #f2f2f2; padding: 0 .25rem; }}
+label {{ display: block; margin-top: 1rem; font-weight: 600; }}
+input {{ width: 100%; padding: .5rem; font-size: 1rem; box-sizing: border-box; }}
+.actions {{ margin-top: 1rem; display: flex; gap: .5rem; }}
+button {{ padding: .5rem 1.2rem; font-size: 1rem; }} .error {{ color: #a00; }}
+</style></head>
+<body><main><h1>{html.escape(title)}</h1>{body}</main></body></html>"""
+    return HTMLResponse(document, status_code=status, headers=_PAGE_HEADERS)
