@@ -23,6 +23,7 @@ import secrets
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from mcp.server.auth.provider import (
     AccessToken,
@@ -53,8 +54,8 @@ _COOKIE = "tenant_mcp_consent"
 # The consent page must never be framed (clickjacking) or cached, and leaks no referrer.
 _PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; "
+    "base-uri 'none'",
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
@@ -330,7 +331,7 @@ class OAuthServer:
     <button type="submit" name="decision" value="deny" formnovalidate>Deny</button>
   </div>
 </form>"""
-        response = _page("Authorize access", body)
+        response = _page("Authorize access", body, redirect_uri=str(params.redirect_uri))
         response.set_cookie(_COOKIE, browser, max_age=REQUEST_SECONDS, httponly=True, samesite="strict",
                             secure=request.url.scheme == "https", path=CONSENT_PATH)  # fmt: skip
         return response
@@ -388,7 +389,16 @@ class OAuthServer:
     <button type="submit" name="decision" value="deny" formnovalidate>Deny</button>
   </div>
 </form>"""
-        return _page("Authorize access", body, status=401)
+        params = AuthorizationParams.model_validate_json(pending["params"])
+        return _page("Authorize access", body, status=401, redirect_uri=str(params.redirect_uri))
+
+
+def _form_action(redirect_uri: str) -> str:
+    """CSP `form-action` also governs the redirect after the POST, so it must name the client's
+    redirect target (and nothing else) besides this server."""
+    parts = urlsplit(redirect_uri)
+    target = f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") else f"{parts.scheme}:"
+    return f"form-action 'self' {target}"
 
 
 def _redirect(url: str) -> Response:
@@ -397,7 +407,7 @@ def _redirect(url: str) -> Response:
     )
 
 
-def _page(title: str, body: str, *, status: int = 200) -> HTMLResponse:
+def _page(title: str, body: str, *, status: int = 200, redirect_uri: str | None = None) -> HTMLResponse:
     document = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
@@ -410,4 +420,7 @@ input {{ width: 100%; padding: .5rem; font-size: 1rem; box-sizing: border-box; }
 button {{ padding: .5rem 1.2rem; font-size: 1rem; }} .error {{ color: #a00; }}
 </style></head>
 <body><main><h1>{html.escape(title)}</h1>{body}</main></body></html>"""
-    return HTMLResponse(document, status_code=status, headers=_PAGE_HEADERS)
+    headers = dict(_PAGE_HEADERS)
+    action = _form_action(redirect_uri) if redirect_uri else "form-action 'none'"
+    headers["Content-Security-Policy"] = f"{headers['Content-Security-Policy']}; {action}"
+    return HTMLResponse(document, status_code=status, headers=headers)
