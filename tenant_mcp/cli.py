@@ -249,7 +249,8 @@ def _demo(args: argparse.Namespace) -> None:
     from tenant_mcp import http
 
     app.database_url = args.db
-    options = HTTPOptions(host=args.host, port=args.port)
+    # The built-in authorization server is on, so clients that only speak OAuth can connect too.
+    options = HTTPOptions(host=args.host, port=args.port, oauth_issuer=f"http://{args.host}:{args.port}")
 
     async def prepare() -> dict[str, str]:
         keys = {}
@@ -294,6 +295,7 @@ def _demo(args: argparse.Namespace) -> None:
         f'  async with Client(streamable_http_client("{url}", http_client=hc)) as client:\n'
         '      print(await client.call_tool("whoami", {}))'
     )
+    print(f"\nOAuth-only clients: add {url} as a remote server and sign in with a key above.")
     print("\nServing until Ctrl-C.", flush=True)
     asyncio.run(http.serve(app, options, log_level="warning"))
 
