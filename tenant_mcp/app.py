@@ -29,6 +29,7 @@ from tenant_mcp.auth.jwt import JWTSettings, JWTVerifier
 from tenant_mcp.catalogue import Catalogue, Entry, Section, StaticResource, Visibility
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane
 from tenant_mcp.errors import TenantMCPError
+from tenant_mcp.leakguard import LeakGuard, MarkerSync, Policy
 from tenant_mcp.server import ScopedServer
 from tenant_mcp.storage import DatabasePool
 from tenant_mcp.tenancy import _norm
@@ -50,6 +51,7 @@ class Runtime:
     authenticator: Authenticator
     audit: AuditLog
     pool: DatabasePool
+    leak_guard: LeakGuard | None
 
 
 def _visibility(scopes: Iterable[str], plans: Iterable[str] | None) -> Visibility:
@@ -174,12 +176,14 @@ class TenantMCP:
         audit_argument_values: bool = False,
         max_open_databases: int = 64,
         credential_cache_seconds: float = 1.0,
+        leak_guard: Policy | None = "block",
     ) -> None:
         self.name = name
         self.database_url = database_url or os.environ.get("TENANT_MCP_DATABASE_URL") or DEFAULT_DATABASE_URL
         self.audit_argument_values = audit_argument_values
         self.max_open_databases = max_open_databases
         self.credential_cache_seconds = credential_cache_seconds
+        self.leak_guard = leak_guard
         self._catalogue = Catalogue()
         self._migrations: list[str] = []
         self._runtime: Runtime | None = None
@@ -342,12 +346,16 @@ class TenantMCP:
             try:
                 async with anyio.create_task_group() as tg:
                     await tg.start(audit.run)
-                    self._runtime = Runtime(control_plane, authenticator, audit, pool)
+                    guard = LeakGuard(self.leak_guard) if self.leak_guard else None
+                    if guard is not None:
+                        await tg.start(MarkerSync(guard, control_plane).run)
+                    self._runtime = Runtime(control_plane, authenticator, audit, pool, guard)
                     try:
                         yield self._runtime
                     finally:
                         self._runtime = None
                         await audit.aclose()
+                        tg.cancel_scope.cancel()  # stops the marker sync
             except ExceptionGroup as group:
                 # The task group wraps whatever the body raised; give callers their own error back.
                 if len(group.exceptions) == 1:

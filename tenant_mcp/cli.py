@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import importlib
 import json
 import os
+import secrets
 import shutil
 import sqlite3
 import sys
@@ -163,6 +165,27 @@ async def _key_list(args: argparse.Namespace, cp: ControlPlane) -> None:
 async def _key_revoke(args: argparse.Namespace, cp: ControlPlane) -> None:
     record = await cp.revoke_key(args.key_id)
     _print(args, {"key_id": record.key_id, "revoked_at": record.revoked_at}, f"revoked key {record.key_id}")
+
+
+# -- canaries ------------------------------------------------------------------------------------
+
+
+async def _canary_plant(args: argparse.Namespace, cp: ControlPlane) -> None:
+    """A random value recorded as the tenant's canary and written into its database, so a
+    query that wrongly crosses tenants carries it out and the leak guard catches it."""
+    tenant = await cp.require_tenant(args.tenant)
+    value = "tmcanary" + secrets.token_hex(12)
+    await cp.add_marker(tenant.id, value, "canary")
+    path = DatabasePool(cp.data_dir).path(tenant.id)
+
+    def plant() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS tenant_mcp_canaries (value TEXT NOT NULL)")
+            conn.execute("INSERT INTO tenant_mcp_canaries (value) VALUES (?)", (value,))
+
+    await anyio.to_thread.run_sync(plant)
+    _print(args, {"tenant": tenant.slug, "canary": value}, f"planted canary {value} in {tenant.slug}")
 
 
 # -- audit ---------------------------------------------------------------------------------------
@@ -357,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = key_cmds.add_parser("revoke", parents=[common], help="revoke a key (effective within 2 s)")
     p.add_argument("key_id")
     p.set_defaults(handler=_key_revoke)
+
+    canary = commands.add_parser("canary", help="plant canaries for the leak guard")
+    canary_cmds = canary.add_subparsers(dest="command", required=True, metavar="ACTION")
+    p = canary_cmds.add_parser("plant", parents=[common], help="plant a canary value in a tenant's data")
+    p.add_argument("tenant", help="tenant slug")
+    p.set_defaults(handler=_canary_plant)
 
     p = commands.add_parser("audit", parents=[common], help="recent audit events of a tenant")
     p.add_argument("tenant", help="tenant slug")

@@ -12,6 +12,7 @@ from typing import Any
 from mcp.server.mcpserver import Context
 
 from tenant_mcp.errors import TenantMCPError
+from tenant_mcp.leakguard import Markers
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.storage import TenantDatabase
 
@@ -20,10 +21,16 @@ class TenantContext(Context[Any, Any]):
     _tenant: Tenant
     _principal: Principal
     _db: TenantDatabase | None
+    _markers: Markers | None
 
     @classmethod
     def _bind(
-        cls, base: Context[Any, Any], tenant: Tenant, principal: Principal, db: TenantDatabase | None
+        cls,
+        base: Context[Any, Any],
+        tenant: Tenant,
+        principal: Principal,
+        db: TenantDatabase | None,
+        markers: Markers | None = None,
     ) -> TenantContext:
         ctx = cls(  # type: ignore[call-arg]  # Context's __init__ takes these; pydantic's stub hides it
             request_context=base._request_context,
@@ -34,6 +41,7 @@ class TenantContext(Context[Any, Any]):
         ctx._tenant = tenant
         ctx._principal = principal
         ctx._db = db
+        ctx._markers = markers
         return ctx
 
     @property
@@ -51,3 +59,10 @@ class TenantContext(Context[Any, Any]):
         if self._db is None:
             raise TenantMCPError("this server has no tenant database configured")
         return self._db
+
+    @property
+    def markers(self) -> Markers:
+        """Register identifiers of this tenant for the outbound leak guard; see `tenant_mcp.leakguard`."""
+        if self._markers is None:
+            raise TenantMCPError("the server is not running")
+        return self._markers

@@ -100,6 +100,17 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX oauth_tokens_family ON oauth_tokens(family);
     """,
+    # Markers of the outbound leak guard (tenant_mcp.leakguard): identifiers and canaries.
+    """
+    CREATE TABLE leak_markers (
+        id INTEGER PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('identifier', 'canary')),
+        value TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (tenant_id, value)
+    );
+    """,
 )
 
 
@@ -320,6 +331,7 @@ class ControlPlane:
             await conn.execute("DELETE FROM api_keys WHERE tenant_id = ?", (tenant.id,))
             await conn.execute("DELETE FROM oauth_codes WHERE tenant_id = ?", (tenant.id,))
             await conn.execute("DELETE FROM oauth_tokens WHERE tenant_id = ?", (tenant.id,))
+            await conn.execute("DELETE FROM leak_markers WHERE tenant_id = ?", (tenant.id,))
             await conn.execute("DELETE FROM audit_events WHERE tenant_id = ?", (tenant.id,))
             await conn.execute("DELETE FROM tenants WHERE id = ?", (tenant.id,))
             await conn.execute("COMMIT")
@@ -383,6 +395,21 @@ class ControlPlane:
         revoked = await self.key(key_id)
         assert revoked is not None
         return revoked
+
+    # -- leak markers ------------------------------------------------------------------------------
+
+    async def add_marker(self, tenant_id: str, value: str, kind: str) -> None:
+        await self.conn.execute(
+            "INSERT OR IGNORE INTO leak_markers (tenant_id, kind, value, created_at) VALUES (?, ?, ?, ?)",
+            (tenant_id, kind, value, _now()),
+        )
+
+    async def markers(self, after_id: int = 0) -> list[tuple[int, str, str, str]]:
+        """(id, tenant id, kind, value) of markers added after `after_id`, oldest first."""
+        async with self.conn.execute(
+            "SELECT id, tenant_id, kind, value FROM leak_markers WHERE id > ? ORDER BY id", (after_id,)
+        ) as cur:
+            return [(row[0], row[1], row[2], row[3]) for row in await cur.fetchall()]
 
     # -- audit -------------------------------------------------------------------------------
 

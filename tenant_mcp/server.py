@@ -50,6 +50,7 @@ from pydantic.networks import AnyUrl
 
 from tenant_mcp.catalogue import Catalogue, StaticResource
 from tenant_mcp.context import TenantContext
+from tenant_mcp.leakguard import Markers
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.storage import TenantDatabase
 from tenant_mcp.subscriptions import TenantSubscriptionBus
@@ -125,8 +126,11 @@ class ScopedServer(MCPServer[Any]):
     def _bind(self, base: Context[Any, Any] | None, call: Call) -> TenantContext:
         base = base or Context(mcp_server=self, subscriptions=self.tenant_bus)
         rt = self._runtime()
-        db = TenantDatabase(rt.pool, call.tenant.id) if rt is not None else None
-        return TenantContext._bind(base, call.tenant, call.principal, db)
+        if rt is None:
+            return TenantContext._bind(base, call.tenant, call.principal, None)
+        db = TenantDatabase(rt.pool, call.tenant.id)
+        markers = Markers(rt.leak_guard, rt.control_plane, call.tenant.id)
+        return TenantContext._bind(base, call.tenant, call.principal, db, markers)
 
     @staticmethod
     async def _end(ctx: TenantContext, *, commit: bool) -> None:

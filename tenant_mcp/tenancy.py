@@ -12,6 +12,7 @@ task, so concurrent requests of different tenants never see each other's tenant.
 from __future__ import annotations
 
 import contextvars
+import logging
 import time
 from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
@@ -19,16 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, INVALID_REQUEST
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
 
 from tenant_mcp.auth.authenticator import TenantAccessToken
 from tenant_mcp.errors import AuthenticationError
+from tenant_mcp.leakguard import Hit, LeakGuard, serialize
 from tenant_mcp.models import Principal, Tenant
 
 if TYPE_CHECKING:
     from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 
     from tenant_mcp.app import Runtime
+
+logger = logging.getLogger("tenant_mcp.leakguard")
 
 # Messages that carry no tenant data and are needed before a client can do anything.
 _OPEN_METHODS = frozenset({"initialize", "notifications/initialized", "ping", "server/discover"})
@@ -94,6 +98,10 @@ def _arguments(method: str, params: Mapping[str, Any]) -> Any:
     return None
 
 
+LEAK_BLOCKED = "leak blocked"
+WITHHELD = "The response was withheld because it contained data of another tenant. The event was recorded."
+
+
 class TenancyMiddleware:
     def __init__(
         self,
@@ -138,6 +146,54 @@ class TenancyMiddleware:
                         return f"arguments.{key}"
         return None
 
+    def _guard_outbound(
+        self,
+        rt: Runtime,
+        guard: LeakGuard,
+        call: Call,
+        method: str,
+        params: Mapping[str, Any],
+        result: HandlerResult,
+    ) -> HandlerResult:
+        """Scan a response for other tenants' markers and apply the policy."""
+        if not isinstance(result, Mapping):
+            return result
+        body = {k: v for k, v in result.items() if k != "_meta"}  # server info is the same for all
+        hits = guard.scan(serialize(body), call.tenant.id)
+        if not hits:
+            return result
+        self._record_leak(rt, guard, call, method, params, hits)
+        if guard.policy == "block":
+            call.denied = LEAK_BLOCKED
+            raise MCPError(code=INTERNAL_ERROR, message=WITHHELD)
+        if guard.policy == "redact":
+            redacted: dict[str, Any] = guard.redact(body, hits)
+            if "_meta" in result:
+                redacted["_meta"] = result["_meta"]
+            return redacted
+        return result
+
+    @staticmethod
+    def _record_leak(
+        rt: Runtime, guard: LeakGuard, call: Call, method: str, params: Mapping[str, Any], hits: list[Hit]
+    ) -> None:
+        """One `leak` event in each tenant's trail: what kind of marker, whose, which item. Never
+        the marker itself."""
+        guard.hits += 1
+        target = _target(method, params)
+        for owner, kind in sorted({(hit.owner, hit.kind) for hit in hits}):
+            rt.audit.record(
+                tenant_id=call.tenant.id, principal=principal_label(call.principal), method=method, target=target,
+                outcome="leak", reason=f"{kind} marker of tenant {owner} in the response; policy {guard.policy}",
+            )  # fmt: skip
+            rt.audit.record(
+                tenant_id=owner, principal=None, method=method, target=target, outcome="leak",
+                reason=f"{kind} marker of this tenant in a response to tenant {call.tenant.id}; policy {guard.policy}",
+            )  # fmt: skip
+        logger.warning(
+            "leak guard: %d foreign marker(s) in %s %s (policy %s)", len(hits), method, target, guard.policy
+        )
+
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         method = ctx.method
         rt = self._runtime()
@@ -170,12 +226,20 @@ class TenancyMiddleware:
                 result = await call_next(ctx)
             finally:
                 _current.reset(reset)
+            if rt.leak_guard is not None:
+                result = self._guard_outbound(rt, rt.leak_guard, call, method, params, result)
             if call.denied is not None:
                 outcome, reason = "denied", call.denied
             elif isinstance(result, Mapping) and result.get("isError"):
                 outcome = "error"
             return result
         except MCPError as exc:
+            if rt.leak_guard is not None and call.denied != LEAK_BLOCKED:
+                hits = rt.leak_guard.scan(exc.error.message, call.tenant.id)
+                if hits:
+                    self._record_leak(rt, rt.leak_guard, call, method, params, hits)
+                    if rt.leak_guard.policy != "report":
+                        exc.error.message, exc.error.data = WITHHELD, None
             if outcome == "ok":
                 outcome, reason = ("denied", call.denied) if call.denied else ("error", exc.error.message)
             raise

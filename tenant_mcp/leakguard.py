@@ -1,0 +1,202 @@
+"""The outbound leak guard: catch other tenants' data in what leaves the server.
+
+Scoping stops the leaks someone thought of. This catches the rest at the last moment: every
+response and error about to go to tenant A is scanned for markers that belong to *other* tenants
+(their slugs and names, identifiers the developer registers with `ctx.markers.add(...)`, and
+canaries planted with `tenant-mcp canary plant`). A hit runs the configured policy:
+
+- ``block``: the caller gets an error and nothing of the payload;
+- ``redact``: each foreign marker is replaced by ``[redacted]``;
+- ``report``: the payload goes out unchanged.
+
+Every hit is audited as a ``leak`` event in both tenants' trails (the marker's kind and owner, never
+the marker itself) and counted.
+
+Matching uses one Aho-Corasick automaton (pyahocorasick), so the cost of a scan depends on the
+payload, not on how many tenants or markers exist. New markers go into a small second automaton
+that is folded into the main one once it grows, so adding a marker never rebuilds everything.
+Matching is case-insensitive and only on token boundaries ("acme" does not match "acmeist"), a
+tenant's own markers never count against it, and markers shorter than `MIN_MARKER_LENGTH` are
+refused because they would match ordinary words.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import ahocorasick
+import anyio
+
+from tenant_mcp.errors import TenantMCPError
+
+if TYPE_CHECKING:
+    from tenant_mcp.controlplane import ControlPlane
+
+Policy = Literal["block", "redact", "report"]
+MarkerKind = Literal["slug", "name", "identifier", "canary"]
+MIN_MARKER_LENGTH = 4
+_MERGE_AT = 2048
+_WORD = re.compile(r"\w")
+logger = logging.getLogger("tenant_mcp.leakguard")
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    owner: str  # tenant id the marker belongs to
+    kind: MarkerKind
+    start: int
+    end: int
+
+
+def serialize(payload: Any) -> str:
+    """The text that is scanned (and redacted): JSON without ASCII escaping, so names with accents
+    are matched as written."""
+    return json.dumps(payload, ensure_ascii=False)
+
+
+def _norm(value: str) -> str:
+    # lower() keeps string length (unlike casefold), so match offsets stay valid in the original.
+    return value.strip().lower()
+
+
+class LeakGuard:
+    def __init__(self, policy: Policy = "block") -> None:
+        if policy not in ("block", "redact", "report"):
+            raise TenantMCPError(f"unknown leak guard policy {policy!r}: use block, redact or report")
+        self.policy: Policy = policy
+        self._owners: dict[str, dict[str, MarkerKind]] = {}  # marker -> {tenant id: kind}
+        self._main = ahocorasick.Automaton()
+        self._delta = ahocorasick.Automaton()
+        self._delta_size = 0
+        self.hits = 0  # leaks caught since start
+
+    def add(self, tenant_id: str, value: str, kind: MarkerKind) -> None:
+        marker = _norm(value)
+        if len(marker) < MIN_MARKER_LENGTH:
+            raise TenantMCPError(f"a leak marker needs at least {MIN_MARKER_LENGTH} characters")
+        owners = self._owners.setdefault(marker, {})
+        if tenant_id in owners:
+            return
+        owners[tenant_id] = kind
+        if len(owners) > 1 or marker in self._main:
+            return  # already in an automaton; the owner table says who else holds it
+        self._delta.add_word(marker, marker)
+        self._delta_size += 1
+        if self._delta_size >= _MERGE_AT:
+            self._merge()
+        else:
+            self._delta.make_automaton()
+
+    def add_many(self, items: list[tuple[str, str, MarkerKind]]) -> None:
+        """Bulk load (startup): one rebuild for everything."""
+        for tenant_id, value, kind in items:
+            marker = _norm(value)
+            if len(marker) >= MIN_MARKER_LENGTH:
+                self._owners.setdefault(marker, {})[tenant_id] = kind
+        self._merge()
+
+    def _merge(self) -> None:
+        main = ahocorasick.Automaton()
+        for marker in self._owners:
+            main.add_word(marker, marker)
+        if len(main):
+            main.make_automaton()
+        self._main, self._delta, self._delta_size = main, ahocorasick.Automaton(), 0
+
+    @property
+    def marker_count(self) -> int:
+        return len(self._owners)
+
+    def _matches(self, text: str) -> Iterator[tuple[int, str]]:
+        lowered = text.lower()
+        for automaton in (self._main, self._delta):
+            if automaton.kind == ahocorasick.AHOCORASICK:
+                yield from automaton.iter(lowered)
+
+    def scan(self, text: str, tenant_id: str) -> list[Hit]:
+        """Foreign markers in `text`, which is about to be sent to `tenant_id`."""
+        hits = []
+        for end, marker in self._matches(text):
+            owners = self._owners[marker]
+            if tenant_id in owners:
+                continue
+            start = end - len(marker) + 1
+            if (start > 0 and _WORD.match(text[start - 1])) or (
+                end + 1 < len(text) and _WORD.match(text[end + 1])
+            ):
+                continue  # inside a longer word
+            owner, kind = next(iter(owners.items()))
+            hits.append(Hit(owner=owner, kind=kind, start=start, end=end + 1))
+        return hits
+
+    def redact(self, payload: Any, hits: list[Hit]) -> Any:
+        """The payload with every foreign marker replaced (applied to its JSON text)."""
+        spans: list[list[int]] = []
+        for hit in sorted(hits, key=lambda h: h.start):  # overlapping markers ("acme" in "acme corp") merge
+            if spans and hit.start <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], hit.end)
+            else:
+                spans.append([hit.start, hit.end])
+        text = serialize(payload)
+        for start, end in reversed(spans):
+            text = text[:start] + "[redacted]" + text[end:]
+        return json.loads(text)
+
+
+class MarkerSync:
+    """Keeps a guard in step with the control plane: every tenant's slug and name, and the
+    identifiers and canaries registered for it, also when added by another process."""
+
+    def __init__(self, guard: LeakGuard, control_plane: ControlPlane) -> None:
+        self._guard = guard
+        self._control_plane = control_plane
+        self._tenants: set[str] = set()
+        self._last_marker = 0
+
+    async def refresh(self) -> None:
+        items: list[tuple[str, str, MarkerKind]] = []
+        for tenant in await self._control_plane.list_tenants():
+            if tenant.id not in self._tenants:
+                self._tenants.add(tenant.id)
+                items += [(tenant.id, tenant.slug, "slug"), (tenant.id, tenant.name, "name")]
+        for marker_id, tenant_id, kind, value in await self._control_plane.markers(self._last_marker):
+            self._last_marker = marker_id
+            items.append((tenant_id, value, kind))  # type: ignore[arg-type]
+        items = [item for item in items if len(_norm(item[1])) >= MIN_MARKER_LENGTH]
+        if len(items) > _MERGE_AT:
+            self._guard.add_many(items)
+        else:
+            for tenant_id, value, kind in items:
+                self._guard.add(tenant_id, value, kind)
+
+    async def run(self, *, interval: float = 2.0, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        await self.refresh()
+        task_status.started()
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await self.refresh()
+            except Exception:
+                logger.exception("refreshing leak markers failed; keeping the current set")
+
+
+class Markers:
+    """`ctx.markers`: register values that identify the caller's tenant (account numbers, project
+    codes, ...), so the guard catches them in any other tenant's responses."""
+
+    def __init__(self, guard: LeakGuard | None, control_plane: ControlPlane, tenant_id: str) -> None:
+        self._guard = guard
+        self._control_plane = control_plane
+        self._tenant_id = tenant_id
+
+    async def add(self, value: str) -> None:
+        if len(_norm(value)) < MIN_MARKER_LENGTH:
+            raise TenantMCPError(f"a leak marker needs at least {MIN_MARKER_LENGTH} characters")
+        await self._control_plane.add_marker(self._tenant_id, value, "identifier")
+        if self._guard is not None:  # now, not at the next sync
+            self._guard.add(self._tenant_id, value, "identifier")
