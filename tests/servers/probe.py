@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from tenant_mcp import TenantContext, TenantMCP, new_id
 
@@ -64,7 +66,9 @@ async def partial_transaction(value: str, ctx: TenantContext) -> int:
 
 
 @app.tool()
-async def slow_echo(token: str, steps: int, ctx: TenantContext) -> dict[str, Any]:
+async def slow_echo(
+    token: str, steps: Annotated[int, Field(ge=0, le=100)], ctx: TenantContext
+) -> dict[str, Any]:
     for i in range(steps):
         await ctx.report_progress(i + 1, steps, f"{ctx.tenant.slug}:{token}")
         await asyncio.sleep(0.01)

@@ -1,0 +1,390 @@
+"""The isolation test kit: point it at your app and it attacks it as another tenant.
+
+```python
+from tenant_mcp.testing import check_isolation
+
+def test_my_server_keeps_tenants_apart():
+    report = check_isolation("myproject.server:app")
+    assert report.ok, report.text
+```
+
+What it does, against a real server on a loopback port with a throwaway control plane:
+
+1. provisions tenants A and B on the same plan (so they see the same catalogue) with every scope the
+   app declares, and C on a plan that sees the least, and plants a canary in each tenant's data;
+2. discovers every tool, resource, template and prompt, and calls each as A with generated
+   arguments that carry A's markers, harvesting ids, URIs and names from A's answers;
+3. calls everything again as B with A's harvested values and property-based variations of them
+   (hypothesis), reads A's URIs, asks for completions with prefixes of A's values, and tries to
+   pass A's tenant in arguments;
+4. reports every response to B or C that contains anything of A's (its slug, name, canary or the
+   values it wrote), every item hidden from C that answers differently from a missing one, and
+   every tenant override that is not refused.
+
+The app's leak guard runs in ``report`` mode meanwhile, so the kit sees what a leak looks like
+instead of the guard's generic refusal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from tenant_mcp.app import TenantMCP
+from tenant_mcp.controlplane import ControlPlane
+from tenant_mcp.http import HTTPOptions
+from tenant_mcp.storage import DatabasePool
+
+_MISSING = "tenant-mcp-kit-missing-item"
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # "leak", "distinguishable", "override accepted"
+    item: str
+    detail: str
+
+
+@dataclass
+class IsolationReport:
+    findings: list[Finding] = field(default_factory=list)
+    calls: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    @property
+    def text(self) -> str:
+        if self.ok:
+            return f"isolation holds ({self.calls} calls as another tenant)"
+        lines = [f"{len(self.findings)} isolation problem(s) in {self.calls} calls:"]
+        lines += [f"- [{f.kind}] {f.item}: {f.detail}" for f in self.findings]
+        return "\n".join(lines)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _serving(app: TenantMCP, port: int) -> Iterator[str]:
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(app.http_app(HTTPOptions(port=port)), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the app did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _load(app: TenantMCP | str) -> TenantMCP:
+    if isinstance(app, TenantMCP):
+        return app
+    from tenant_mcp.cli import load_app
+
+    return load_app(app)
+
+
+class _Arguments:
+    """Arguments for a JSON schema: values that carry a tenant's markers or another tenant's ids."""
+
+    def __init__(self, strings: list[str], numbers: list[int]) -> None:
+        self.strings = strings or ["kit-value"]
+        self.numbers = numbers or [1]
+
+    def value(self, schema: dict[str, Any], i: int) -> Any:
+        kind = schema.get("type")
+        if "enum" in schema:
+            return schema["enum"][i % len(schema["enum"])]
+        if kind == "integer" or kind == "number":
+            return self.numbers[i % len(self.numbers)]
+        if kind == "boolean":
+            return bool(i % 2)
+        if kind == "array":
+            return [self.value(schema.get("items", {}), i + k) for k in range(2)]
+        if kind == "object":
+            return {name: self.value(sub, i) for name, sub in schema.get("properties", {}).items()}
+        return self.strings[i % len(self.strings)]
+
+    def for_schema(self, schema: dict[str, Any], i: int) -> dict[str, Any]:
+        return {name: self.value(sub, i) for name, sub in schema.get("properties", {}).items()}
+
+
+def _variations(
+    schema: dict[str, Any], strings: list[str], numbers: list[int], count: int
+) -> list[dict[str, Any]]:
+    """Property-based variations of another tenant's values (hypothesis, deterministic)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    text = st.sampled_from(strings or ["x"]) | st.builds(
+        lambda s, t: s + t, st.sampled_from(strings or ["x"]), st.text(max_size=3)
+    )
+    ints = st.sampled_from(numbers or [1]) | st.integers(min_value=0, max_value=1000)
+
+    def strategy(node: dict[str, Any]) -> Any:
+        kind = node.get("type")
+        if "enum" in node:
+            return st.sampled_from(node["enum"])
+        if kind in ("integer", "number"):
+            return ints
+        if kind == "boolean":
+            return st.booleans()
+        if kind == "array":
+            return st.lists(strategy(node.get("items", {})), max_size=3)
+        if kind == "object":
+            return st.fixed_dictionaries({k: strategy(v) for k, v in node.get("properties", {}).items()})
+        return text
+
+    out: list[dict[str, Any]] = []
+
+    @settings(max_examples=count, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(strategy({"type": "object", "properties": schema.get("properties", {})}))
+    def collect(example: dict[str, Any]) -> None:
+        out.append(example)
+
+    collect()
+    return out
+
+
+def _harvest(value: Any, strings: set[str], numbers: set[int]) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        numbers.add(value)
+    elif isinstance(value, str):
+        if 3 <= len(value) <= 200:
+            strings.add(value)
+        with contextlib.suppress(ValueError):
+            _harvest(json.loads(value), strings, numbers)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _harvest(v, strings, numbers)
+    elif isinstance(value, list):
+        for v in value:
+            _harvest(v, strings, numbers)
+
+
+def _text(result: Any) -> str:
+    return json.dumps(result.model_dump(mode="json", by_alias=True, exclude={"meta"}), sort_keys=True)
+
+
+class IsolationKit:
+    def __init__(self, app: TenantMCP | str, *, variations: int = 8, call_timeout: float = 10.0) -> None:
+        self.app = _load(app)
+        self.variations = variations
+        self.call_timeout = call_timeout
+        self.report = IsolationReport()
+
+    async def _provision(self, cp: ControlPlane) -> dict[str, dict[str, str]]:
+        tools = self.app._catalogue.tools.shared.values()
+        scopes = sorted({s for entry in tools for s in entry.visibility.scopes})
+        plans = sorted({p for entry in tools for p in (entry.visibility.plans or ())})
+        rich_plan = plans[0] if plans else "free"
+        tenants: dict[str, dict[str, str]] = {}
+        for label, plan, key_scopes in (
+            ("a", rich_plan, scopes),
+            ("b", rich_plan, scopes),
+            ("c", "kit-minimal", []),
+        ):
+            slug = f"kit-{label}-{secrets.token_hex(3)}"
+            tenant = await cp.create_tenant(
+                slug, name=f"Kit Tenant {label.upper()} {secrets.token_hex(3)}", plan=plan
+            )
+            _, key = await cp.create_key(slug, scopes=key_scopes)
+            canary = "tmcanary" + secrets.token_hex(12)
+            await cp.add_marker(tenant.id, canary, "canary")
+            path = DatabasePool(cp.data_dir).path(tenant.id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS tenant_mcp_canaries (value TEXT NOT NULL)")
+                conn.execute("INSERT INTO tenant_mcp_canaries (value) VALUES (?)", (canary,))
+            tenants[label] = {
+                "slug": slug,
+                "name": tenant.name,
+                "key": key,
+                "canary": canary,
+                "token": f"kit{label}{secrets.token_hex(6)}",
+            }
+        return tenants
+
+    @contextlib.asynccontextmanager
+    async def _client(self, url: str, key: str) -> AsyncIterator[Any]:
+        import httpx2
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30) as http,
+            Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
+        ):
+            yield client
+
+    async def _call(self, client: Any, kind: str, name: str, args: dict[str, Any]) -> str:
+        from mcp.shared.exceptions import MCPError
+
+        self.report.calls += 1
+        try:
+            with anyio.fail_after(self.call_timeout):
+                return await self._send(client, kind, name, args)
+        except MCPError as exc:
+            return json.dumps({"code": exc.error.code, "message": exc.error.message})
+        except TimeoutError:
+            return json.dumps({"timeout": self.call_timeout})
+
+    @staticmethod
+    async def _send(client: Any, kind: str, name: str, args: dict[str, Any]) -> str:
+        if kind == "tool":
+            return _text(await client.call_tool(name, args))
+        if kind == "resource":
+            return _text(await client.read_resource(name))
+        return _text(await client.get_prompt(name, {k: str(v) for k, v in args.items()}))
+
+    def _find(self, finding: Finding) -> None:
+        if finding not in self.report.findings:
+            self.report.findings.append(finding)
+
+    def _check(self, item: str, text: str, victim: dict[str, str], seen: set[str]) -> None:
+        lowered = text.lower()
+        for label, marker in (("slug", victim["slug"]), ("name", victim["name"]), ("canary", victim["canary"]),
+                              ("written value", victim["token"]), *(("harvested value", v) for v in seen)):  # fmt: skip
+            if marker.lower() in lowered:
+                self._find(Finding("leak", item, f"another tenant's {label} reached the caller"))
+                return
+        if "withheld because it contained data of another tenant" in text:
+            self._find(Finding("leak", item, "the leak guard caught another tenant's data"))
+
+    async def run(self) -> IsolationReport:
+        with tempfile.TemporaryDirectory(prefix="tenant-mcp-kit-") as tmp:
+            saved = (self.app.database_url, self.app.leak_guard)
+            self.app.database_url = f"sqlite:///{Path(tmp) / 'kit.db'}"
+            self.app.leak_guard = "report"
+            try:
+                async with ControlPlane(self.app.database_url) as cp:
+                    tenants = await self._provision(cp)
+                with _serving(self.app, _free_port()) as url:
+                    await self._attack(url, tenants)
+            finally:
+                self.app.database_url, self.app.leak_guard = saved
+        return self.report
+
+    async def _attack(self, url: str, tenants: dict[str, dict[str, str]]) -> None:
+        a, b, c = tenants["a"], tenants["b"], tenants["c"]
+        strings: set[str] = set()
+        numbers: set[int] = set()
+        async with self._client(url, a["key"]) as client:
+            tools = (await client.list_tools()).tools
+            resources = [r.uri for r in (await client.list_resources()).resources]
+            templates = [t.uri_template for t in (await client.list_resource_templates()).resource_templates]
+            prompts = (await client.list_prompts()).prompts
+            fresh = _Arguments([f"{a['token']} {a['canary']}", a["token"]], [1, 2])
+            # Fresh values, then the ids they produced (reads, updates), then fresh values again so
+            # A's marked data exists even where the middle round deleted what it found.
+            for round_ in range(3):
+                seed = fresh if round_ != 1 else _Arguments(sorted(strings), sorted(numbers) or [1])
+                for tool in tools:
+                    answer = await self._call(
+                        client, "tool", tool.name, seed.for_schema(tool.input_schema, round_)
+                    )
+                    _harvest(json.loads(answer), strings, numbers)
+            for uri in resources:
+                _harvest(json.loads(await self._call(client, "resource", uri, {})), strings, numbers)
+        markers = [a["slug"], a["name"], a["canary"], a["token"]]
+        own = {s for s in strings if any(m.lower() in s.lower() for m in markers)}
+        # B attacks with A's ids and URIs but never with A's markers, so any marker in an answer to B
+        # came out of A's data, not out of B's own request.
+        strings -= own
+        uris = [re.sub(r"\{[^}]+\}", str(n), t) for t in templates for n in sorted(numbers)[:20]]
+        uris += [re.sub(r"\{[^}]+\}", s, t) for t in templates for s in sorted(strings)[:10] if "/" not in s]
+        attack_strings, attack_numbers = sorted(strings), sorted(numbers)
+        async with self._client(url, b["key"]) as client:
+            for tool in tools:
+                schema = tool.input_schema
+                cases = [_Arguments(attack_strings, attack_numbers).for_schema(schema, i) for i in range(3)]
+                cases += _variations(schema, attack_strings, attack_numbers, self.variations)
+                for args in cases:
+                    self._check(
+                        f"tool {tool.name}", await self._call(client, "tool", tool.name, args), a, own
+                    )
+                override = await self._call(client, "tool", tool.name, {**cases[0], "tenant_id": a["slug"]})
+                if "server sets the tenant" not in override:
+                    self._find(Finding("override accepted", f"tool {tool.name}", "tenant_id was not refused"))
+            for uri in [*resources, *uris]:
+                self._check(f"resource {uri}", await self._call(client, "resource", uri, {}), a, own)
+            for prompt in prompts:
+                args = {arg.name: (attack_strings or ["x"])[0] for arg in prompt.arguments or []}
+                self._check(
+                    f"prompt {prompt.name}", await self._call(client, "prompt", prompt.name, args), a, own
+                )
+            await self._completions(
+                client, templates, prompts, attack_strings + [str(n) for n in attack_numbers], a, own
+            )
+        await self._hidden_like_missing(url, c, tools)
+
+    async def _completions(self, client: Any, templates: list[str], prompts: list[Any], values: list[str],
+                           victim: dict[str, str], own: set[str]) -> None:  # fmt: skip
+        from mcp_types import PromptReference, ResourceTemplateReference
+
+        refs: list[tuple[Any, list[str]]] = [
+            (ResourceTemplateReference(type="ref/resource", uri=t), re.findall(r"\{([^}]+)\}", t))
+            for t in templates
+        ]
+        refs += [
+            (PromptReference(type="ref/prompt", name=p.name), [a.name for a in p.arguments or []])
+            for p in prompts
+        ]
+        for ref, names in refs:
+            for name in names:
+                for prefix in {v[:3] for v in values[:10]} | {""}:
+                    self.report.calls += 1
+                    with contextlib.suppress(Exception):
+                        result = await client.complete(ref, {"name": name, "value": prefix})
+                        leaked = [v for v in result.completion.values if v in values]
+                        if leaked:
+                            self._find(
+                                Finding("leak", f"completion {name}", "completed to another tenant's value")
+                            )
+                            return
+
+    async def _hidden_like_missing(self, url: str, c: dict[str, str], tools: list[Any]) -> None:
+        async with self._client(url, c["key"]) as client:
+            visible = {t.name for t in (await client.list_tools()).tools}
+            missing = (await self._call(client, "tool", _MISSING, {})).replace(_MISSING, "X")
+            for tool in tools:
+                if tool.name not in visible:
+                    hidden = (await self._call(client, "tool", tool.name, {})).replace(tool.name, "X")
+                    if hidden != missing:
+                        self._find(Finding("distinguishable", f"tool {tool.name}",
+                                           "a hidden tool answers differently from a missing one"))  # fmt: skip
+
+
+def check_isolation(app: TenantMCP | str, *, variations: int = 8) -> IsolationReport:
+    """Run the kit against `app` (a `TenantMCP` or "module:attr") and return its report."""
+    return anyio.run(IsolationKit(app, variations=variations).run)

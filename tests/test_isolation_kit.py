@@ -1,0 +1,24 @@
+"""The isolation test kit (`tenant_mcp.testing`) on every example server, and on a deliberately
+leaky one that it must catch."""
+
+from __future__ import annotations
+
+import pytest
+
+from tenant_mcp.testing import check_isolation
+
+
+@pytest.mark.parametrize(
+    "app", ["example_servers.notes:app", "example_servers.everything:app", "tests.servers.probe:app"]
+)
+def test_example_servers_keep_tenants_apart(app: str) -> None:
+    report = check_isolation(app)
+    assert report.ok, report.text
+    assert report.calls > 20
+
+
+def test_the_kit_catches_the_leaky_server() -> None:
+    report = check_isolation("tests.servers.leaky:app")
+    caught = {finding.item for finding in report.findings if finding.kind == "leak"}
+    assert caught == {"tool profile_cached", "tool recall", "tool shared_search"}, report.text
+    assert "isolation problem" in report.text
