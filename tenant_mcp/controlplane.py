@@ -404,6 +404,13 @@ class ControlPlane:
             (tenant_id, kind, value, _now()),
         )
 
+    async def tenant_names(self, after_rowid: int = 0) -> list[tuple[int, str, str, str]]:
+        """(rowid, id, slug, name) of tenants created after `after_rowid`: cheap to poll."""
+        async with self.conn.execute(
+            "SELECT rowid, id, slug, name FROM tenants WHERE rowid > ? ORDER BY rowid", (after_rowid,)
+        ) as cur:
+            return [(row[0], row[1], row[2], row[3]) for row in await cur.fetchall()]
+
     async def markers(self, after_id: int = 0) -> list[tuple[int, str, str, str]]:
         """(id, tenant id, kind, value) of markers added after `after_id`, oldest first."""
         async with self.conn.execute(

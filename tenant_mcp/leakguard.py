@@ -155,15 +155,15 @@ class MarkerSync:
     def __init__(self, guard: LeakGuard, control_plane: ControlPlane) -> None:
         self._guard = guard
         self._control_plane = control_plane
-        self._tenants: set[str] = set()
+        self._last_tenant = 0
         self._last_marker = 0
 
     async def refresh(self) -> None:
+        """Add what is new since the last refresh (two indexed range queries, however many tenants)."""
         items: list[tuple[str, str, MarkerKind]] = []
-        for tenant in await self._control_plane.list_tenants():
-            if tenant.id not in self._tenants:
-                self._tenants.add(tenant.id)
-                items += [(tenant.id, tenant.slug, "slug"), (tenant.id, tenant.name, "name")]
+        for rowid, tenant_id, slug, name in await self._control_plane.tenant_names(self._last_tenant):
+            self._last_tenant = rowid
+            items += [(tenant_id, slug, "slug"), (tenant_id, name, "name")]
         for marker_id, tenant_id, kind, value in await self._control_plane.markers(self._last_marker):
             self._last_marker = marker_id
             items.append((tenant_id, value, kind))  # type: ignore[arg-type]

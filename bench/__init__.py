@@ -1,0 +1,1 @@
+"""Benchmarks: tenant_mcp against the bare SDK, measured in the same run. `python -m bench --help`."""

@@ -1,0 +1,24 @@
+"""The benchmark harness runs and writes its report. No timing assertions: speed is measured in
+`python -m bench`, not asserted in tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT, clean_env
+
+
+def test_bench_quick_runs_and_writes_json(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
+        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert {r["name"] for r in report["results"]} == {"whoami, stateless JSON", "leak guard"}
+    assert all(r["rps_a"] > 0 and r["rps_b"] > 0 for r in report["results"])
+    assert "| comparison |" in run.stdout
