@@ -321,16 +321,7 @@ class OAuthServer:
 <p><strong>{name}</strong> wants to use this MCP server on your behalf.</p>
 <p>It asks for:</p><ul>{scope_list}</ul>
 <p>It will be sent back to <code>{html.escape(str(params.redirect_uri))}</code>.</p>
-<form method="post" action="{CONSENT_PATH}">
-  <input type="hidden" name="request" value="{html.escape(request_id)}">
-  <input type="hidden" name="csrf" value="{html.escape(pending["csrf"])}">
-  <label for="api_key">Sign in with one of your tenant's API keys</label>
-  <input id="api_key" name="api_key" type="password" autocomplete="off" required>
-  <div class="actions">
-    <button type="submit" name="decision" value="approve">Approve</button>
-    <button type="submit" name="decision" value="deny" formnovalidate>Deny</button>
-  </div>
-</form>"""
+{_form(request_id, pending["csrf"])}"""
         response = _page("Authorize access", body, redirect_uri=str(params.redirect_uri))
         response.set_cookie(_COOKIE, browser, max_age=REQUEST_SECONDS, httponly=True, samesite="strict",
                             secure=request.url.scheme == "https", path=CONSENT_PATH)  # fmt: skip
@@ -379,18 +370,22 @@ class OAuthServer:
         assert pending is not None
         body = f"""
 <p role="alert" class="error">{html.escape(message)}</p>
-<form method="post" action="{CONSENT_PATH}">
+{_form(request_id, pending["csrf"])}"""
+        params = AuthorizationParams.model_validate_json(pending["params"])
+        return _page("Authorize access", body, status=401, redirect_uri=str(params.redirect_uri))
+
+
+def _form(request_id: str, csrf: str) -> str:
+    return f"""<form method="post" action="{CONSENT_PATH}">
   <input type="hidden" name="request" value="{html.escape(request_id)}">
-  <input type="hidden" name="csrf" value="{html.escape(pending["csrf"])}">
-  <label for="api_key">API key</label>
+  <input type="hidden" name="csrf" value="{html.escape(csrf)}">
+  <label for="api_key">Sign in with one of your tenant's API keys</label>
   <input id="api_key" name="api_key" type="password" autocomplete="off" required>
   <div class="actions">
     <button type="submit" name="decision" value="approve">Approve</button>
     <button type="submit" name="decision" value="deny" formnovalidate>Deny</button>
   </div>
 </form>"""
-        params = AuthorizationParams.model_validate_json(pending["params"])
-        return _page("Authorize access", body, status=401, redirect_uri=str(params.redirect_uri))
 
 
 def _form_action(redirect_uri: str) -> str:
