@@ -55,14 +55,15 @@ def _server(side: Side) -> Iterator[str]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TENANT_MCP_")} | (side.env or {})
     command = [part.replace("{port}", str(port)) for part in side.command]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A file, not a pipe: an unread pipe fills up with the server's log lines and stalls it.
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 60
     try:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{side.label} exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
-                )
+                log.seek(0)
+                raise RuntimeError(f"{side.label} exited: {log.read().decode()[-2000:]}")
             try:
                 httpx2.post(f"http://127.0.0.1:{port}/mcp", timeout=1)
                 break
@@ -77,6 +78,7 @@ def _server(side: Side) -> Iterator[str]:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
 def _load(url: str, token: str, requests: int, concurrency: int) -> dict[str, float]:
