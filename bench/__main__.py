@@ -56,29 +56,28 @@ def _server(side: Side) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TENANT_MCP_")} | (side.env or {})
     command = [part.replace("{port}", str(port)) for part in side.command]
     # A file, not a pipe: an unread pipe fills up with the server's log lines and stalls it.
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"{side.label} exited: {log.read().decode()[-2000:]}")
-            try:
-                httpx2.post(f"http://127.0.0.1:{port}/mcp", timeout=1)
-                break
-            except httpx2.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{side.label} did not start") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        proc.send_signal(signal.SIGINT)
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + 60
         try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f"{side.label} exited: {log.read().decode()[-2000:]}")
+                try:
+                    httpx2.post(f"http://127.0.0.1:{port}/mcp", timeout=1)
+                    break
+                except httpx2.HTTPError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{side.label} did not start") from None
+                    time.sleep(0.1)
+            yield f"http://127.0.0.1:{port}/mcp"
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def _load(url: str, token: str, requests: int, concurrency: int) -> dict[str, float]:
