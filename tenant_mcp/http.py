@@ -48,7 +48,7 @@ PRM_PATH = "/.well-known/oauth-protected-resource"
 
 @dataclass
 class HTTPOptions:
-    """How the HTTP transport is served. Every field has a `tenant-mcp serve` flag."""
+    """How the HTTP transport is served (`tenant-mcp serve` flags set most of these)."""
 
     host: str = "127.0.0.1"
     port: int = 8000
