@@ -119,19 +119,17 @@ async def _provision(db_url: str, marker_tenants: int, markers_each: int) -> str
     async with ControlPlane(db_url) as cp:
         await cp.create_tenant("bench", name="Bench Tenant")
         _, key = await cp.create_key("bench")
-        conn = cp.conn
-        await conn.execute("BEGIN")
-        await conn.executemany(
-            "INSERT INTO tenants (id, slug, name, plan, status, metadata, created_at) VALUES (?,?,?,?,?,?,?)",
-            [(f"{i:032x}", f"tenant-{i:05d}", f"Tenant {i:05d} Ltd", "free", "active", "{}", "2026-01-01")
-             for i in range(1, marker_tenants + 1)],
-        )  # fmt: skip
-        await conn.executemany(
-            "INSERT INTO leak_markers (tenant_id, kind, value, created_at) VALUES (?,?,?,?)",
-            [(f"{i:032x}", "identifier", f"acct-{i:05d}-{j:03d}", "2026-01-01")
-             for i in range(1, marker_tenants + 1) for j in range(markers_each)],
-        )  # fmt: skip
-        await conn.execute("COMMIT")
+        async with cp.db.transaction() as tx:
+            await tx.execute_many(
+                "INSERT INTO tenants (id, slug, name, plan, status, metadata, created_at) VALUES (?,?,?,?,?,?,?)",
+                [(f"{i:032x}", f"tenant-{i:05d}", f"Tenant {i:05d} Ltd", "free", "active", "{}", "2026-01-01")
+                 for i in range(1, marker_tenants + 1)],
+            )  # fmt: skip
+            await tx.execute_many(
+                "INSERT INTO leak_markers (tenant_id, kind, value, created_at) VALUES (?,?,?,?)",
+                [(f"{i:032x}", "identifier", f"acct-{i:05d}-{j:03d}", "2026-01-01")
+                 for i in range(1, marker_tenants + 1) for j in range(markers_each)],
+            )  # fmt: skip
     return key
 
 

@@ -17,17 +17,26 @@ from tenant_mcp import TenantContext, TenantMCP, new_id
 
 app = TenantMCP("notes", instructions="Personal notes. Every tenant sees only its own notes.")
 
+# One schema for both backends; where SQL differs (here: the timestamp default), a migration
+# gives one version per dialect. Nothing mentions a tenant: SQLite keeps a file per tenant, and on
+# PostgreSQL the framework adds the tenant column, keys and row-level security policy.
+_CREATE_NOTES = """
+    CREATE TABLE notes (
+        id INTEGER PRIMARY KEY,
+        title TEXT NOT NULL CHECK (length(title) BETWEEN 1 AND 200),
+        body TEXT NOT NULL CHECK (length(body) <= 100000),
+        created_at TEXT NOT NULL DEFAULT {now}
+    );
+    CREATE INDEX notes_created ON notes (created_at);
+"""
 app.migrations(
     [
-        """
-        CREATE TABLE notes (
-            id INTEGER PRIMARY KEY,
-            title TEXT NOT NULL CHECK (length(title) BETWEEN 1 AND 200),
-            body TEXT NOT NULL CHECK (length(body) <= 100000),
-            created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-        );
-        CREATE INDEX notes_created ON notes (created_at);
-        """,
+        {
+            "sqlite": _CREATE_NOTES.format(now="(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"),
+            "postgresql": _CREATE_NOTES.format(
+                now="""(to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))"""
+            ),
+        }
     ]
 )
 
@@ -73,7 +82,8 @@ async def search_notes(
     """Notes whose title or body contains the query (case-insensitive)."""
     pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     return await ctx.db.fetch_all(
-        "SELECT id, title FROM notes WHERE title LIKE ?1 ESCAPE '\\' OR body LIKE ?1 ESCAPE '\\' ORDER BY id DESC",
+        "SELECT id, title FROM notes WHERE lower(title) LIKE lower(?1) ESCAPE '\\'"
+        " OR lower(body) LIKE lower(?1) ESCAPE '\\' ORDER BY id DESC",
         (pattern,),
     )
 

@@ -11,11 +11,12 @@ from tenant_mcp.context import TenantContext
 from tenant_mcp.errors import AuthenticationError, ConfigurationError, NotFoundError, TenantMCPError
 from tenant_mcp.http import HTTPOptions
 from tenant_mcp.models import Principal, Tenant
-from tenant_mcp.storage import Result, TenantDatabase, new_id
+from tenant_mcp.storage import ConstraintError, Result, TenantDatabase, new_id
 
 __all__ = [
     "AuthenticationError",
     "ConfigurationError",
+    "ConstraintError",
     "HTTPOptions",
     "JWTSettings",
     "NotFoundError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,10 +28,10 @@ from tenant_mcp.auth.authenticator import Authenticator
 from tenant_mcp.auth.jwt import JWTSettings, JWTVerifier
 from tenant_mcp.catalogue import Catalogue, Entry, Section, StaticResource, Visibility
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane
-from tenant_mcp.errors import TenantMCPError
+from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.leakguard import LeakGuard, MarkerSync, Policy
 from tenant_mcp.server import ScopedServer
-from tenant_mcp.storage import DatabasePool
+from tenant_mcp.storage import DataStore, is_postgres, open_store
 from tenant_mcp.tenancy import _norm
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from tenant_mcp.oauth import OAuthServer
 
 F = TypeVar("F", bound=Callable[..., Any])
+Migration = str | Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Runtime:
     control_plane: ControlPlane
     authenticator: Authenticator
     audit: AuditLog
-    pool: DatabasePool
+    store: DataStore
     leak_guard: LeakGuard | None
 
 
@@ -177,15 +178,19 @@ class TenantMCP:
         max_open_databases: int = 64,
         credential_cache_seconds: float = 1.0,
         leak_guard: Policy | None = "block",
+        migration_url: str | None = None,
     ) -> None:
         self.name = name
         self.database_url = database_url or os.environ.get("TENANT_MCP_DATABASE_URL") or DEFAULT_DATABASE_URL
+        # PostgreSQL only: the tables' owner. When set, the server migrates before serving (under
+        # an advisory lock, so replicas starting together are safe); otherwise run `tenant-mcp migrate`.
+        self.migration_url = migration_url or os.environ.get("TENANT_MCP_MIGRATION_URL")
         self.audit_argument_values = audit_argument_values
         self.max_open_databases = max_open_databases
         self.credential_cache_seconds = credential_cache_seconds
         self.leak_guard = leak_guard
         self._catalogue = Catalogue()
-        self._migrations: list[str] = []
+        self._migrations: list[Migration] = []
         self._runtime: Runtime | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._server = ScopedServer(
@@ -290,13 +295,49 @@ class TenantMCP:
 
         return decorator
 
-    def migrations(self, statements: Sequence[str]) -> None:
-        """Schema for every tenant's database, applied in order, once each, on first use."""
+    def migrations(self, scripts: Sequence[Migration]) -> None:
+        """Schema of tenant data, applied in order, once each.
+
+        A script is SQL for both backends, or ``{"sqlite": ..., "postgresql": ...}`` where they
+        differ. Never mention a tenant: on SQLite each tenant has its own file (migrated on first
+        use); on PostgreSQL every table gets the tenant column, keys and policy after each step.
+        """
         if self._runtime is not None:
             raise TenantMCPError("declare migrations before the server starts")
-        if isinstance(statements, str):
+        if isinstance(scripts, str):
             raise TypeError("migrations takes a list of SQL scripts")
-        self._migrations.extend(statements)
+        for script in scripts:
+            if not isinstance(script, str):
+                missing = {"sqlite", "postgresql"} - set(script)
+                if missing:
+                    raise TenantMCPError(
+                        f"a per-dialect migration needs both keys; missing {sorted(missing)}"
+                    )
+        self._migrations.extend(scripts)
+
+    async def migrate(self, url: str | None = None, *, app_role: str | None = None) -> dict[str, int]:
+        """Apply the control-plane and tenant-data migrations to PostgreSQL as the tables' owner.
+
+        `url` defaults to `migration_url`, then `database_url`. `app_role` (default: the role of
+        `database_url`) is granted row access and nothing more; the server connects as that role.
+        Returns the number of steps applied per component.
+        SQLite needs none of this: it migrates itself when opened.
+        """
+        from tenant_mcp.controlplane import POSTGRES_MIGRATIONS
+        from tenant_mcp.storage import is_postgres, migration_sql
+        from tenant_mcp.storage.postgres import current_role, migrate
+
+        target = url or self.migration_url or self.database_url
+        if not is_postgres(target):
+            raise ConfigurationError("migrate is for PostgreSQL; SQLite databases migrate themselves on open")
+        if app_role is None and is_postgres(self.database_url) and self.database_url != target:
+            app_role = await current_role(self.database_url)
+        return await migrate(
+            target,
+            control=POSTGRES_MIGRATIONS,
+            data=[migration_sql("postgresql", m) for m in self._migrations],
+            app_role=app_role,
+        )
 
     def tenant(self, slug: str) -> TenantScope:
         """Register items for one tenant only, also while serving."""
@@ -334,8 +375,10 @@ class TenantMCP:
         """
         if self._runtime is not None:
             raise TenantMCPError("the server is already running")
+        if self.migration_url and is_postgres(self.database_url):
+            await self.migrate(self.migration_url)
         async with ControlPlane(self.database_url) as control_plane:
-            pool = DatabasePool(control_plane.data_dir, self._migrations, max_open=self.max_open_databases)
+            store = await open_store(self.database_url, self._migrations, max_open=self.max_open_databases)
             audit = AuditLog(control_plane, keep_argument_values=self.audit_argument_values)
             authenticator = Authenticator(
                 control_plane,
@@ -349,7 +392,7 @@ class TenantMCP:
                     guard = LeakGuard(self.leak_guard) if self.leak_guard else None
                     if guard is not None:
                         await tg.start(MarkerSync(guard, control_plane).run)
-                    self._runtime = Runtime(control_plane, authenticator, audit, pool, guard)
+                    self._runtime = Runtime(control_plane, authenticator, audit, store, guard)
                     try:
                         yield self._runtime
                     finally:
@@ -362,7 +405,7 @@ class TenantMCP:
                     raise group.exceptions[0] from None
                 raise
             finally:
-                await pool.aclose()
+                await store.aclose()
 
     def http_app(self, options: HTTPOptions | None = None) -> Starlette:
         """The ASGI app serving MCP at ``/mcp`` (runs `running()` in its lifespan)."""

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import contextlib
 import importlib
 import json
 import os
 import secrets
 import shutil
-import sqlite3
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -29,7 +26,7 @@ from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.http import HTTPOptions
 from tenant_mcp.models import Tenant
-from tenant_mcp.storage import DatabasePool, remove_files
+from tenant_mcp.storage import is_postgres, open_store
 
 
 class _UsageError(Exception):
@@ -91,48 +88,28 @@ async def _tenant_status(args: argparse.Namespace, cp: ControlPlane) -> None:
 async def _tenant_delete(args: argparse.Namespace, cp: ControlPlane) -> None:
     if not args.yes:
         raise _UsageError(f"deleting {args.slug!r} removes all of its data; repeat with --yes to confirm")
-    tenant = await cp.delete_tenant(args.slug)
-    remove_files(DatabasePool(cp.data_dir).path(tenant.id))
-    _print(args, {"deleted": tenant.slug}, f"deleted tenant {tenant.slug} and all of its data")
-
-
-def _dump_tenant_db(path: Path) -> dict[str, list[dict[str, Any]]]:
-    if not path.exists():
-        return {}
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
+    tenant = await cp.require_tenant(args.slug)
+    store = await open_store(cp.url)
     try:
-        tables = [
-            row[0]
-            for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
-            )
-        ]
-        out: dict[str, list[dict[str, Any]]] = {}
-        for table in tables:
-            rows = conn.execute(f'SELECT * FROM "{table}"').fetchall()
-            out[table] = [
-                {k: (base64.b64encode(v).decode() if isinstance(v, bytes) else v) for k, v in dict(r).items()}
-                for r in rows
-            ]
-        return out
+        await store.drop(tenant.id)  # data first: a failure leaves the tenant there to retry
     finally:
-        conn.close()
+        await store.aclose()
+    await cp.delete_tenant(args.slug)
+    _print(args, {"deleted": tenant.slug}, f"deleted tenant {tenant.slug} and all of its data")
 
 
 async def _tenant_export(args: argparse.Namespace, cp: ControlPlane) -> None:
     tenant = await cp.require_tenant(args.slug)
     keys = [k.public(tenant.slug) for k in await cp.list_keys(tenant.slug)]
     output = Path(args.output or f"{tenant.slug}-export.json")
-    db_path = DatabasePool(cp.data_dir).path(tenant.id)
-
-    def write() -> dict[str, int]:
-        tables = _dump_tenant_db(db_path)
-        data = {"tenant": _tenant_dict(tenant), "keys": keys, "tables": tables}
-        output.write_text(json.dumps(data, indent=2, default=str))
-        return {table: len(rows) for table, rows in tables.items()}
-
-    counts = await anyio.to_thread.run_sync(write)
+    store = await open_store(cp.url)
+    try:
+        tables = await store.export(tenant.id)
+    finally:
+        await store.aclose()
+    data = {"tenant": _tenant_dict(tenant), "keys": keys, "tables": tables}
+    await anyio.Path(output).write_text(json.dumps(data, indent=2, default=str))
+    counts = {table: len(rows) for table, rows in tables.items()}
     _print(args, {"tenant": tenant.slug, "file": str(output), "rows": counts}, f"wrote {output} ({counts})")
 
 
@@ -176,15 +153,11 @@ async def _canary_plant(args: argparse.Namespace, cp: ControlPlane) -> None:
     tenant = await cp.require_tenant(args.tenant)
     value = "tmcanary" + secrets.token_hex(12)
     await cp.add_marker(tenant.id, value, "canary")
-    path = DatabasePool(cp.data_dir).path(tenant.id)
-
-    def plant() -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS tenant_mcp_canaries (value TEXT NOT NULL)")
-            conn.execute("INSERT INTO tenant_mcp_canaries (value) VALUES (?)", (value,))
-
-    await anyio.to_thread.run_sync(plant)
+    store = await open_store(cp.url)
+    try:
+        await store.plant_canary(tenant.id, value)
+    finally:
+        await store.aclose()
     _print(args, {"tenant": tenant.slug, "canary": value}, f"planted canary {value} in {tenant.slug}")
 
 
@@ -258,6 +231,8 @@ def _serve(args: argparse.Namespace) -> None:
     app = load_app(args.app)
     if args.db_given:
         app.database_url = args.db
+    if args.migration_url:
+        app.migration_url = args.migration_url
     options = _http_options(args)
     if args.transport == "stdio":
         asyncio.run(stdio.serve(app, jwt=options.jwt))
@@ -265,6 +240,21 @@ def _serve(args: argparse.Namespace) -> None:
         asyncio.run(http.serve(app, options, log_level=args.log_level))
     else:
         raise _UsageError(f"unknown transport {args.transport!r}: use streamable-http or stdio")
+
+
+def _migrate(args: argparse.Namespace) -> None:
+    app = load_app(args.app)
+    if args.db_given:
+        app.database_url = args.db
+    owner = args.migration_url or app.database_url
+    if not is_postgres(owner):
+        raise _UsageError(
+            "migrate is for PostgreSQL (give --migration-url postgresql://OWNER@HOST/DB); "
+            "SQLite databases migrate themselves when opened"
+        )
+    applied = asyncio.run(app.migrate(owner, app_role=args.app_role))
+    text = ", ".join(f"{n} {component} step(s)" for component, n in applied.items())
+    _print(args, {"applied": applied}, f"applied {text}" if any(applied.values()) else "already up to date")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -422,9 +412,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--oauth-issuer", default=_env("OAUTH_ISSUER"),
                        help="turn on the built-in OAuth authorization server at this public base URL, "
                        "e.g. http://127.0.0.1:8000 (for clients that only speak OAuth)")  # fmt: skip
+    serve.add_argument("--migration-url", default=_env("MIGRATION_URL"),
+                       help="PostgreSQL URL of the tables' owner: migrate before serving (safe when "
+                       "replicas start together)")  # fmt: skip
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                        choices=["critical", "error", "warning", "info", "debug"])  # fmt: skip
     serve.set_defaults(handler=None, run=_serve)
+
+    p = commands.add_parser(
+        "migrate",
+        parents=[common],
+        help="apply migrations to PostgreSQL as the tables' owner",
+        description="Create or upgrade the control-plane and tenant-data tables in PostgreSQL, add "
+        "tenant columns, keys and row-level security policies, and grant the server's role (the "
+        "role of --db) row access. Runs once even when several processes start together.",
+    )
+    p.add_argument("app", help="MODULE:ATTR of the TenantMCP whose migrations to apply")
+    p.add_argument("--migration-url", default=_env("MIGRATION_URL"),
+                   help="owner's PostgreSQL URL (env TENANT_MCP_MIGRATION_URL; default: --db)")  # fmt: skip
+    p.add_argument("--app-role", help="role to grant row access (default: the role of --db)")
+    p.set_defaults(handler=None, run=_migrate)
 
     demo = commands.add_parser("demo", parents=[common], help="run the notes example with two demo tenants")
     demo.add_argument("--host", default="127.0.0.1")

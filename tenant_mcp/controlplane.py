@@ -1,8 +1,10 @@
-"""The control plane: tenants, API keys and audit events, in one database.
+"""The control plane: tenants, API keys, audit events and OAuth state, in one database.
 
-SQLite through aiosqlite is the default so a single machine needs no service. The schema has a
-version table with forward-only migrations; every process that opens the store brings it up to
-date, inside one write transaction so two processes starting together cannot apply a step twice.
+SQLite through aiosqlite is the default so a single machine needs no service; every process that
+opens it brings the schema up to date inside one write transaction, so two processes starting
+together cannot apply a step twice. On PostgreSQL (several replicas) the tables live in the
+``tenant_mcp`` schema, migrated by `tenant-mcp migrate` as their owner; a server only checks
+that the schema is current. Queries are written once, with ``?`` placeholders, for both.
 """
 
 from __future__ import annotations
@@ -11,16 +13,16 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from tenant_mcp.auth import apikeys
 from tenant_mcp.errors import ConfigurationError, NotFoundError, TenantMCPError
 from tenant_mcp.models import Tenant, TenantStatus
+from tenant_mcp.storage import data_dir, is_postgres, sqlite_path
+from tenant_mcp.storage.sql import ConstraintError, Database
 
 DEFAULT_DATABASE_URL = "sqlite:///./tenant_mcp.db"
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -114,19 +116,90 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 
 
+# The same tables on PostgreSQL: 64-bit floats for times (REAL is 32-bit there), identity columns
+# for SQLite's rowids, and the canary table of tenant data (created per file on SQLite).
+POSTGRES_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE tenants (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+        id TEXT PRIMARY KEY,
+        slug TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('active', 'suspended')),
+        metadata TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE api_keys (
+        key_id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        digest TEXT NOT NULL,
+        scopes TEXT NOT NULL DEFAULT '[]',
+        label TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        last_used_at TEXT,
+        revoked_at TEXT
+    );
+    CREATE INDEX api_keys_tenant ON api_keys(tenant_id);
+    CREATE TABLE audit_events (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at TEXT NOT NULL,
+        tenant_id TEXT,
+        principal TEXT,
+        method TEXT NOT NULL,
+        target TEXT,
+        outcome TEXT NOT NULL,
+        reason TEXT,
+        duration_ms DOUBLE PRECISION NOT NULL DEFAULT 0,
+        arguments TEXT
+    );
+    CREATE INDEX audit_events_tenant ON audit_events(tenant_id, id);
+    CREATE TABLE oauth_clients (client_id TEXT PRIMARY KEY, info TEXT NOT NULL, created_at TEXT NOT NULL);
+    CREATE TABLE oauth_requests (
+        id TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        params TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        browser TEXT,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE oauth_codes (
+        digest TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        key_id TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        params TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE oauth_tokens (
+        digest TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('access', 'refresh')),
+        client_id TEXT NOT NULL,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        key_id TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        resource TEXT,
+        family TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        revoked_at DOUBLE PRECISION
+    );
+    CREATE INDEX oauth_tokens_family ON oauth_tokens(family);
+    CREATE TABLE leak_markers (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('identifier', 'canary')),
+        value TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (tenant_id, value)
+    );
+    CREATE TABLE public.tenant_mcp_canaries (value TEXT NOT NULL);
+    """,
+)
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def sqlite_path(url: str) -> Path:
-    """The file behind a ``sqlite:///relative`` or ``sqlite:////absolute`` URL."""
-    if url.startswith(("postgresql://", "postgres://")):
-        raise ConfigurationError(
-            "PostgreSQL is not supported yet by this version of tenant_mcp; use a sqlite:/// URL"
-        )
-    if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
-        raise ConfigurationError(f"unsupported database URL {url!r}: expected sqlite:///path/to/file.db")
-    return Path(url[len("sqlite:///") :])
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +239,7 @@ class AuditEvent:
     arguments: str | None
 
 
-def _tenant(row: aiosqlite.Row) -> Tenant:
+def _tenant(row: Mapping[str, Any]) -> Tenant:
     return Tenant(
         id=row["id"],
         slug=row["slug"],
@@ -178,7 +251,7 @@ def _tenant(row: aiosqlite.Row) -> Tenant:
     )
 
 
-def _key(row: aiosqlite.Row) -> KeyRecord:
+def _key(row: Mapping[str, Any]) -> KeyRecord:
     return KeyRecord(
         key_id=row["key_id"],
         tenant_id=row["tenant_id"],
@@ -196,13 +269,15 @@ class ControlPlane:
 
     def __init__(self, url: str = DEFAULT_DATABASE_URL) -> None:
         self.url = url
-        self.path = sqlite_path(url)
-        self._conn: aiosqlite.Connection | None = None
+        self.postgres = is_postgres(url)
+        if not self.postgres:
+            sqlite_path(url)  # a bad URL fails here, before anything opens
+        self._db: Database | None = None
 
     @property
     def data_dir(self) -> Path:
-        """Where per-tenant databases live: beside the control plane, so one path configures both."""
-        return self.path.with_name(self.path.stem + "_data")
+        """Where per-tenant SQLite databases live (SQLite only)."""
+        return data_dir(self.url)
 
     async def __aenter__(self) -> ControlPlane:
         await self.open()
@@ -212,48 +287,49 @@ class ControlPlane:
         await self.close()
 
     async def open(self) -> None:
-        if self._conn is not None:
+        if self._db is not None:
             return
-        if self.path.parent and not self.path.parent.exists():
-            raise ConfigurationError(f"directory {str(self.path.parent)!r} for the database does not exist")
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        conn.row_factory = aiosqlite.Row
-        await conn.execute("PRAGMA busy_timeout = 10000")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute("PRAGMA synchronous = NORMAL")
-        await conn.execute("PRAGMA foreign_keys = ON")
-        self._conn = conn
+        if self.postgres:
+            from tenant_mcp.storage.postgres import PostgresDatabase, check_version
+
+            pg = await PostgresDatabase.open(self.url)
+            try:
+                await check_version(pg, "control", len(POSTGRES_MIGRATIONS))
+            except BaseException:
+                await pg.close()
+                raise
+            self._db = pg
+            return
+        path = sqlite_path(self.url)
+        if path.parent and not path.parent.exists():
+            raise ConfigurationError(f"directory {str(path.parent)!r} for the database does not exist")
+        from tenant_mcp.storage.sqlite import SQLiteDatabase
+
+        self._db = await SQLiteDatabase.open(path)
         await self._migrate()
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
 
     @property
-    def conn(self) -> aiosqlite.Connection:
-        if self._conn is None:
+    def db(self) -> Database:
+        if self._db is None:
             raise TenantMCPError("the control plane is not open")
-        return self._conn
+        return self._db
 
     async def _migrate(self) -> None:
-        conn = self.conn
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            async with conn.execute("SELECT max(version) FROM schema_version") as cur:
-                row = await cur.fetchone()
-            current = (row[0] if row else None) or 0
+        async with self.db.transaction() as tx:
+            await tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = await tx.fetch_one("SELECT max(version) AS v FROM schema_version")
+            current = (row["v"] if row else None) or 0
             for version, script in enumerate(_MIGRATIONS, start=1):
                 if version <= current:
                     continue
                 for statement in filter(None, (s.strip() for s in script.split(";"))):
-                    await conn.execute(statement)
-                await conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-            await conn.execute("COMMIT")
-        except BaseException:
-            await conn.execute("ROLLBACK")
-            raise
+                    await tx.execute(statement)
+                await tx.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
     # -- tenants ---------------------------------------------------------------------------
 
@@ -281,7 +357,7 @@ class ControlPlane:
             created_at=_now(),
         )
         try:
-            await self.conn.execute(
+            await self.db.execute(
                 "INSERT INTO tenants (id, slug, name, plan, status, metadata, created_at) VALUES (?,?,?,?,?,?,?)",
                 (
                     tenant.id,
@@ -293,18 +369,16 @@ class ControlPlane:
                     tenant.created_at,
                 ),
             )
-        except aiosqlite.IntegrityError:
+        except ConstraintError:
             raise TenantMCPError(f"tenant {slug!r} already exists") from None
         return tenant
 
     async def tenant_by_slug(self, slug: str) -> Tenant | None:
-        async with self.conn.execute("SELECT * FROM tenants WHERE slug = ?", (slug,)) as cur:
-            row = await cur.fetchone()
+        row = await self.db.fetch_one("SELECT * FROM tenants WHERE slug = ?", (slug,))
         return _tenant(row) if row else None
 
     async def tenant_by_id(self, tenant_id: str) -> Tenant | None:
-        async with self.conn.execute("SELECT * FROM tenants WHERE id = ?", (tenant_id,)) as cur:
-            row = await cur.fetchone()
+        row = await self.db.fetch_one("SELECT * FROM tenants WHERE id = ?", (tenant_id,))
         return _tenant(row) if row else None
 
     async def require_tenant(self, slug: str) -> Tenant:
@@ -314,30 +388,20 @@ class ControlPlane:
         return tenant
 
     async def list_tenants(self) -> list[Tenant]:
-        async with self.conn.execute("SELECT * FROM tenants ORDER BY slug") as cur:
-            return [_tenant(row) for row in await cur.fetchall()]
+        return [_tenant(row) for row in await self.db.fetch_all("SELECT * FROM tenants ORDER BY slug")]
 
     async def set_status(self, slug: str, status: TenantStatus) -> Tenant:
         await self.require_tenant(slug)
-        await self.conn.execute("UPDATE tenants SET status = ? WHERE slug = ?", (status, slug))
+        await self.db.execute("UPDATE tenants SET status = ? WHERE slug = ?", (status, slug))
         return await self.require_tenant(slug)
 
     async def delete_tenant(self, slug: str) -> Tenant:
         """Remove the tenant, its keys and its audit trail. Its data files are the caller's job."""
         tenant = await self.require_tenant(slug)
-        conn = self.conn
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            await conn.execute("DELETE FROM api_keys WHERE tenant_id = ?", (tenant.id,))
-            await conn.execute("DELETE FROM oauth_codes WHERE tenant_id = ?", (tenant.id,))
-            await conn.execute("DELETE FROM oauth_tokens WHERE tenant_id = ?", (tenant.id,))
-            await conn.execute("DELETE FROM leak_markers WHERE tenant_id = ?", (tenant.id,))
-            await conn.execute("DELETE FROM audit_events WHERE tenant_id = ?", (tenant.id,))
-            await conn.execute("DELETE FROM tenants WHERE id = ?", (tenant.id,))
-            await conn.execute("COMMIT")
-        except BaseException:
-            await conn.execute("ROLLBACK")
-            raise
+        async with self.db.transaction() as tx:
+            for table in ("api_keys", "oauth_codes", "oauth_tokens", "leak_markers", "audit_events"):
+                await tx.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (tenant.id,))
+            await tx.execute("DELETE FROM tenants WHERE id = ?", (tenant.id,))
         return tenant
 
     # -- API keys ----------------------------------------------------------------------------
@@ -361,7 +425,7 @@ class ControlPlane:
             last_used_at=None,
             revoked_at=None,
         )
-        await self.conn.execute(
+        await self.db.execute(
             "INSERT INTO api_keys (key_id, tenant_id, digest, scopes, label, created_at) VALUES (?,?,?,?,?,?)",
             (
                 record.key_id,
@@ -375,23 +439,22 @@ class ControlPlane:
         return record, new.key
 
     async def key(self, key_id: str) -> KeyRecord | None:
-        async with self.conn.execute("SELECT * FROM api_keys WHERE key_id = ?", (key_id,)) as cur:
-            row = await cur.fetchone()
+        row = await self.db.fetch_one("SELECT * FROM api_keys WHERE key_id = ?", (key_id,))
         return _key(row) if row else None
 
     async def list_keys(self, tenant_slug: str) -> list[KeyRecord]:
         tenant = await self.require_tenant(tenant_slug)
-        async with self.conn.execute(
+        rows = await self.db.fetch_all(
             "SELECT * FROM api_keys WHERE tenant_id = ? ORDER BY created_at, key_id", (tenant.id,)
-        ) as cur:
-            return [_key(row) for row in await cur.fetchall()]
+        )
+        return [_key(row) for row in rows]
 
     async def revoke_key(self, key_id: str) -> KeyRecord:
         record = await self.key(key_id)
         if record is None:
             raise NotFoundError(f"no key {key_id!r}")
         if record.revoked_at is None:
-            await self.conn.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ?", (_now(), key_id))
+            await self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ?", (_now(), key_id))
         revoked = await self.key(key_id)
         assert revoked is not None
         return revoked
@@ -399,65 +462,50 @@ class ControlPlane:
     # -- leak markers ------------------------------------------------------------------------------
 
     async def add_marker(self, tenant_id: str, value: str, kind: str) -> None:
-        await self.conn.execute(
-            "INSERT OR IGNORE INTO leak_markers (tenant_id, kind, value, created_at) VALUES (?, ?, ?, ?)",
+        await self.db.execute(
+            "INSERT INTO leak_markers (tenant_id, kind, value, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
             (tenant_id, kind, value, _now()),
         )
 
     async def tenant_names(self, after_rowid: int = 0) -> list[tuple[int, str, str, str]]:
-        """(rowid, id, slug, name) of tenants created after `after_rowid`: cheap to poll."""
-        async with self.conn.execute(
-            "SELECT rowid, id, slug, name FROM tenants WHERE rowid > ? ORDER BY rowid", (after_rowid,)
-        ) as cur:
-            return [(row[0], row[1], row[2], row[3]) for row in await cur.fetchall()]
+        """(sequence, id, slug, name) of tenants created after `after_rowid`: cheap to poll."""
+        seq = "seq" if self.postgres else "rowid"
+        rows = await self.db.fetch_all(
+            f"SELECT {seq} AS seq, id, slug, name FROM tenants WHERE {seq} > ? ORDER BY {seq}", (after_rowid,)
+        )
+        return [(row["seq"], row["id"], row["slug"], row["name"]) for row in rows]
 
     async def markers(self, after_id: int = 0) -> list[tuple[int, str, str, str]]:
         """(id, tenant id, kind, value) of markers added after `after_id`, oldest first."""
-        async with self.conn.execute(
+        rows = await self.db.fetch_all(
             "SELECT id, tenant_id, kind, value FROM leak_markers WHERE id > ? ORDER BY id", (after_id,)
-        ) as cur:
-            return [(row[0], row[1], row[2], row[3]) for row in await cur.fetchall()]
+        )
+        return [(row["id"], row["tenant_id"], row["kind"], row["value"]) for row in rows]
 
     # -- audit -------------------------------------------------------------------------------
 
     async def write_audit(self, events: Sequence[AuditEvent], used_keys: Iterable[str] = ()) -> None:
         """Write a batch in one transaction: one disk sync for many requests."""
-        conn = self.conn
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            await conn.executemany(
+        async with self.db.transaction() as tx:
+            await tx.execute_many(
                 "INSERT INTO audit_events (at, tenant_id, principal, method, target, outcome, reason,"
                 " duration_ms, arguments) VALUES (?,?,?,?,?,?,?,?,?)",
                 [
-                    (
-                        e.at,
-                        e.tenant_id,
-                        e.principal,
-                        e.method,
-                        e.target,
-                        e.outcome,
-                        e.reason,
-                        e.duration_ms,
-                        e.arguments,
-                    )
+                    (e.at, e.tenant_id, e.principal, e.method, e.target, e.outcome, e.reason, e.duration_ms,
+                     e.arguments)
                     for e in events
                 ],
-            )
+            )  # fmt: skip
             now = _now()
-            await conn.executemany(
-                "UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", [(now, k) for k in used_keys]
+            await tx.execute_many(
+                "UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", [(now, k) for k in sorted(used_keys)]
             )
-            await conn.execute("COMMIT")
-        except BaseException:
-            await conn.execute("ROLLBACK")
-            raise
 
     async def audit_events(self, tenant_slug: str, limit: int = 50) -> list[dict[str, Any]]:
         tenant = await self.require_tenant(tenant_slug)
-        async with self.conn.execute(
+        return await self.db.fetch_all(
             "SELECT at, principal, method, target, outcome, reason, duration_ms, arguments"
             " FROM audit_events WHERE tenant_id = ? ORDER BY id DESC LIMIT ?",
             (tenant.id, limit),
-        ) as cur:
-            rows = await cur.fetchall()
-        return [dict(row) for row in rows]
+        )

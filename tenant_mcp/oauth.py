@@ -39,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from tenant_mcp.errors import AuthenticationError
+from tenant_mcp.storage.sql import Database
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -86,20 +87,17 @@ class OAuthServer:
         self.resource = resource
 
     @property
-    def _conn(self) -> Any:
-        return self._runtime().control_plane.conn
+    def _db(self) -> Database:
+        return self._runtime().control_plane.db
 
     # -- clients (RFC 7591) ----------------------------------------------------------------------
 
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
-        async with self._conn.execute(
-            "SELECT info FROM oauth_clients WHERE client_id = ?", (client_id,)
-        ) as cur:
-            row = await cur.fetchone()
-        return OAuthClientInformationFull.model_validate_json(row[0]) if row else None
+        row = await self._db.fetch_one("SELECT info FROM oauth_clients WHERE client_id = ?", (client_id,))
+        return OAuthClientInformationFull.model_validate_json(row["info"]) if row else None
 
     async def register_client(self, client_info: OAuthClientInformationFull) -> None:
-        await self._conn.execute(
+        await self._db.execute(
             "INSERT INTO oauth_clients (client_id, info, created_at) VALUES (?, ?, ?)",
             (
                 client_info.client_id,
@@ -115,22 +113,21 @@ class OAuthServer:
         if params.resource is not None and params.resource.rstrip("/") != self.resource.rstrip("/"):
             raise AuthorizeError(error="invalid_request", error_description="unknown resource")
         request_id = secrets.token_urlsafe(24)
-        await self._conn.execute(
+        await self._db.execute(
             "INSERT INTO oauth_requests (id, client_id, params, csrf, expires_at) VALUES (?, ?, ?, ?, ?)",
             (request_id, client.client_id, params.model_dump_json(), secrets.token_urlsafe(24),
              time.time() + REQUEST_SECONDS),
         )  # fmt: skip
-        await self._conn.execute("DELETE FROM oauth_requests WHERE expires_at < ?", (time.time(),))
+        await self._db.execute("DELETE FROM oauth_requests WHERE expires_at < ?", (time.time(),))
         return f"{self.issuer}{CONSENT_PATH}?request={request_id}"
 
     async def load_authorization_code(
         self, client: OAuthClientInformationFull, authorization_code: str
     ) -> TenantCode | None:
-        async with self._conn.execute(
+        row = await self._db.fetch_one(
             "SELECT * FROM oauth_codes WHERE digest = ? AND client_id = ?",
             (_digest(authorization_code), client.client_id),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         if row is None:
             return None
         params = json.loads(row["params"])
@@ -151,10 +148,10 @@ class OAuthServer:
         self, client: OAuthClientInformationFull, authorization_code: TenantCode
     ) -> OAuthToken:
         # Single use: the DELETE decides which of two racing exchanges wins.
-        cur = await self._conn.execute(
+        deleted = await self._db.execute(
             "DELETE FROM oauth_codes WHERE digest = ?", (_digest(authorization_code.code),)
         )
-        if cur.rowcount != 1:
+        if deleted != 1:
             raise TokenError(error="invalid_grant", error_description="authorization code already used")
         await self._check_key(authorization_code.key_id, authorization_code.tenant_id)
         return await self._issue(
@@ -190,11 +187,11 @@ class OAuthServer:
     ) -> OAuthToken:
         if not set(scopes) <= set(refresh_token.scopes):
             raise TokenError(error="invalid_scope", error_description="cannot widen scopes on refresh")
-        cur = await self._conn.execute(
+        rotated = await self._db.execute(
             "UPDATE oauth_tokens SET revoked_at = ? WHERE digest = ? AND revoked_at IS NULL",
             (time.time(), _digest(refresh_token.token)),
         )
-        if cur.rowcount != 1:
+        if rotated != 1:
             raise TokenError(error="invalid_grant", error_description="refresh token already used")
         await self._check_key(refresh_token.key_id, refresh_token.tenant_id)
         return await self._issue(
@@ -214,9 +211,7 @@ class OAuthServer:
     async def revoke_token(self, token: AccessToken | RefreshToken) -> None:
         row = await self._token_row(token.token, None)
         if row is not None:
-            await self._revoke_family(row["family"]) if row[
-                "kind"
-            ] == "refresh" else await self._conn.execute(
+            await self._revoke_family(row["family"]) if row["kind"] == "refresh" else await self._db.execute(
                 "UPDATE oauth_tokens SET revoked_at = ? WHERE digest = ?", (time.time(), row["digest"])
             )
 
@@ -244,16 +239,13 @@ class OAuthServer:
     # -- internals -------------------------------------------------------------------------------
 
     async def _token_row(self, token: str, kind: str | None) -> Any:
-        async with self._conn.execute(
-            "SELECT * FROM oauth_tokens WHERE digest = ?", (_digest(token),)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._db.fetch_one("SELECT * FROM oauth_tokens WHERE digest = ?", (_digest(token),))
         if row is None or (kind is not None and row["kind"] != kind):
             return None
         return row
 
     async def _revoke_family(self, family: str) -> None:
-        await self._conn.execute(
+        await self._db.execute(
             "UPDATE oauth_tokens SET revoked_at = ? WHERE family = ? AND revoked_at IS NULL",
             (time.time(), family),
         )
@@ -274,7 +266,7 @@ class OAuthServer:
             (_digest(access), "access", now + ACCESS_SECONDS),
             (_digest(refresh), "refresh", now + REFRESH_SECONDS),
         ]
-        await self._conn.executemany(
+        await self._db.execute_many(
             "INSERT INTO oauth_tokens (digest, kind, client_id, tenant_id, key_id, scopes, resource, family,"
             " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -292,10 +284,9 @@ class OAuthServer:
     # -- the sign-in and consent page ----------------------------------------------------------------
 
     async def _pending(self, request_id: str) -> Any:
-        async with self._conn.execute(
+        return await self._db.fetch_one(
             "SELECT * FROM oauth_requests WHERE id = ? AND expires_at > ?", (request_id, time.time())
-        ) as cur:
-            return await cur.fetchone()
+        )
 
     async def consent(self, request: Request) -> Response:
         if request.method == "POST":
@@ -308,7 +299,7 @@ class OAuthServer:
         client = await self.get_client(pending["client_id"])
         params = AuthorizationParams.model_validate_json(pending["params"])
         browser = secrets.token_urlsafe(24)
-        await self._conn.execute(
+        await self._db.execute(
             "UPDATE oauth_requests SET browser = ? WHERE id = ?", (_digest(browser), request_id)
         )
         name = html.escape((client.client_name if client else None) or pending["client_id"])
@@ -344,7 +335,7 @@ class OAuthServer:
         params = AuthorizationParams.model_validate_json(pending["params"])
         redirect = str(params.redirect_uri)
         if form.get("decision") != "approve":
-            await self._conn.execute("DELETE FROM oauth_requests WHERE id = ?", (request_id,))
+            await self._db.execute("DELETE FROM oauth_requests WHERE id = ?", (request_id,))
             return _redirect(construct_redirect_uri(redirect, error="access_denied", state=params.state))
         try:
             token = await self._runtime().authenticator.authenticate(str(form.get("api_key", "")).strip())
@@ -352,11 +343,11 @@ class OAuthServer:
             token = None
         if token is None or token.principal.key_id is None:
             return await self.consent_again(request_id, "That key was not accepted. Paste an active API key.")
-        await self._conn.execute("DELETE FROM oauth_requests WHERE id = ?", (request_id,))
+        await self._db.execute("DELETE FROM oauth_requests WHERE id = ?", (request_id,))
         requested = params.scopes or sorted(token.principal.scopes)
         granted = [s for s in requested if s in token.principal.scopes]  # never more than the key has
         code = secrets.token_urlsafe(32)
-        await self._conn.execute(
+        await self._db.execute(
             "INSERT INTO oauth_codes (digest, client_id, tenant_id, key_id, scopes, params, expires_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (_digest(code), pending["client_id"], token.tenant.id, token.principal.key_id, json.dumps(granted),

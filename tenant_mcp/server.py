@@ -52,7 +52,6 @@ from tenant_mcp.catalogue import Catalogue, StaticResource
 from tenant_mcp.context import TenantContext
 from tenant_mcp.leakguard import Markers
 from tenant_mcp.models import Principal, Tenant
-from tenant_mcp.storage import TenantDatabase
 from tenant_mcp.subscriptions import TenantSubscriptionBus
 from tenant_mcp.tenancy import Call, TenancyMiddleware, current_call
 
@@ -128,7 +127,7 @@ class ScopedServer(MCPServer[Any]):
         rt = self._runtime()
         if rt is None:
             return TenantContext._bind(base, call.tenant, call.principal, None)
-        db = TenantDatabase(rt.pool, call.tenant.id)
+        db = rt.store.database(call.tenant.id)
         markers = Markers(rt.leak_guard, rt.control_plane, call.tenant.id)
         return TenantContext._bind(base, call.tenant, call.principal, db, markers)
 

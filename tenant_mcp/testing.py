@@ -45,7 +45,7 @@ import anyio
 from tenant_mcp.app import TenantMCP
 from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.http import HTTPOptions
-from tenant_mcp.storage import DatabasePool
+from tenant_mcp.storage import open_store
 
 _MISSING = "tenant-mcp-kit-missing-item"
 
@@ -219,13 +219,11 @@ class IsolationKit:
             _, key = await cp.create_key(slug, scopes=key_scopes)
             canary = "tmcanary" + secrets.token_hex(12)
             await cp.add_marker(tenant.id, canary, "canary")
-            path = DatabasePool(cp.data_dir).path(tenant.id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            import sqlite3
-
-            with contextlib.closing(sqlite3.connect(path)) as conn, conn:
-                conn.execute("CREATE TABLE IF NOT EXISTS tenant_mcp_canaries (value TEXT NOT NULL)")
-                conn.execute("INSERT INTO tenant_mcp_canaries (value) VALUES (?)", (canary,))
+            store = await open_store(cp.url)
+            try:
+                await store.plant_canary(tenant.id, canary)
+            finally:
+                await store.aclose()
             tenants[label] = {
                 "slug": slug,
                 "name": tenant.name,

@@ -34,7 +34,8 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 from tenant_mcp.controlplane import AuditEvent, ControlPlane
-from tenant_mcp.storage import DatabasePool, new_id
+from tenant_mcp.storage import migration_sql, new_id
+from tenant_mcp.storage.sqlite import DatabasePool
 from tests.conftest import ROOT, Tenants, clean_env, free_port, mcp_client
 
 TENANT_MCP = str(Path(sys.executable).parent / "tenant-mcp")
@@ -226,7 +227,7 @@ def add_notes(db: DB, slug: str, titles: list[str]) -> Path:
         async with ControlPlane(db.url) as cp:
             tenant = await cp.require_tenant(slug)
             data_dir = cp.data_dir
-        pool = DatabasePool(data_dir, app._migrations)
+        pool = DatabasePool(data_dir, [migration_sql("sqlite", m) for m in app._migrations])
         try:
             async with pool.lease(tenant.id) as handle:
                 for title in titles:

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tenant_mcp.storage import DatabasePool, TenantDatabase
+from tenant_mcp.storage.sqlite import SQLiteStore
 from tests.conftest import ServerProcess, Tenants, mcp_client
 
 pytestmark = pytest.mark.anyio
@@ -76,14 +76,14 @@ async def test_raw_sql_cannot_open_another_tenants_file(probe: tuple[ServerProce
 
 
 async def test_the_authorizer_refuses_attach_and_pragmas(tmp_path: Path) -> None:
-    pool = DatabasePool(tmp_path, ["CREATE TABLE t (v TEXT)"])
+    pool = SQLiteStore(tmp_path, ["CREATE TABLE t (v TEXT)"])
     try:
         for sql in (
             "ATTACH DATABASE 'other.sqlite3' AS o",
             "PRAGMA user_version = 7",
             "SELECT * FROM pragma_database_list",
         ):
-            db = TenantDatabase(pool, "0" * 32)
+            db = pool.database("0" * 32)
             with pytest.raises(sqlite3.DatabaseError, match="not authorized"):
                 await db.fetch_all(sql)
             await db._finish(commit=False)
@@ -150,17 +150,17 @@ async def test_bulk_import_is_all_or_nothing(notes_server: ServerProcess, tenant
 
 
 async def test_pool_bounds_open_connections_and_threads(tmp_path: Path) -> None:
-    pool = DatabasePool(tmp_path, ["CREATE TABLE t (v TEXT)"], max_open=4)
+    pool = SQLiteStore(tmp_path, ["CREATE TABLE t (v TEXT)"], max_open=4)
     threads_before = threading.active_count()
     try:
         for i in range(40):
-            db = TenantDatabase(pool, f"{i:032x}")
+            db = pool.database(f"{i:032x}")
             await db.execute("INSERT INTO t (v) VALUES (?)", (f"tenant {i}",))
             await db._finish(commit=True)
             assert pool.open_count <= 4
             assert threading.active_count() <= threads_before + 4
         assert len(list(tmp_path.glob("*.sqlite3"))) == 40
-        db = TenantDatabase(pool, f"{7:032x}")  # closed long ago: reopened lazily, data intact
+        db = pool.database(f"{7:032x}")  # closed long ago: reopened lazily, data intact
         assert await db.fetch_all("SELECT v FROM t") == [{"v": "tenant 7"}]
         await db._finish(commit=False)
     finally:

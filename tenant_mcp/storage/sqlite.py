@@ -1,28 +1,20 @@
-"""Tenant data: `ctx.db`, isolated below the query.
+"""The embedded backend: SQLite, one file per tenant, and the control plane's connection.
 
-The embedded backend gives every tenant its own SQLite file. A statement issued through `ctx.db`
+Every tenant gets its own SQLite file. A statement issued through `ctx.db`
 runs on a connection that can only see that file: there is no tenant filter to forget, and an
 SQLite authorizer refuses `ATTACH`, `DETACH` and pragmas, so raw SQL cannot open another
 tenant's file either. Connections are pooled with an upper bound (least recently used closed
 first), opened lazily and migrated on first open, so an idle tenant costs nothing but its file.
-
-Every tool call, resource read and prompt is one unit of work: the first use of `ctx.db` begins a
-transaction, which commits when the handler returns and rolls back when it raises.
-`ctx.db.transaction()` adds an inner all-or-nothing block (a savepoint).
 """
 
 from __future__ import annotations
 
-import itertools
+import base64
 import re
-import secrets
 import sqlite3
-import threading
-import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,44 +22,12 @@ import aiosqlite
 import anyio
 
 from tenant_mcp.errors import TenantMCPError
+from tenant_mcp.storage.database import Result, TenantDatabase
+from tenant_mcp.storage.sql import ConstraintError, Params
 
-Params = Sequence[Any] | Mapping[str, Any]
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # Read-only introspection is harmless; every other pragma could change durability or the
 # migration version, so tool code may not run it.
 _ALLOWED_PRAGMAS = frozenset({"table_info", "table_xinfo", "index_list", "index_info", "foreign_key_list"})
-_EPOCH_MS = 1_704_067_200_000  # 2024-01-01
-_id_lock = threading.Lock()
-_last_id = 0
-
-
-def new_id() -> int:
-    """A positive integer id, unique across tenants and increasing in time.
-
-    Per-tenant databases would each count from 1, so ids of different tenants would collide and
-    "tenant B asks for tenant A's id 7" would hit B's own row 7. Ids from here are unique in the
-    process (time in ms, 13 random bits, never repeating) and below 2**53, so JavaScript clients
-    read them exactly.
-    """
-    global _last_id
-    candidate = ((int(time.time() * 1000) - _EPOCH_MS) << 13) | secrets.randbits(13)
-    with _id_lock:
-        _last_id = max(candidate, _last_id + 1)
-        return _last_id
-
-
-def _check_identifier(name: str) -> str:
-    if not _IDENT.match(name):
-        raise TenantMCPError(f"invalid SQL identifier {name!r}")
-    return name
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """What a write did: rows changed, and the rowid of the last inserted row."""
-
-    rowcount: int
-    lastrowid: int | None
 
 
 class _Handle:
@@ -214,25 +174,30 @@ def _split(script: str) -> Iterable[str]:
         yield buffer
 
 
+@contextmanager
+def _constraints() -> Iterator[None]:
+    """The same exception for a broken constraint on both backends."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        raise ConstraintError(str(exc)) from None
+
+
 def remove_files(path: Path) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
-class TenantDatabase:
-    """`ctx.db`: the caller's tenant database. No method takes a tenant: it is already bound."""
+class _Unit:
+    """One call's transaction on the tenant's file, holding the tenant's connection while it lasts."""
 
     def __init__(self, pool: DatabasePool, tenant_id: str) -> None:
         self._pool = pool
         self._tenant_id = tenant_id
         self._stack = AsyncExitStack()
         self._handle: _Handle | None = None
-        self._savepoints = itertools.count(1)
-        self._finished = False
 
     async def _conn(self) -> aiosqlite.Connection:
-        if self._finished:
-            raise TenantMCPError("ctx.db was used after its call ended")
         if self._handle is None:
             handle = await self._stack.enter_async_context(self._pool.lease(self._tenant_id))
             try:
@@ -243,9 +208,7 @@ class TenantDatabase:
             self._handle = handle
         return self._handle.conn
 
-    async def _finish(self, *, commit: bool) -> None:
-        """End the call's unit of work. Called by the framework, never by tool code."""
-        self._finished = True
+    async def finish(self, *, commit: bool) -> None:
         if self._handle is None:
             return
         conn, self._handle = self._handle.conn, None
@@ -257,61 +220,162 @@ class TenantDatabase:
                     await conn.execute("ROLLBACK")
                 raise
 
-    async def execute(self, sql: str, params: Params = ()) -> Result:
-        """Run one statement with parameters (``?`` or ``:name``). Never format values into SQL."""
+    async def execute(self, sql: str, params: Params) -> Result:
         conn = await self._conn()
-        async with conn.execute(sql, params) as cur:
-            return Result(rowcount=cur.rowcount, lastrowid=cur.lastrowid)
+        with _constraints():
+            async with conn.execute(sql, params) as cur:
+                return Result(rowcount=cur.rowcount, lastrowid=cur.lastrowid)
 
     async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
         conn = await self._conn()
-        async with conn.executemany(sql, rows) as cur:
-            return cur.rowcount
+        with _constraints():
+            async with conn.executemany(sql, rows) as cur:
+                return cur.rowcount
 
-    async def fetch_all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
+    async def fetch_all(self, sql: str, params: Params) -> list[dict[str, Any]]:
         conn = await self._conn()
         async with conn.execute(sql, params) as cur:
             return [dict(row) for row in await cur.fetchall()]
 
-    async def fetch_one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
+    async def fetch_one(self, sql: str, params: Params) -> dict[str, Any] | None:
         conn = await self._conn()
         async with conn.execute(sql, params) as cur:
             row = await cur.fetchone()
         return dict(row) if row is not None else None
 
-    async def fetch_value(self, sql: str, params: Params = ()) -> Any:
-        conn = await self._conn()
-        async with conn.execute(sql, params) as cur:
-            row = await cur.fetchone()
-        return row[0] if row is not None else None
-
     async def insert(self, table: str, values: Mapping[str, Any]) -> int:
-        """Insert one row; returns its rowid. Table and column names are checked identifiers."""
-        columns = [_check_identifier(c) for c in values]
-        placeholders = ", ".join("?" for _ in columns)
-        sql = f"INSERT INTO {_check_identifier(table)} ({', '.join(columns)}) VALUES ({placeholders})"
+        placeholders = ", ".join("?" for _ in values)
+        sql = f"INSERT INTO {table} ({', '.join(values)}) VALUES ({placeholders})"
         result = await self.execute(sql, list(values.values()))
         assert result.lastrowid is not None
         return result.lastrowid
 
-    async def get(self, table: str, key: Any, *, column: str = "id") -> dict[str, Any] | None:
-        sql = f"SELECT * FROM {_check_identifier(table)} WHERE {_check_identifier(column)} = ?"
-        return await self.fetch_one(sql, (key,))
+    async def control(self, statement: str) -> None:
+        conn = await self._conn()
+        await conn.execute(statement)
 
-    async def delete(self, table: str, key: Any, *, column: str = "id") -> bool:
-        sql = f"DELETE FROM {_check_identifier(table)} WHERE {_check_identifier(column)} = ?"
-        return (await self.execute(sql, (key,))).rowcount > 0
+
+class SQLiteStore(DatabasePool):
+    """Tenant data in SQLite files: what `ctx.db`, the CLI and the test kit use on one machine."""
+
+    def database(self, tenant_id: str) -> TenantDatabase:
+        return TenantDatabase(_Unit(self, tenant_id))
+
+    async def export(self, tenant_id: str) -> dict[str, list[dict[str, Any]]]:
+        """Every table of the tenant's file, rows as dicts (BLOBs as base64)."""
+        path = self.path(tenant_id)
+        return await anyio.to_thread.run_sync(_dump, path) if path.exists() else {}
+
+    async def plant_canary(self, tenant_id: str, value: str) -> None:
+        async with self.lease(tenant_id) as handle:
+            handle.trusted = True
+            try:
+                await handle.conn.execute(
+                    "CREATE TABLE IF NOT EXISTS tenant_mcp_canaries (value TEXT NOT NULL)"
+                )
+                await handle.conn.execute("INSERT INTO tenant_mcp_canaries (value) VALUES (?)", (value,))
+            finally:
+                handle.trusted = False
+
+
+def _dump(path: Path) -> dict[str, list[dict[str, Any]]]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        return {
+            table: [
+                {k: (base64.b64encode(v).decode() if isinstance(v, bytes) else v) for k, v in dict(r).items()}
+                for r in conn.execute(f'SELECT * FROM "{table}"')
+            ]
+            for table in tables
+        }
+    finally:
+        conn.close()
+
+
+class SQLiteDatabase:
+    """The control plane's connection. One connection serves the process; a transaction holds it."""
+
+    dialect = "sqlite"
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        self._lock = anyio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> SQLiteDatabase:
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        for pragma in (
+            "busy_timeout = 10000",
+            "journal_mode = WAL",
+            "synchronous = NORMAL",
+            "foreign_keys = ON",
+        ):
+            await conn.execute(f"PRAGMA {pragma}")
+        return cls(conn)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        with _constraints():
+            async with self._lock, self._conn.execute(sql, params) as cur:
+                return cur.rowcount
+
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> None:
+        async with self._lock:
+            await self._conn.executemany(sql, rows)
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
+        async with self._lock, self._conn.execute(sql, params) as cur:
+            return [dict(row) for row in await cur.fetchall()]
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
+        async with self._lock, self._conn.execute(sql, params) as cur:
+            row = await cur.fetchone()
+        return dict(row) if row is not None else None
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[TenantDatabase]:
-        """All or nothing for the block, even when the surrounding call catches the error."""
-        conn = await self._conn()
-        name = f"tenant_mcp_sp{next(self._savepoints)}"
-        await conn.execute(f"SAVEPOINT {name}")
-        try:
-            yield self
-        except BaseException:
-            await conn.execute(f"ROLLBACK TO {name}")
-            await conn.execute(f"RELEASE {name}")
-            raise
-        await conn.execute(f"RELEASE {name}")
+    async def transaction(self) -> AsyncIterator[_Transaction]:
+        """A write transaction; other users of the connection wait until it ends."""
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Transaction(self._conn)
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
+
+
+class _Transaction:
+    """The control plane's connection inside `SQLiteDatabase.transaction()` (already locked)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        with _constraints():
+            async with self._conn.execute(sql, params) as cur:
+                return cur.rowcount
+
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> None:
+        await self._conn.executemany(sql, rows)
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
+        async with self._conn.execute(sql, params) as cur:
+            return [dict(row) for row in await cur.fetchall()]
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
+        async with self._conn.execute(sql, params) as cur:
+            row = await cur.fetchone()
+        return dict(row) if row is not None else None

@@ -1,0 +1,138 @@
+"""`ctx.db`: the caller's tenant database, the same API on every backend.
+
+Every tool call, resource read and prompt is one unit of work: the first use of `ctx.db` begins a
+transaction, which commits when the handler returns and rolls back when it raises.
+`ctx.db.transaction()` adds an inner all-or-nothing block (a savepoint). No method takes a
+tenant: the backend bound it before tool code got the object.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tenant_mcp.errors import TenantMCPError
+from tenant_mcp.storage.sql import Params
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_EPOCH_MS = 1_704_067_200_000  # 2024-01-01
+_id_lock = threading.Lock()
+_last_id = 0
+
+
+def new_id() -> int:
+    """A positive integer id, unique across tenants and increasing in time.
+
+    Per-tenant databases would each count from 1, so ids of different tenants would collide and
+    "tenant B asks for tenant A's id 7" would hit B's own row 7. Ids from here are unique in the
+    process (time in ms, 13 random bits, never repeating) and below 2**53, so JavaScript clients
+    read them exactly.
+    """
+    global _last_id
+    candidate = ((int(time.time() * 1000) - _EPOCH_MS) << 13) | secrets.randbits(13)
+    with _id_lock:
+        _last_id = max(candidate, _last_id + 1)
+        return _last_id
+
+
+def check_identifier(name: str) -> str:
+    if not _IDENT.match(name):
+        raise TenantMCPError(f"invalid SQL identifier {name!r}")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a write did: rows changed, and (SQLite only) the rowid of the last inserted row."""
+
+    rowcount: int
+    lastrowid: int | None
+
+
+class UnitOfWork(Protocol):
+    """One call's transaction on one backend, begun lazily on first use."""
+
+    async def execute(self, sql: str, params: Params) -> Result: ...
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> int: ...
+    async def fetch_all(self, sql: str, params: Params) -> list[dict[str, Any]]: ...
+    async def fetch_one(self, sql: str, params: Params) -> dict[str, Any] | None: ...
+    async def insert(self, table: str, values: Mapping[str, Any]) -> int: ...
+    async def control(self, statement: str) -> None:
+        """Run a framework statement (savepoints) that tool code may not issue itself."""
+
+    async def finish(self, *, commit: bool) -> None: ...
+
+
+class TenantDatabase:
+    """`ctx.db`: the caller's tenant database. No method takes a tenant: it is already bound."""
+
+    def __init__(self, unit: UnitOfWork) -> None:
+        self._unit = unit
+        self._savepoints = itertools.count(1)
+        self._finished = False
+
+    def _live(self) -> UnitOfWork:
+        if self._finished:
+            raise TenantMCPError("ctx.db was used after its call ended")
+        return self._unit
+
+    async def _finish(self, *, commit: bool) -> None:
+        """End the call's unit of work. Called by the framework, never by tool code."""
+        if not self._finished:
+            self._finished = True
+            await self._unit.finish(commit=commit)
+
+    async def execute(self, sql: str, params: Params = ()) -> Result:
+        """Run one statement with parameters (``?``, ``?1`` or ``:name``). Never format values into SQL."""
+        return await self._live().execute(sql, params)
+
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
+        return await self._live().execute_many(sql, rows)
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
+        return await self._live().fetch_all(sql, params)
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
+        return await self._live().fetch_one(sql, params)
+
+    async def fetch_value(self, sql: str, params: Params = ()) -> Any:
+        row = await self._live().fetch_one(sql, params)
+        return next(iter(row.values()), None) if row else None
+
+    async def insert(self, table: str, values: Mapping[str, Any]) -> int:
+        """Insert one row and return its id: the rowid on SQLite, the ``id`` column on PostgreSQL.
+
+        Table and column names are checked identifiers; values are always parameters.
+        """
+        for column in values:
+            check_identifier(column)
+        return await self._live().insert(check_identifier(table), values)
+
+    async def get(self, table: str, key: Any, *, column: str = "id") -> dict[str, Any] | None:
+        sql = f"SELECT * FROM {check_identifier(table)} WHERE {check_identifier(column)} = ?"
+        return await self.fetch_one(sql, (key,))
+
+    async def delete(self, table: str, key: Any, *, column: str = "id") -> bool:
+        sql = f"DELETE FROM {check_identifier(table)} WHERE {check_identifier(column)} = ?"
+        return (await self.execute(sql, (key,))).rowcount > 0
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[TenantDatabase]:
+        """All or nothing for the block, even when the surrounding call catches the error."""
+        unit = self._live()
+        name = f"tenant_mcp_sp{next(self._savepoints)}"
+        await unit.control(f"SAVEPOINT {name}")
+        try:
+            yield self
+        except BaseException:
+            await unit.control(f"ROLLBACK TO SAVEPOINT {name}")
+            await unit.control(f"RELEASE SAVEPOINT {name}")
+            raise
+        await unit.control(f"RELEASE SAVEPOINT {name}")
