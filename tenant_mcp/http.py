@@ -37,6 +37,7 @@ from tenant_mcp.auth.jwt import JWTSettings
 from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.errors import AuthenticationError, ConfigurationError
 from tenant_mcp.oauth import CONSENT_PATH, OAuthServer
+from tenant_mcp.storage import is_postgres
 from tenant_mcp.tenancy import names_tenant, principal_label
 
 if TYPE_CHECKING:
@@ -231,8 +232,11 @@ async def serve(app: TenantMCP, options: HTTPOptions, *, log_level: str = "info"
     """Serve until interrupted; on shutdown in-flight requests finish and the audit is flushed."""
     import uvicorn
 
-    # Open the control plane once up front: a bad URL or missing directory is then a clean
-    # configuration error, not a traceback from inside uvicorn's lifespan.
+    # Migrate (when configured) and open the control plane once up front: a bad URL, a missing
+    # directory or an old schema is then a clean configuration error, not a traceback from
+    # inside uvicorn's lifespan.
+    if app.migration_url and is_postgres(app.database_url):
+        await app.migrate(app.migration_url)
     async with ControlPlane(app.database_url):
         pass
     config = uvicorn.Config(

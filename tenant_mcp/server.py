@@ -135,6 +135,8 @@ class ScopedServer(MCPServer[Any]):
     async def _end(ctx: TenantContext, *, commit: bool) -> None:
         if ctx._db is not None:
             await ctx.db._finish(commit=commit)
+            if ctx._db.refusal is not None:  # recorded even when the tool caught the error
+                _require_call().denied = ctx._db.refusal
 
     @staticmethod
     def _hidden(call: Call, kind: str, key: str, exists: bool) -> None:

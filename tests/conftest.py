@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -16,11 +17,12 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx2
 import pytest
 from mcp import Client
@@ -105,17 +107,32 @@ def standard_tenants(db_url: str) -> Tenants:
 
 
 class ServerProcess:
-    def __init__(self, app: str, db_url: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        app: str,
+        db_url: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+        wait: bool = True,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self.base = f"http://127.0.0.1:{self.port}"
         args = tuple(a.replace("{port}", str(self.port)) for a in args)  # for flags that name the URL
         cmd = [sys.executable, "-m", "tenant_mcp.cli", "serve", app, "--port", str(self.port), "--db", db_url,
                "--log-level", "warning", *args]  # fmt: skip
-        self.log = Path(db_url[len("sqlite:///") :]).with_suffix(f".{self.port}.log")
+        if log_dir is None:
+            self.log = Path(db_url[len("sqlite:///") :]).with_suffix(f".{self.port}.log")
+        else:
+            self.log = log_dir / f"server.{self.port}.log"
         self._log_file = self.log.open("w")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(**(env or {})), stdout=self._log_file,
                                      stderr=subprocess.STDOUT)  # fmt: skip
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -158,6 +175,57 @@ async def mcp_client(
         ) as client,
     ):
         yield client
+
+
+@dataclass
+class Postgres:
+    """A fresh PostgreSQL database: `owner` migrates (a superuser), `app` serves (a plain role)."""
+
+    name: str
+    owner: str
+    app: str
+
+    def sql(self, query: str, *args: Any, as_app: bool = False) -> list[dict[str, Any]]:
+        async def go() -> list[dict[str, Any]]:
+            conn = await asyncpg.connect(self.app if as_app else self.owner)
+            try:
+                return [dict(r) for r in await conn.fetch(query, *args)]
+            finally:
+                await conn.close()
+
+        return in_thread(go())
+
+
+def in_thread(coro: Any) -> Any:
+    """Run a coroutine to completion on a loop of its own, also from inside an async test."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+PG_SERVER = os.environ.get("TENANT_MCP_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+APP_ROLE = "tenant_mcp_app"
+
+
+@contextmanager
+def postgres_database() -> Iterator[Postgres]:
+    name = f"tm_{secrets.token_hex(6)}"
+
+    async def admin(*statements: str) -> None:
+        conn = await asyncpg.connect(f"{PG_SERVER}/test")
+        try:
+            for statement in statements:
+                # Another test worker may have created the role first (either error, by timing).
+                with suppress(asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
+                    await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    in_thread(admin(f"CREATE ROLE {APP_ROLE} LOGIN", f"CREATE DATABASE {name}"))
+    host = PG_SERVER.split("@", 1)[1]
+    try:
+        yield Postgres(name, f"{PG_SERVER}/{name}", f"postgresql://{APP_ROLE}@{host}/{name}")
+    finally:
+        in_thread(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 @pytest.fixture(scope="module")

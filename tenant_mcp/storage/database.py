@@ -13,13 +13,15 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from tenant_mcp.errors import TenantMCPError
-from tenant_mcp.storage.sql import Params
+from tenant_mcp.storage.sql import GatewayRefusal, Params
+
+T = TypeVar("T")
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _EPOCH_MS = 1_704_067_200_000  # 2024-01-01
@@ -77,11 +79,19 @@ class TenantDatabase:
         self._unit = unit
         self._savepoints = itertools.count(1)
         self._finished = False
+        self.refusal: str | None = None  # why the gateway refused a statement, for the audit trail
 
     def _live(self) -> UnitOfWork:
         if self._finished:
             raise TenantMCPError("ctx.db was used after its call ended")
         return self._unit
+
+    async def _run(self, operation: Awaitable[T]) -> T:
+        try:
+            return await operation
+        except GatewayRefusal as exc:
+            self.refusal = str(exc)
+            raise
 
     async def _finish(self, *, commit: bool) -> None:
         """End the call's unit of work. Called by the framework, never by tool code."""
@@ -91,19 +101,19 @@ class TenantDatabase:
 
     async def execute(self, sql: str, params: Params = ()) -> Result:
         """Run one statement with parameters (``?``, ``?1`` or ``:name``). Never format values into SQL."""
-        return await self._live().execute(sql, params)
+        return await self._run(self._live().execute(sql, params))
 
     async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
-        return await self._live().execute_many(sql, rows)
+        return await self._run(self._live().execute_many(sql, rows))
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
-        return await self._live().fetch_all(sql, params)
+        return await self._run(self._live().fetch_all(sql, params))
 
     async def fetch_one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
-        return await self._live().fetch_one(sql, params)
+        return await self._run(self._live().fetch_one(sql, params))
 
     async def fetch_value(self, sql: str, params: Params = ()) -> Any:
-        row = await self._live().fetch_one(sql, params)
+        row = await self.fetch_one(sql, params)
         return next(iter(row.values()), None) if row else None
 
     async def insert(self, table: str, values: Mapping[str, Any]) -> int:

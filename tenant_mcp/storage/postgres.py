@@ -20,6 +20,7 @@ every table of tenant data to the shape above.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -30,7 +31,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.storage.database import Result, TenantDatabase
-from tenant_mcp.storage.sql import ConstraintError, Params, to_postgres, tokens
+from tenant_mcp.storage.sql import ConstraintError, GatewayRefusal, Params, to_postgres, tokens
 
 CONTROL_SCHEMA = "tenant_mcp"
 DATA_SCHEMA = "public"
@@ -104,12 +105,12 @@ def _check(sql: str) -> None:
             or word in _REFUSED_ANYWHERE
             or word.startswith(_REFUSED_PREFIXES)
         ):
-            raise TenantMCPError(
+            raise GatewayRefusal(
                 f"statement refused by the tenant gateway: {token.text!r} is not allowed in ctx.db"
             )
         first = False
     if re.search(r"\bU&['\"]", sql, re.IGNORECASE):
-        raise TenantMCPError("statement refused by the tenant gateway: Unicode-escaped names are not allowed")
+        raise GatewayRefusal("statement refused by the tenant gateway: Unicode-escaped names are not allowed")
 
 
 def _rowcount(status: str) -> int:
@@ -131,6 +132,14 @@ async def connect_pool(url: str, *, search_path: str, max_size: int = 10) -> asy
         raise ConfigurationError(f"cannot connect to PostgreSQL: {exc}") from None
     assert pool is not None
     return pool
+
+
+async def _close(pool: asyncpg.Pool) -> None:
+    """Close gracefully, but never hang shutdown on a connection someone failed to release."""
+    try:
+        await asyncio.wait_for(pool.close(), 10)
+    except TimeoutError:
+        pool.terminate()
 
 
 class _Connection:
@@ -175,7 +184,7 @@ class PostgresDatabase(_Connection):
         return cls(await connect_pool(url, search_path=CONTROL_SCHEMA, max_size=5))
 
     async def close(self) -> None:
-        await self._pool.close()
+        await _close(self._pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Connection]:
@@ -282,7 +291,7 @@ class PostgresStore:
         return TenantDatabase(_Unit(self._pool, tenant_id))
 
     async def aclose(self) -> None:
-        await self._pool.close()
+        await _close(self._pool)
 
     @asynccontextmanager
     async def _as_tenant(self, tenant_id: str) -> AsyncIterator[_Conn]:
@@ -458,6 +467,13 @@ async def _apply(conn: asyncpg.Connection, component: str, scripts: Sequence[str
     for version, script in enumerate(scripts[current:], start=current + 1):
         try:
             await conn.execute(script)
+        except asyncpg.InvalidForeignKeyError as exc:
+            raise TenantMCPError(
+                f"{component} migration {version} failed: {exc}. Keys of tenant tables start with "
+                "tenant_id on PostgreSQL, so a foreign key to a table of an earlier migration names it: "
+                "give the step a 'postgresql' version that declares tenant_id TEXT NOT NULL and "
+                "FOREIGN KEY (tenant_id, col) REFERENCES other (tenant_id, id)"
+            ) from None
         except asyncpg.PostgresError as exc:
             raise TenantMCPError(f"{component} migration {version} failed: {exc}") from None
         await conn.execute(
@@ -528,7 +544,7 @@ async def _lead_keys_with_tenant(conn: asyncpg.Connection, oids: list[int]) -> N
     for fk in foreign:
         await conn.execute(f"ALTER TABLE {fk['tbl']} DROP CONSTRAINT {_quote(fk['conname'])}")
     keys = await conn.fetch(
-        "SELECT c.conrelid::regclass::text AS tbl, c.conname, c.contype,"
+        "SELECT c.conrelid::regclass::text AS tbl, c.conname, c.contype::text AS contype,"
         " ARRAY(SELECT attname FROM unnest(c.conkey) WITH ORDINALITY k(n, o)"
         "   JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o) AS cols"
         " FROM pg_constraint c WHERE c.contype IN ('p', 'u') AND c.conrelid = ANY($1::oid[])",
@@ -545,8 +561,8 @@ async def _lead_keys_with_tenant(conn: asyncpg.Connection, oids: list[int]) -> N
         )
     indexes = await conn.fetch(
         "SELECT i.indexrelid::regclass::text AS name, pg_get_indexdef(i.indexrelid) AS def"
-        " FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
-        " WHERE i.indisunique AND i.indrelid = ANY($1::oid[]) AND a.attname <> 'tenant_id'"
+        " FROM pg_index i LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+        " WHERE i.indisunique AND i.indrelid = ANY($1::oid[]) AND a.attname IS DISTINCT FROM 'tenant_id'"
         " AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)",
         oids,
     )

@@ -142,6 +142,10 @@ def _positional(index: int) -> Any:
     raise TenantMCPError(f"positional SQL parameter ?{index + 1} needs a sequence of values")
 
 
+class GatewayRefusal(TenantMCPError):
+    """A `ctx.db` statement that could leave the caller's tenant, refused before the database."""
+
+
 class ConstraintError(TenantMCPError):
     """A statement broke a UNIQUE, CHECK or FOREIGN KEY constraint (either backend)."""
 
