@@ -312,7 +312,7 @@ class TenantMCP:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # not serving yet: clients will list the new items when they connect
-        task = loop.create_task(self._server.tenant_bus.publish_to(slug, event))
+        task = loop.create_task(self._server.tenant_bus.announce(slug, event))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
