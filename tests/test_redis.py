@@ -1,5 +1,5 @@
-"""Several replicas of one server sharing a control plane and a Redis: revocations and
-notifications behave as if there were one process, and never cross tenants.
+"""Several replicas of one server sharing a control plane and a Redis: revocations, notifications
+and resumable streams behave as if there were one process, and never cross tenants.
 
 Two real server processes (`tests/servers/replica.py`, credentials cached for 30 s) share one
 SQLite control-plane file and one Redis under a prefix of their own, so parallel test workers
@@ -14,10 +14,11 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 import redis
 
@@ -247,3 +248,126 @@ async def test_bad_messages_on_the_channels_are_dropped(
     log = first.log.read_text()
     assert log.count("dropped a malformed message") >= 8, log
     assert "names another tenant" in log and "oversized" in log
+
+
+# -- (c) resumable streams -------------------------------------------------------------------------
+
+PROTOCOL = "2025-11-25"
+
+
+class RawSession:
+    """A 2025-era stateful session spoken by hand, to control exactly when a stream drops."""
+
+    def __init__(self, http: httpx2.AsyncClient, url: str, key: str) -> None:
+        self.http, self.url, self.key = http, url, key
+        self.session_id = ""
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        h = {"Authorization": f"Bearer {self.key}", "Accept": "application/json, text/event-stream",
+             "Content-Type": "application/json", "MCP-Protocol-Version": PROTOCOL}  # fmt: skip
+        if self.session_id:
+            h["Mcp-Session-Id"] = self.session_id
+        return {**h, **extra}
+
+    async def open(self) -> RawSession:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
+        async with self.http.stream("POST", self.url, headers=self.headers(), json=body) as r:
+            assert r.status_code == 200, await r.aread()
+            self.session_id = r.headers["mcp-session-id"]
+            async for _ in sse(r):
+                break
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert (await self.http.post(self.url, headers=self.headers(), json=note)).status_code == 202
+        return self
+
+    def call(self, request_id: int, name: str, arguments: dict[str, Any]) -> Any:
+        body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+                "params": {"name": name, "arguments": arguments, "_meta": {"progressToken": f"p{request_id}"}}}  # fmt: skip
+        return self.http.stream("POST", self.url, headers=self.headers(), json=body)
+
+    def resume(self, last_event_id: str) -> Any:
+        headers = self.headers(**{"Last-Event-ID": last_event_id, "Accept": "text/event-stream"})
+        return self.http.stream("GET", self.url, headers=headers)
+
+
+async def sse(response: httpx2.Response) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
+    """(event id, JSON message or None for a priming event) for each event of an SSE response."""
+    event_id, data = "", ""
+    async for line in response.aiter_lines():
+        if line.startswith("id:"):
+            event_id = line[3:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
+        elif not line:
+            if event_id or data:
+                yield event_id, json.loads(data) if data else None
+            event_id, data = "", ""
+
+
+async def test_streams_resume_through_redis_and_never_into_another_session(
+    replicas: tuple[ServerProcess, ServerProcess, Tenants], prefix: str
+) -> None:
+    first, _, t = replicas
+    steps = 30
+    progress_seen: list[float] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress_seen.append(done)
+
+    # The SDK's own 2025-era client is unbothered by the event store (priming events, event ids).
+    async with mcp_client(first.url, t.keys["acme"], mode="legacy") as c:
+        result = await c.call_tool("slow_echo", {"token": "sdk", "steps": 3}, progress_callback=on_progress)
+        assert result.structured_content == {"tenant": "acme", "token": "sdk"} and progress_seen == [1, 2, 3]
+
+    async with httpx2.AsyncClient(timeout=30) as http:
+        a = await RawSession(http, first.url, t.keys["acme"]).open()
+        received: list[tuple[str, dict[str, Any] | None]] = []
+        async with a.call(3, "slow_echo", {"token": "resume", "steps": steps}) as r:
+            async for event in sse(r):
+                received.append(event)
+                if sum(1 for _, m in received if m and m.get("method") == "notifications/progress") == 3:
+                    break  # the connection drops mid-call
+        last_id = received[-1][0]
+        assert received[0][1] is None and received[0][0]  # the priming event carries an id
+        await anyio.sleep(steps * 0.02 + 0.5)  # the call finishes while nobody is connected
+
+        replayed: list[dict[str, Any]] = []
+        async with a.resume(last_id) as r:
+            assert r.status_code == 200
+            with anyio.fail_after(10):
+                async for _, message in sse(r):
+                    if message is not None:
+                        replayed.append(message)
+                        if message.get("id") == 3:
+                            break
+        progress = [m["params"]["progress"] for m in replayed if m.get("method") == "notifications/progress"]
+        assert progress == list(range(4, steps + 1))
+        assert replayed[-1]["result"]["structuredContent"] == {"tenant": "acme", "token": "resume"}
+
+        # The events live on Redis, under the tenant, capped and expiring.
+        r_client = redis.Redis.from_url(REDIS_URL)
+        keys = list(r_client.scan_iter(f"{prefix}:tenant:{t.ids['acme']}:session:*"))
+        assert len(keys) == 2  # the SDK client's session and this one
+        assert all(0 < r_client.ttl(key) <= 3600 for key in keys)
+        assert max(r_client.xlen(key) for key in keys) >= steps + 2
+        r_client.close()
+
+        # Stream ids are JSON-RPC request ids, the same in every session: another session of the
+        # same key, and a session of another tenant, get nothing for that event id.
+        async def replay_of(session: RawSession, event_id: str) -> tuple[int, bytes]:
+            async with session.resume(event_id) as r:
+                with anyio.fail_after(10):
+                    return r.status_code, await r.aread()
+
+        a2 = await RawSession(http, first.url, t.keys["acme"]).open()
+        b = await RawSession(http, first.url, t.keys["globex"]).open()
+        for session in (a2, b):
+            async with session.call(3, "slow_echo", {"token": "other", "steps": 1}) as r:
+                async for _, message in sse(r):
+                    if message is not None and message.get("id") == 3:
+                        break
+            unknown = await replay_of(session, "99999999999999-0")
+            assert unknown == (200, b"")
+            assert await replay_of(session, last_id) == unknown
+            assert await replay_of(session, "not-an-id") == unknown
