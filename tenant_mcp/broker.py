@@ -172,6 +172,24 @@ def _connect(url: str) -> Redis:
     return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
 
 
+async def check_reachable(url: str) -> None:
+    """Raise `ConfigurationError` unless Redis answers at `url`: checked before serving, so a
+    wrong URL is one clear line rather than a traceback from inside the server's startup."""
+    client = _connect(url)
+    from redis.exceptions import RedisError
+
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        raise ConfigurationError(f"cannot reach Redis at {_without_password(url)}: {exc}") from exc
+    finally:
+        await client.aclose()
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
 async def publish_invalidation(url: str, invalidation: Invalidation, *, prefix: str = DEFAULT_PREFIX) -> int:
     """Tell every replica to drop what `invalidation` names; returns how many received it.
 
@@ -243,7 +261,9 @@ class Broker:
                 await self._client.ping()
                 await self._pubsub.subscribe(self.names.auth_channel)
             except (RedisError, OSError) as exc:
-                raise ConfigurationError(f"cannot reach Redis at {self._safe_url()}: {exc}") from exc
+                raise ConfigurationError(
+                    f"cannot reach Redis at {_without_password(self.url)}: {exc}"
+                ) from exc
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read)
                 tg.start_soon(self._reconcile)
@@ -253,10 +273,6 @@ class Broker:
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
                 await self._client.aclose()
                 self._client = self._pubsub = None
-
-    def _safe_url(self) -> str:
-        """The URL without a password, for messages and logs."""
-        return re.sub(r"//[^@/]*@", "//***@", self.url)
 
     # -- invalidations ---------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from tenant_mcp.auth.jwt import JWTSettings
-from tenant_mcp.broker import store_session_events
+from tenant_mcp.broker import check_reachable, store_session_events
 from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.errors import AuthenticationError, ConfigurationError
 from tenant_mcp.oauth import CONSENT_PATH, OAuthServer
@@ -239,6 +239,8 @@ async def serve(app: TenantMCP, options: HTTPOptions, *, log_level: str = "info"
     # configuration error, not a traceback from inside uvicorn's lifespan.
     async with ControlPlane(app.database_url):
         pass
+    if app.redis_url is not None:
+        await check_reachable(app.redis_url)
     config = uvicorn.Config(
         app.http_app(options),
         host=options.host,

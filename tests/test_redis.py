@@ -139,6 +139,18 @@ async def test_the_cli_reports_an_unreachable_redis_but_keeps_the_revocation(
     assert t.run(revoked)
 
 
+def test_serve_refuses_to_start_without_its_redis(tmp_path_factory: pytest.TempPathFactory) -> None:
+    db = f"sqlite:///{tmp_path_factory.mktemp('noredis')}/cp.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "tenant_mcp.cli", "serve", APP, "--db", db, "--port", "1",
+         "--redis-url", "redis://user:hunter2@127.0.0.1:1/0"],
+        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("tenant-mcp: error: cannot reach Redis at redis://***@127.0.0.1:1/0")
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+
+
 # -- (b) notifications -----------------------------------------------------------------------------
 
 
