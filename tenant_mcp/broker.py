@@ -160,7 +160,7 @@ _LIST_CHANGED: dict[str, ServerEvent] = {
 }
 
 
-def _connect(url: str) -> Redis:
+def _connect(url: str, name: str = "tenant_mcp") -> Redis:
     try:
         from redis.asyncio import Redis
     except ImportError:
@@ -169,7 +169,8 @@ def _connect(url: str) -> Redis:
         ) from None
     # Short timeouts for commands: a hung Redis must slow a request down, not hang it. The pub/sub
     # reader blocks without a timeout regardless (redis-py reads it with an infinite one).
-    return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    # The client name tells replicas apart in CLIENT LIST.
+    return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2, client_name=name)
 
 
 async def check_reachable(url: str) -> None:
@@ -252,7 +253,7 @@ class Broker:
         Fails at start when Redis cannot be reached (a wrong URL should stop a deployment, not
         leave it silently single-process); later outages are logged and retried.
         """
-        self._client = _connect(self.url)
+        self._client = _connect(self.url, f"{self.names.prefix}:replica:{self.origin}")
         from redis.exceptions import RedisError
 
         self._pubsub = self._client.pubsub()

@@ -139,6 +139,32 @@ async def test_the_cli_reports_an_unreachable_redis_but_keeps_the_revocation(
     assert t.run(revoked)
 
 
+async def test_a_replica_that_lost_redis_drops_its_cache_and_listens_again(
+    replicas: tuple[ServerProcess, ServerProcess, Tenants], prefix: str
+) -> None:
+    first, _, t = replicas
+    redis_env = {"TENANT_MCP_REDIS_URL": REDIS_URL, "TENANT_MCP_REDIS_PREFIX": prefix}
+    assert await accepted(first.url, t.keys["globex2"])
+    cli(t.db_url, "key", "revoke", t.key_ids["globex2"])  # not announced: cached for 30 s
+    await anyio.sleep(0.5)
+    assert await accepted(first.url, t.keys["globex2"])
+
+    admin = redis.Redis.from_url(REDIS_URL)
+    ours = [c for c in admin.client_list() if c["name"].startswith(f"{prefix}:replica:") and int(c["sub"])]
+    assert len(ours) == 2  # one pub/sub connection per replica
+    for client in ours:  # Redis restarts, a network blip: the connections drop
+        admin.client_kill_filter(_id=client["id"])
+    # Reconnected, each replica assumes it missed invalidations and drops its whole cache.
+    assert await refused_within(first.url, t.keys["globex2"], 5.0) < 5.0
+    with anyio.fail_after(5):
+        while admin.pubsub_numsub(Names(prefix).auth_channel)[0][1] < 2:
+            await anyio.sleep(0.05)
+    admin.close()
+    assert await accepted(first.url, t.keys["acme"])
+    cli(t.db_url, "key", "revoke", t.key_ids["acme"], env=redis_env)  # and invalidations arrive again
+    assert await refused_within(first.url, t.keys["acme"], 1.0) < 1.0
+
+
 def test_serve_refuses_to_start_without_its_redis(tmp_path_factory: pytest.TempPathFactory) -> None:
     db = f"sqlite:///{tmp_path_factory.mktemp('noredis')}/cp.db"
     result = subprocess.run(
