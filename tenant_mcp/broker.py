@@ -55,7 +55,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("tenant_mcp.broker")
 
 DEFAULT_PREFIX = "tenant_mcp"
-_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# No ':' (the separator), so no deployment's names can fall inside another's.
+_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MAX_MESSAGE_BYTES = 64 * 1024
 _SETTLE_SECONDS = 2.0  # how long a new listener waits for its channel before going ahead anyway
 _RETRY_SECONDS = 0.5
@@ -81,7 +82,7 @@ class Names:
     def __post_init__(self) -> None:
         if not _PREFIX.fullmatch(self.prefix):
             raise ConfigurationError(
-                f"Redis prefix {self.prefix!r}: use 1-64 letters, digits, '_', '.', ':' or '-'"
+                f"Redis prefix {self.prefix!r}: use 1-64 letters, digits, '_', '.' or '-'"
             )
 
     @property
@@ -356,6 +357,10 @@ class Broker:
                 logger.warning("Redis subscription change failed, retrying: %s", exc)
                 await anyio.sleep(_RETRY_SECONDS)
                 self._changed.set()
+            except Exception:  # whatever it is, this replica must keep serving
+                logger.exception("Redis subscription change failed, retrying")
+                await anyio.sleep(_RETRY_SECONDS)
+                self._changed.set()
 
     async def _read(self) -> None:
         from redis.exceptions import RedisError
@@ -368,12 +373,16 @@ class Broker:
                 logger.warning("Redis connection lost, reconnecting: %s", exc)
                 await anyio.sleep(_RETRY_SECONDS)
                 continue
+            except Exception:  # whatever it is, this replica must keep serving
+                logger.exception("reading from Redis failed, retrying")
+                await anyio.sleep(_RETRY_SECONDS)
+                continue
             if message is not None:
                 await self._handle(message)
 
     async def _handle(self, message: dict[str, Any]) -> None:
         """One pub/sub message. Nothing in here may raise: a bad message is dropped and logged."""
-        channel = message["channel"].decode(errors="replace")
+        channel = bytes(message.get("channel") or b"").decode(errors="replace")
         if message["type"] == "subscribe":
             if channel == self.names.auth_channel:
                 # A first subscription or a reconnect: invalidations may have been missed meanwhile.
@@ -460,17 +469,22 @@ class SessionEventStore(EventStore):
         client = self._broker.client
         try:
             found = cast(_Entries, await client.xrange(self.key, last_event_id, last_event_id, count=1))
-            if not found:
+            stream = found[0][1].get(b"stream") if found else None
+            if stream is None:
                 return None
-            stream = found[0][1][b"stream"]
             later = cast(_Entries, await client.xrange(self.key, "(" + last_event_id, "+"))
         except (RedisError, OSError) as exc:
             logger.warning("could not read stream events from Redis: %s", exc)
             return None
         for event_id, fields in later:
-            if fields[b"stream"] != stream or not fields[b"message"]:
+            body = fields.get(b"message")
+            if fields.get(b"stream") != stream or not body:
                 continue  # another stream of this session, or a priming event (no message)
-            message = jsonrpc_message_adapter.validate_json(fields[b"message"])
+            try:
+                message = jsonrpc_message_adapter.validate_json(body)
+            except ValidationError:
+                logger.warning("skipped a malformed stored event in %s", self.key)
+                continue
             await send_callback(EventMessage(message, event_id.decode()))
         return str(stream.decode())
 

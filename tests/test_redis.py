@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from tenant_mcp.broker import Names
+from tenant_mcp.errors import ConfigurationError
 from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, mcp_client
 
 pytestmark = pytest.mark.anyio
@@ -163,6 +164,12 @@ async def test_a_replica_that_lost_redis_drops_its_cache_and_listens_again(
     assert await accepted(first.url, t.keys["acme"])
     cli(t.db_url, "key", "revoke", t.key_ids["acme"], env=redis_env)  # and invalidations arrive again
     assert await refused_within(first.url, t.keys["acme"], 1.0) < 1.0
+
+
+@pytest.mark.parametrize("bad", ["", "a:b", "has space", "x" * 65])
+def test_a_prefix_cannot_reach_into_another_deployments_names(bad: str) -> None:
+    with pytest.raises(ConfigurationError):
+        Names(bad)
 
 
 def test_serve_refuses_to_start_without_its_redis(tmp_path_factory: pytest.TempPathFactory) -> None:
