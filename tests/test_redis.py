@@ -25,6 +25,8 @@ import redis
 from tenant_mcp.broker import Names
 from tenant_mcp.errors import ConfigurationError
 from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, mcp_client
+from tests.test_oauth import MemoryStorage, Person, provider
+from tests.test_oauth import whoami as oauth_whoami
 
 pytestmark = pytest.mark.anyio
 
@@ -119,6 +121,50 @@ async def test_revocation_and_suspension_reach_every_replica_at_once(
     cli(t.db_url, "tenant", "activate", "acme", env=redis_env)
     assert await accepted(first.url, t.keys["acme2"])
     assert await accepted(second.url, t.keys["acme2"])
+
+    cli(t.db_url, "tenant", "delete", "globex", "--yes", env=redis_env)
+    assert await refused_within(first.url, t.keys["globex"], 1.0) < 1.0
+    assert await refused_within(second.url, t.keys["globex"], 1.0) < 1.0
+
+
+async def test_oauth_revocation_drops_cached_grants_at_once_and_tells_the_replicas(
+    tmp_path_factory: pytest.TempPathFactory, prefix: str
+) -> None:
+    db = f"sqlite:///{tmp_path_factory.mktemp('oauth-replica')}/cp.db"
+    t = Tenants(db)
+    t.create("acme")
+    key = t.key("acme")
+    env = {"TENANT_MCP_REDIS_URL": REDIS_URL, "TENANT_MCP_REDIS_PREFIX": prefix}
+    server = ServerProcess(APP, db, "--oauth-issuer", "http://127.0.0.1:{port}", env=env)
+    listener = redis.Redis.from_url(REDIS_URL).pubsub()
+    try:
+        listener.subscribe(Names(prefix).auth_channel)
+        storage = MemoryStorage()
+        assert (await oauth_whoami(server, provider(server, Person(key), storage)))["tenant"] == "acme"
+        assert storage.tokens is not None and storage.client is not None
+        access = storage.tokens.access_token
+        async with httpx2.AsyncClient(timeout=30) as http:
+            bearer = {"Authorization": f"Bearer {access}"}
+            assert (await http.post(server.url, headers=bearer, json={})).status_code != 401  # now cached
+            revoked = await http.post(
+                f"{server.base}/revoke",
+                data={"token": access, "client_id": storage.client.client_id,
+                      "client_secret": storage.client.client_secret or ""},
+            )  # fmt: skip
+            assert revoked.status_code == 200, revoked.text
+            # Refused at once although grants are cached for 30 s...
+            assert (await http.post(server.url, headers=bearer, json={})).status_code == 401
+        # ...and the other replicas were told (the message carries no token).
+        deadline = time.monotonic() + 5
+        message: dict[str, Any] | None = None
+        while (message is None or message["type"] != "message") and time.monotonic() < deadline:
+            message = listener.get_message(timeout=0.1)
+        assert message is not None and message["type"] == "message"
+        data = message["data"]
+        assert json.loads(data)["kind"] == "oauth" and access.encode() not in data
+    finally:
+        listener.close()
+        server.stop()
 
 
 async def test_the_cli_reports_an_unreachable_redis_but_keeps_the_revocation(
