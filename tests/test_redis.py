@@ -285,6 +285,36 @@ async def test_notifications_reach_the_tenants_listeners_on_every_replica_and_no
     watcher.close()
 
 
+async def test_legacy_resource_subscriptions_hear_other_replicas(
+    replicas: tuple[ServerProcess, ServerProcess, Tenants],
+) -> None:
+    first, second, t = replicas
+    uri = "items://5"
+    seen: dict[str, list[str]] = {"acme": [], "globex": []}
+
+    def handler(slug: str) -> Any:
+        async def on_message(message: Any) -> None:
+            root = getattr(message, "root", message)
+            if getattr(root, "method", None) == "notifications/resources/updated":
+                seen[slug].append(str(root.params.uri))
+
+        return on_message
+
+    async with (
+        mcp_client(second.url, t.keys["acme"], mode="legacy", message_handler=handler("acme")) as a,
+        mcp_client(second.url, t.keys["globex"], mode="legacy", message_handler=handler("globex")) as b,
+    ):
+        await a.subscribe_resource(uri)
+        await b.subscribe_resource(uri)
+        async with mcp_client(first.url, t.keys["acme"]) as publisher:
+            await publisher.call_tool("touch_resource", {"uri": uri})
+        with anyio.fail_after(5):
+            while not seen["acme"]:
+                await anyio.sleep(0.05)
+        await anyio.sleep(0.3)
+    assert seen == {"acme": [uri], "globex": []}
+
+
 # -- (d) bad messages ------------------------------------------------------------------------------
 
 

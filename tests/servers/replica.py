@@ -41,3 +41,8 @@ async def slow_echo(
         await ctx.report_progress(i + 1, steps, f"{ctx.tenant.slug}:{token}")
         await asyncio.sleep(0.02)
     return {"tenant": ctx.tenant.slug, "token": token}
+
+
+@app.resource("items://{item_id}")
+async def item(item_id: str, ctx: TenantContext) -> str:
+    return f"item {item_id} of {ctx.tenant.slug}"
