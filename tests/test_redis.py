@@ -81,11 +81,16 @@ async def accepted(url: str, key: str) -> bool:
 
 
 async def refused_within(url: str, key: str, seconds: float) -> float:
+    """Seconds until the replica answers the key with 401. A bare POST, not a whole client
+    session, so the measurement is the invalidation's delay, not the client's start-up."""
+    headers = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"}
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
     start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        if not await accepted(url, key):
-            return time.monotonic() - start
-        await anyio.sleep(0.05)
+    async with httpx2.AsyncClient(timeout=10) as http:
+        while time.monotonic() - start < seconds:
+            if (await http.post(url, headers=headers, json=ping)).status_code == 401:
+                return time.monotonic() - start
+            await anyio.sleep(0.02)
     raise AssertionError(f"{url} still accepts the key after {seconds} s")
 
 
