@@ -401,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = key_cmds.add_parser("list", parents=[common], help="list a tenant's keys")
     p.add_argument("tenant", help="tenant slug")
     p.set_defaults(handler=_key_list)
-    p = key_cmds.add_parser("revoke", parents=[common, shared], help="revoke a key (effective within 2 s)")
+    p = key_cmds.add_parser(
+        "revoke", parents=[common, shared], help="revoke a key (within 2 s; at once with Redis)"
+    )
     p.add_argument("key_id")
     p.set_defaults(handler=_key_revoke)
 
