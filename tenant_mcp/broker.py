@@ -211,6 +211,22 @@ async def publish_invalidation(url: str, invalidation: Invalidation, *, prefix: 
         await client.aclose()
 
 
+async def drop_tenant_data(url: str, tenant_id: str, *, prefix: str = DEFAULT_PREFIX) -> int:
+    """Delete what Redis holds for a tenant (its sessions' stream events, tool results among
+    them), so deleting a tenant leaves nothing of it to expire later; returns how many keys."""
+    names = Names(prefix)
+    client = _connect(url)
+    from redis.exceptions import RedisError
+
+    try:
+        keys = [key async for key in client.scan_iter(match=names.session_stream(tenant_id, "*"))]
+        return int(await client.unlink(*keys)) if keys else 0
+    except (RedisError, OSError) as exc:
+        raise BrokerError(f"cannot delete the tenant's data on Redis: {exc}") from exc
+    finally:
+        await client.aclose()
+
+
 # -- the broker ------------------------------------------------------------------------------------
 
 Invalidated = Callable[[Invalidation], None]

@@ -25,7 +25,13 @@ import anyio
 
 from tenant_mcp.app import TenantMCP
 from tenant_mcp.auth.jwt import JWTSettings
-from tenant_mcp.broker import DEFAULT_PREFIX, BrokerError, Invalidation, publish_invalidation
+from tenant_mcp.broker import (
+    DEFAULT_PREFIX,
+    BrokerError,
+    Invalidation,
+    drop_tenant_data,
+    publish_invalidation,
+)
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.http import HTTPOptions
@@ -68,13 +74,16 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     )
 
 
-async def _broadcast(args: argparse.Namespace, invalidation: Invalidation) -> None:
+async def _broadcast(args: argparse.Namespace, invalidation: Invalidation, *, deleted: bool = False) -> None:
     """With Redis configured, make every serving replica drop what it cached about the change now
-    rather than within its credential-cache window."""
+    rather than within its credential-cache window (and, for a deleted tenant, its data there)."""
     if not args.redis_url:
         return
+    prefix = args.redis_prefix or DEFAULT_PREFIX
     try:
-        await publish_invalidation(args.redis_url, invalidation, prefix=args.redis_prefix or DEFAULT_PREFIX)
+        await publish_invalidation(args.redis_url, invalidation, prefix=prefix)
+        if deleted:
+            await drop_tenant_data(args.redis_url, invalidation.id, prefix=prefix)
     except BrokerError as exc:
         # The change is stored; replicas still pick it up within credential_cache_seconds.
         print(f"tenant-mcp: warning: {exc}; servers notice within their cache window", file=sys.stderr)
@@ -106,7 +115,7 @@ async def _tenant_delete(args: argparse.Namespace, cp: ControlPlane) -> None:
     if not args.yes:
         raise _UsageError(f"deleting {args.slug!r} removes all of its data; repeat with --yes to confirm")
     tenant = await cp.delete_tenant(args.slug)
-    await _broadcast(args, Invalidation(kind="tenant", id=tenant.id))
+    await _broadcast(args, Invalidation(kind="tenant", id=tenant.id), deleted=True)
     remove_files(DatabasePool(cp.data_dir).path(tenant.id))
     _print(args, {"deleted": tenant.slug}, f"deleted tenant {tenant.slug} and all of its data")
 

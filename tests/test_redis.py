@@ -127,9 +127,16 @@ async def test_revocation_and_suspension_reach_every_replica_at_once(
     assert await accepted(first.url, t.keys["acme2"])
     assert await accepted(second.url, t.keys["acme2"])
 
+    async with mcp_client(first.url, t.keys["globex"], mode="legacy") as c:  # a session: events on Redis
+        await c.call_tool("whoami", {})
+    stored = redis.Redis.from_url(REDIS_URL)
+    globex_keys = f"{prefix}:tenant:{t.ids['globex']}:*"
+    assert list(stored.scan_iter(globex_keys))
     cli(t.db_url, "tenant", "delete", "globex", "--yes", env=redis_env)
     assert await refused_within(first.url, t.keys["globex"], 1.0) < 1.0
     assert await refused_within(second.url, t.keys["globex"], 1.0) < 1.0
+    assert not list(stored.scan_iter(globex_keys))  # nothing of the deleted tenant is left behind
+    stored.close()
 
 
 async def test_oauth_revocation_drops_cached_grants_at_once_and_tells_the_replicas(
