@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+from anyio.abc import TaskGroup
 from mcp.server.mcpserver.prompts import Prompt
 from mcp.server.mcpserver.resources import ResourceTemplate
 from mcp.server.mcpserver.tools import Tool
@@ -26,6 +27,7 @@ from mcp_types import ToolAnnotations
 from tenant_mcp.audit import AuditLog
 from tenant_mcp.auth.authenticator import Authenticator
 from tenant_mcp.auth.jwt import JWTSettings, JWTVerifier
+from tenant_mcp.broker import DEFAULT_PREFIX, Broker
 from tenant_mcp.catalogue import Catalogue, Entry, Section, StaticResource, Visibility
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
@@ -53,6 +55,7 @@ class Runtime:
     audit: AuditLog
     store: DataStore
     leak_guard: LeakGuard | None
+    broker: Broker | None = None  # with Redis: what this replica shares with the others
 
 
 def _visibility(scopes: Iterable[str], plans: Iterable[str] | None) -> Visibility:
@@ -179,6 +182,8 @@ class TenantMCP:
         credential_cache_seconds: float = 1.0,
         leak_guard: Policy | None = "block",
         migration_url: str | None = None,
+        redis_url: str | None = None,
+        redis_prefix: str | None = None,
     ) -> None:
         self.name = name
         self.database_url = database_url or os.environ.get("TENANT_MCP_DATABASE_URL") or DEFAULT_DATABASE_URL
@@ -189,6 +194,10 @@ class TenantMCP:
         self.max_open_databases = max_open_databases
         self.credential_cache_seconds = credential_cache_seconds
         self.leak_guard = leak_guard
+        # Several replicas share revocations, notifications and stream replay through Redis;
+        # without it everything stays in this process.
+        self.redis_url = redis_url or os.environ.get("TENANT_MCP_REDIS_URL") or None
+        self.redis_prefix = redis_prefix or os.environ.get("TENANT_MCP_REDIS_PREFIX") or DEFAULT_PREFIX
         self._catalogue = Catalogue()
         self._migrations: list[Migration] = []
         self._runtime: Runtime | None = None
@@ -353,7 +362,7 @@ class TenantMCP:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # not serving yet: clients will list the new items when they connect
-        task = loop.create_task(self._server.tenant_bus.publish_to(slug, event))
+        task = loop.create_task(self._server.tenant_bus.announce(slug, event))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -392,11 +401,13 @@ class TenantMCP:
                     guard = LeakGuard(self.leak_guard) if self.leak_guard else None
                     if guard is not None:
                         await tg.start(MarkerSync(guard, control_plane).run)
-                    self._runtime = Runtime(control_plane, authenticator, audit, store, guard)
+                    broker = await self._start_broker(tg, authenticator)
+                    self._runtime = Runtime(control_plane, authenticator, audit, store, guard, broker)
                     try:
                         yield self._runtime
                     finally:
                         self._runtime = None
+                        self._server.tenant_bus.relay = None
                         await audit.aclose()
                         tg.cancel_scope.cancel()  # stops the marker sync
             except ExceptionGroup as group:
@@ -406,6 +417,16 @@ class TenantMCP:
                 raise
             finally:
                 await store.aclose()
+
+    async def _start_broker(self, tg: TaskGroup, authenticator: Authenticator) -> Broker | None:
+        if self.redis_url is None:
+            return None
+        bus = self._server.tenant_bus
+        broker = Broker(self.redis_url, prefix=self.redis_prefix, invalidated=authenticator.invalidate,
+                        deliver=bus.deliver)  # fmt: skip
+        await tg.start(broker.run)
+        bus.relay = broker
+        return broker
 
     def http_app(self, options: HTTPOptions | None = None) -> Starlette:
         """The ASGI app serving MCP at ``/mcp`` (runs `running()` in its lifespan)."""

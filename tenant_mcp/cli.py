@@ -22,6 +22,13 @@ import anyio
 
 from tenant_mcp.app import TenantMCP
 from tenant_mcp.auth.jwt import JWTSettings
+from tenant_mcp.broker import (
+    DEFAULT_PREFIX,
+    BrokerError,
+    Invalidation,
+    drop_tenant_data,
+    publish_invalidation,
+)
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.http import HTTPOptions
@@ -64,6 +71,21 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     )
 
 
+async def _broadcast(args: argparse.Namespace, invalidation: Invalidation, *, deleted: bool = False) -> None:
+    """With Redis configured, make every serving replica drop what it cached about the change now
+    rather than within its credential-cache window (and, for a deleted tenant, its data there)."""
+    if not args.redis_url:
+        return
+    prefix = args.redis_prefix or DEFAULT_PREFIX
+    try:
+        await publish_invalidation(args.redis_url, invalidation, prefix=prefix)
+        if deleted:
+            await drop_tenant_data(args.redis_url, invalidation.id, prefix=prefix)
+    except BrokerError as exc:
+        # The change is stored; replicas still pick it up within credential_cache_seconds.
+        print(f"tenant-mcp: warning: {exc}; servers notice within their cache window", file=sys.stderr)
+
+
 # -- tenants -------------------------------------------------------------------------------------
 
 
@@ -82,6 +104,7 @@ async def _tenant_list(args: argparse.Namespace, cp: ControlPlane) -> None:
 
 async def _tenant_status(args: argparse.Namespace, cp: ControlPlane) -> None:
     tenant = await cp.set_status(args.slug, "suspended" if args.command == "suspend" else "active")
+    await _broadcast(args, Invalidation(kind="tenant", id=tenant.id))
     _print(args, _tenant_dict(tenant), f"tenant {tenant.slug} is {tenant.status}")
 
 
@@ -95,6 +118,7 @@ async def _tenant_delete(args: argparse.Namespace, cp: ControlPlane) -> None:
     finally:
         await store.aclose()
     await cp.delete_tenant(args.slug)
+    await _broadcast(args, Invalidation(kind="tenant", id=tenant.id), deleted=True)
     _print(args, {"deleted": tenant.slug}, f"deleted tenant {tenant.slug} and all of its data")
 
 
@@ -141,6 +165,7 @@ async def _key_list(args: argparse.Namespace, cp: ControlPlane) -> None:
 
 async def _key_revoke(args: argparse.Namespace, cp: ControlPlane) -> None:
     record = await cp.revoke_key(args.key_id)
+    await _broadcast(args, Invalidation(kind="key", id=record.key_id))
     _print(args, {"key_id": record.key_id, "revoked_at": record.revoked_at}, f"revoked key {record.key_id}")
 
 
@@ -233,6 +258,8 @@ def _serve(args: argparse.Namespace) -> None:
         app.database_url = args.db
     if args.migration_url:
         app.migration_url = args.migration_url
+    app.redis_url = args.redis_url or app.redis_url
+    app.redis_prefix = args.redis_prefix or app.redis_prefix
     options = _http_options(args)
     if args.transport == "stdio":
         asyncio.run(stdio.serve(app, jwt=options.jwt))
@@ -326,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="control-plane database URL (env TENANT_MCP_DATABASE_URL; default %(default)s)",
     )
     common.add_argument("--json", action="store_true", help="machine-readable output")
+    # Where replicas meet: revocations and suspensions are announced there, `serve` listens.
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--redis-url", default=_env("REDIS_URL"),
+                        help="Redis shared by the replicas (env TENANT_MCP_REDIS_URL)")  # fmt: skip
+    shared.add_argument("--redis-prefix", default=_env("REDIS_PREFIX"),
+                        help=f"channel and key prefix (env TENANT_MCP_REDIS_PREFIX; default {DEFAULT_PREFIX})")  # fmt: skip
 
     parser = argparse.ArgumentParser(
         prog="tenant-mcp", description="Multi-tenant MCP servers: tenants, keys, audit, serving."
@@ -345,10 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("suspend", "refuse every request of a tenant"),
         ("activate", "lift a suspension"),
     ):
-        p = tenant_cmds.add_parser(action, parents=[common], help=helptext)
+        p = tenant_cmds.add_parser(action, parents=[common, shared], help=helptext)
         p.add_argument("slug")
         p.set_defaults(handler=_tenant_status)
-    p = tenant_cmds.add_parser("delete", parents=[common], help="delete a tenant and all of its data")
+    p = tenant_cmds.add_parser("delete", parents=[common, shared], help="delete a tenant and all of its data")
     p.add_argument("slug")
     p.add_argument("--yes", action="store_true", help="confirm the deletion")
     p.set_defaults(handler=_tenant_delete)
@@ -367,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = key_cmds.add_parser("list", parents=[common], help="list a tenant's keys")
     p.add_argument("tenant", help="tenant slug")
     p.set_defaults(handler=_key_list)
-    p = key_cmds.add_parser("revoke", parents=[common], help="revoke a key (effective within 2 s)")
+    p = key_cmds.add_parser(
+        "revoke", parents=[common, shared], help="revoke a key (within 2 s; at once with Redis)"
+    )
     p.add_argument("key_id")
     p.set_defaults(handler=_key_revoke)
 
@@ -382,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50, help="how many events, newest first (default 50)")
     p.set_defaults(handler=_audit)
 
-    serve = commands.add_parser("serve", parents=[common], help="serve a TenantMCP app")
+    serve = commands.add_parser("serve", parents=[common, shared], help="serve a TenantMCP app")
     serve.add_argument("app", help="MODULE:ATTR of a TenantMCP, e.g. example_servers.notes:app")
     serve.add_argument("--transport", default=_env("TRANSPORT", "streamable-http"),
                        choices=["streamable-http", "stdio"], help="default: streamable-http")  # fmt: skip

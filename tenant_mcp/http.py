@@ -34,6 +34,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from tenant_mcp.auth.jwt import JWTSettings
+from tenant_mcp.broker import check_reachable, store_session_events
 from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.errors import AuthenticationError, ConfigurationError
 from tenant_mcp.oauth import CONSENT_PATH, OAuthServer
@@ -186,6 +187,9 @@ def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
         transport_security=options.transport_security(),
         host=options.host,
     )
+    # Resumable SSE streams (Last-Event-ID) with Redis; the SDK keeps no events without a store.
+    if app.redis_url is not None and not options.stateless:
+        store_session_events(server.session_manager, lambda: app.runtime.broker)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -239,6 +243,8 @@ async def serve(app: TenantMCP, options: HTTPOptions, *, log_level: str = "info"
         await app.migrate(app.migration_url)
     async with ControlPlane(app.database_url):
         pass
+    if app.redis_url is not None:
+        await check_reachable(app.redis_url)
     config = uvicorn.Config(
         app.http_app(options),
         host=options.host,

@@ -38,6 +38,7 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from tenant_mcp.broker import Invalidation
 from tenant_mcp.errors import AuthenticationError
 from tenant_mcp.storage.sql import Database
 
@@ -170,6 +171,7 @@ class OAuthServer:
         if row["revoked_at"] is not None:
             # A rotated refresh token came back: someone holds a copy. End the whole family.
             await self._revoke_family(row["family"])
+            await self._revoked(row["family"])
             return None
         return TenantRefreshToken(
             token=refresh_token,
@@ -214,6 +216,7 @@ class OAuthServer:
             await self._revoke_family(row["family"]) if row["kind"] == "refresh" else await self._db.execute(
                 "UPDATE oauth_tokens SET revoked_at = ? WHERE digest = ?", (time.time(), row["digest"])
             )
+            await self._revoked(row["family"])
 
     async def exchange_identity_assertion(self, *args: Any, **kwargs: Any) -> OAuthToken:
         raise TokenError(
@@ -249,6 +252,15 @@ class OAuthServer:
             "UPDATE oauth_tokens SET revoked_at = ? WHERE family = ? AND revoked_at IS NULL",
             (time.time(), family),
         )
+
+    async def _revoked(self, family: str) -> None:
+        """Authenticators cache grants for a moment: drop them now, on every replica with Redis."""
+        rt = self._runtime()
+        invalidation = Invalidation(kind="oauth", id=family)
+        if rt.broker is not None:
+            await rt.broker.publish_invalidation(invalidation)
+        else:
+            rt.authenticator.invalidate(invalidation)
 
     async def _check_key(self, key_id: str, tenant_id: str) -> None:
         control_plane = self._runtime().control_plane

@@ -24,6 +24,7 @@ from mcp.server.mcpserver.exceptions import (
     UnexpectedResourceError,
 )
 from mcp.server.mcpserver.resources.templates import ResourceSecurityError
+from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ResourceUpdated, ServerEvent
 from mcp_types import (
@@ -40,6 +41,8 @@ from mcp_types import (
     ResourceTemplateReference,
     SetLevelRequestParams,
     SubscribeRequestParams,
+    SubscriptionsListenRequestParams,
+    SubscriptionsListenResult,
     UnsubscribeRequestParams,
 )
 from mcp_types import Prompt as MCPPrompt
@@ -107,6 +110,8 @@ class ScopedServer(MCPServer[Any]):
         ll.add_request_handler("logging/setLevel", SetLevelRequestParams, self._set_level)
         ll.add_request_handler("resources/subscribe", SubscribeRequestParams, self._subscribe)
         ll.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, self._unsubscribe)
+        self._listen_handler = ListenHandler(self.tenant_bus)
+        ll.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, self._listen)
         # (tenant slug, session, uri) -> unsubscribe callable of the forwarding listener
         self._resource_subscriptions: dict[tuple[str, str, str], Callable[[], None]] = {}
         self._forwarding: set[asyncio.Task[None]] = set()
@@ -315,6 +320,7 @@ class ScopedServer(MCPServer[Any]):
                 task.add_done_callback(self._forwarding.discard)
 
         self._resource_subscriptions[key] = self.tenant_bus.subscribe(listener)
+        (await self.tenant_bus.hold())()  # returns once other replicas' updates can arrive
         return EmptyResult()
 
     async def _unsubscribe(
@@ -325,6 +331,18 @@ class ScopedServer(MCPServer[Any]):
             (call.tenant.slug, self._session_key(ctx), str(params.uri)), lambda: None
         )()
         return EmptyResult()
+
+    async def _listen(
+        self, ctx: ServerRequestContext[Any, Any], params: SubscriptionsListenRequestParams
+    ) -> SubscriptionsListenResult:
+        """The SDK's listen handler, once the tenant's events from other replicas can arrive: it
+        acknowledges right after subscribing, and the client may act on the ack at once."""
+        _require_call()
+        release = await self.tenant_bus.hold()
+        try:
+            return await self._listen_handler(ctx, params)
+        finally:
+            release()
 
     # -- completion ----------------------------------------------------------------------------
 

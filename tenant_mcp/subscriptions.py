@@ -5,44 +5,87 @@ The SDK's `MCPServer` fans `ctx.notify_*()` events out through one global bus to
 keeps one in-memory bus per tenant. Both `subscribe` (called by the listen handler while serving
 a tenant's request) and `publish` (called from a tenant's tool) pick the bus from the current
 request's tenant; with no tenant there is nothing to pick, and they refuse rather than broadcast.
+
+With several replicas a relay (`tenant_mcp.broker.Broker`) carries each published event to the
+other replicas, which hand it to `deliver` for the same tenant; the relay is told which tenants
+have local listeners so it only receives what someone here is listening for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import ServerEvent
 
 from tenant_mcp.errors import TenantMCPError
+from tenant_mcp.models import Tenant
 from tenant_mcp.tenancy import current_call
+
+
+class EventRelay(Protocol):
+    """Carries a tenant's events between replicas."""
+
+    async def publish_event(self, tenant_id: str, event: ServerEvent) -> None: ...
+
+    def watch(self, tenant_id: str) -> None: ...
+
+    def unwatch(self, tenant_id: str) -> None: ...
+
+    async def settled(self, tenant_id: str) -> None: ...
+
+
+@dataclass
+class _Local:
+    slug: str
+    bus: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
+    listeners: int = 0
+
+
+def _ignore(event: ServerEvent) -> None:
+    pass
 
 
 class TenantSubscriptionBus:
     def __init__(self) -> None:
-        self._buses: dict[str, InMemorySubscriptionBus] = {}
-        self._counts: dict[str, int] = {}
+        self._tenants: dict[str, _Local] = {}  # tenant id -> its listeners in this process
+        self.relay: EventRelay | None = None  # set while serving with Redis
 
     @staticmethod
-    def _tenant() -> str:
+    def _tenant() -> Tenant:
         call = current_call()
         if call is None:
             raise TenantMCPError("notifications need a tenant: publish from inside a request")
-        return call.tenant.slug
+        return call.tenant
 
     async def publish(self, event: ServerEvent) -> None:
-        await self.publish_to(self._tenant(), event)
+        tenant_id = self._tenant().id
+        await self.deliver(tenant_id, event)
+        if self.relay is not None:
+            await self.relay.publish_event(tenant_id, event)
 
-    async def publish_to(self, tenant_slug: str, event: ServerEvent) -> None:
-        bus = self._buses.get(tenant_slug)
-        if bus is not None:
-            await bus.publish(event)
+    async def deliver(self, tenant_id: str, event: ServerEvent) -> None:
+        """Hand `event` to the tenant's listeners in this process."""
+        local = self._tenants.get(tenant_id)
+        if local is not None:
+            await local.bus.publish(event)
+
+    async def announce(self, tenant_slug: str, event: ServerEvent) -> None:
+        """A change of this process's own catalogue (a run-time registration), for the tenant's
+        listeners here; other replicas have catalogues of their own."""
+        for local in [t for t in self._tenants.values() if t.slug == tenant_slug]:
+            await local.bus.publish(event)
 
     def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
-        tenant_id = self._tenant()
-        bus = self._buses.setdefault(tenant_id, InMemorySubscriptionBus())
-        self._counts[tenant_id] = self._counts.get(tenant_id, 0) + 1
-        unsubscribe = bus.subscribe(listener)
+        tenant = self._tenant()
+        local = self._tenants.setdefault(tenant.id, _Local(tenant.slug))
+        local.listeners += 1
+        unsubscribe = local.bus.subscribe(listener)
+        relay = self.relay
+        if relay is not None:
+            relay.watch(tenant.id)
         done = False
 
         def release() -> None:
@@ -51,9 +94,23 @@ class TenantSubscriptionBus:
                 return
             done = True
             unsubscribe()
-            self._counts[tenant_id] -= 1
-            if not self._counts[tenant_id]:  # idle tenants hold nothing
-                del self._counts[tenant_id]
-                del self._buses[tenant_id]
+            if relay is not None:
+                relay.unwatch(tenant.id)
+            local.listeners -= 1
+            if not local.listeners:  # idle tenants hold nothing
+                del self._tenants[tenant.id]
 
+        return release
+
+    async def hold(self) -> Callable[[], None]:
+        """Keep the current tenant subscribed, and wait until events from other replicas can
+        arrive; returns the release. A listen stream takes this before its acknowledgement, so
+        an event published right after the client sees the ack is not lost."""
+        release = self.subscribe(_ignore)
+        if self.relay is not None:
+            try:
+                await self.relay.settled(self._tenant().id)
+            except BaseException:
+                release()
+                raise
         return release

@@ -3,12 +3,14 @@
 HTTP, stdio and every later transport call `Authenticator.authenticate`. Lookups are cached for
 `cache_seconds` (default 1 s) so the hot path does not hit the database on every request, which
 bounds how long a revoked key or a suspended tenant keeps working, also when the change was made
-by another process.
+by another process. With Redis (`tenant_mcp.broker`), revocations and suspensions also arrive as
+invalidations that drop the affected entries at once; the TTL stays as the backstop.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mcp.server.auth.provider import AccessToken
@@ -21,6 +23,7 @@ from tenant_mcp.errors import AuthenticationError
 from tenant_mcp.models import Principal, Tenant
 
 if TYPE_CHECKING:
+    from tenant_mcp.broker import Invalidation
     from tenant_mcp.oauth import OAuthServer
 
 
@@ -54,6 +57,15 @@ class _TTLCache:
             self._items.clear()
         self._items[key] = (time.monotonic() + self._ttl, value)
 
+    def discard(self, key: str) -> None:
+        self._items.pop(key, None)
+
+    def discard_where(self, stale: Callable[[Any], bool]) -> None:
+        self._items = {k: hit for k, hit in self._items.items() if not stale(hit[1])}
+
+    def clear(self) -> None:
+        self._items.clear()
+
 
 class Authenticator:
     def __init__(
@@ -71,6 +83,9 @@ class Authenticator:
         self._keys = _TTLCache(cache_seconds)
         self._tenants = _TTLCache(cache_seconds)
         self._grants = _TTLCache(cache_seconds)
+        # Bumped by every invalidation: a lookup that started before one must not cache its
+        # (possibly stale) answer after it.
+        self._generation = 0
 
     async def authenticate(self, token: str) -> TenantAccessToken:
         if apikeys.looks_like_api_key(token):
@@ -84,10 +99,12 @@ class Authenticator:
     async def _key(self, key_id: str) -> tuple[KeyRecord | None, Tenant | None]:
         cached: tuple[KeyRecord | None, Tenant | None] | None = self._keys.get(key_id)
         if cached is None:
+            generation = self._generation
             record = await self.control_plane.key(key_id)
             tenant = await self.control_plane.tenant_by_id(record.tenant_id) if record else None
             cached = (record, tenant)
-            self._keys.put(key_id, cached)
+            if generation == self._generation:
+                self._keys.put(key_id, cached)
         return cached
 
     async def _api_key(self, token: str) -> TenantAccessToken:
@@ -116,8 +133,10 @@ class Authenticator:
         assert self.oauth is not None
         grant: dict[str, Any] | None = self._grants.get(token)
         if grant is None:
+            generation = self._generation
             grant = await self.oauth.access_grant(token) or {}
-            self._grants.put(token, grant)
+            if generation == self._generation:
+                self._grants.put(token, grant)
         if not grant or grant["expires_at"] < time.time():
             raise AuthenticationError("unknown, expired or revoked OAuth token")
         if (grant["resource"] or "").rstrip("/") != self.oauth.resource.rstrip("/"):
@@ -151,8 +170,9 @@ class Authenticator:
             raise AuthenticationError(f"JWT has no {claim!r} claim")
         tenant: Tenant | None = self._tenants.get(slug)
         if tenant is None:
+            generation = self._generation
             tenant = await self.control_plane.tenant_by_slug(slug)
-            if tenant is not None:
+            if tenant is not None and generation == self._generation:
                 self._tenants.put(slug, tenant)
         if tenant is None or not tenant.active:
             raise AuthenticationError("JWT tenant is unknown or suspended")
@@ -176,6 +196,22 @@ class Authenticator:
             claims=claims,
         )
         return self._token(token, tenant, principal, expires_at=int(claims["exp"]))
+
+    def invalidate(self, invalidation: Invalidation) -> None:
+        """Drop cached lookups that another process (the CLI, another replica) has made stale."""
+        self._generation += 1
+        kind, ident = invalidation.kind, invalidation.id
+        if kind == "key":
+            self._keys.discard(ident)
+        elif kind == "tenant":
+            self._keys.discard_where(lambda hit: hit[0] is not None and hit[0].tenant_id == ident)
+            self._tenants.discard_where(lambda tenant: tenant.id == ident)
+        elif kind == "oauth":
+            self._grants.clear()  # grants are cached by token, which no message may carry
+        else:
+            self._keys.clear()
+            self._tenants.clear()
+            self._grants.clear()
 
     @staticmethod
     def _token(token: str, tenant: Tenant, principal: Principal, expires_at: int | None) -> TenantAccessToken:
