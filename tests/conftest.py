@@ -117,6 +117,7 @@ class ServerProcess:
         wait: bool = True,
     ) -> None:
         self.port = free_port()
+        self.env = dict(env or {})
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self.base = f"http://127.0.0.1:{self.port}"
         args = tuple(a.replace("{port}", str(self.port)) for a in args)  # for flags that name the URL

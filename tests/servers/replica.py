@@ -1,4 +1,5 @@
-"""One replica of a server that runs several times behind a load balancer (tests/test_redis.py).
+"""One replica of a server that runs several times behind a load balancer (tests/test_redis.py,
+tests/test_replicas.py).
 
 Its credentials are cached for 30 s, so a revoked key that stops working within a second can
 only have been stopped by the invalidation that came through Redis, not by the cache expiring.
@@ -11,9 +12,21 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from tenant_mcp import TenantContext, TenantMCP
+from tenant_mcp import TenantContext, TenantMCP, new_id
 
 app = TenantMCP("replica", credential_cache_seconds=30)
+app.migrations(["CREATE TABLE items (id INTEGER PRIMARY KEY, owner TEXT NOT NULL, value TEXT NOT NULL)"])
+
+
+@app.tool()
+async def add_item(value: str, ctx: TenantContext) -> int:
+    return await ctx.db.insert("items", {"id": new_id(), "owner": ctx.tenant.slug, "value": value})
+
+
+@app.tool()
+async def list_items(ctx: TenantContext) -> list[dict[str, Any]]:
+    """Deliberately without a tenant filter: the backend must supply it."""
+    return await ctx.db.fetch_all("SELECT id, owner, value FROM items ORDER BY id")
 
 
 @app.tool()
