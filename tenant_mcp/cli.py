@@ -307,7 +307,10 @@ def _demo(args: argparse.Namespace) -> None:
     keys = asyncio.run(prepare())
     url = f"http://{args.host}:{args.port}{options.path}"
     executable = shutil.which("tenant-mcp") or "tenant-mcp"
-    db_url = "sqlite:///" + str(Path(args.db[len("sqlite:///") :]).resolve())
+    # Claude Desktop starts the server in another directory: give it an absolute SQLite path.
+    db_url = (
+        args.db if is_postgres(args.db) else "sqlite:///" + str(Path(args.db[len("sqlite:///") :]).resolve())
+    )
     desktop = {
         "mcpServers": {
             f"notes-{slug}": {
