@@ -4,6 +4,11 @@ Writing each event in its own transaction would add a disk sync to every request
 a bounded in-memory queue instead and a background task writes them every `flush_seconds` (or
 sooner when `batch_size` accumulate) in one transaction. `aclose` drains the queue, so a clean
 shutdown loses nothing.
+
+`every_request=False` (`TenantMCP(audit=False)`) keeps only the events that matter for security:
+refusals (`denied`: bad credentials, tenant override attempts, hidden items) and `leak` events.
+Routine `ok` and `error` events are then not recorded, and keys' `last_used_at` is only updated
+by refused requests.
 """
 
 from __future__ import annotations
@@ -21,15 +26,24 @@ from tenant_mcp.controlplane import AuditEvent, ControlPlane
 logger = logging.getLogger("tenant_mcp.audit")
 
 
+# Outcomes recorded also when routine events are off.
+SECURITY_OUTCOMES = frozenset({"denied", "leak"})
+
+
 def _now() -> str:
     t = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+_NO_ARGUMENTS = "sha256:" + hashlib.sha256(b"{}").hexdigest()[:32]
 
 
 def summarise_arguments(arguments: Any, *, keep_values: bool) -> str | None:
     """Arguments as a hash (the default: values may be customer data) or as JSON when configured."""
     if arguments is None:
         return None
+    if not keep_values and arguments == {}:
+        return _NO_ARGUMENTS  # the most common case, hashed once
     text = json.dumps(arguments, sort_keys=True, default=str, separators=(",", ":"))
     if keep_values:
         return text[:4096]
@@ -46,11 +60,13 @@ class AuditLog:
         flush_seconds: float = 0.25,
         batch_size: int = 500,
         keep_argument_values: bool = False,
+        every_request: bool = True,
     ) -> None:
         self._control_plane = control_plane
         self._flush_seconds = flush_seconds
         self._batch_size = batch_size
         self.keep_argument_values = keep_argument_values
+        self.every_request = every_request
         self._pending: list[AuditEvent] = []
         self._wake = anyio.Event()
         self._closed = False
@@ -69,6 +85,8 @@ class AuditLog:
         duration_ms: float = 0.0,
         arguments: Any = None,
     ) -> None:
+        if not self.every_request and outcome not in SECURITY_OUTCOMES:
+            return
         if len(self._pending) >= 100 * self._batch_size:
             # The database is stuck; keep serving rather than grow without bound, and say so.
             self.dropped += 1
