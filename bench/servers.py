@@ -7,14 +7,13 @@ own process and nothing here leaks into another variant:
 - `BENCH_GUARD=0`: the outbound leak guard off.
 - `BENCH_PRIVATE=N:K`: `K` private tools for the tenant `bench` and for each of `tenant-00001` ..
   `tenant-N` (registered before serving, as `app.tenant(slug).add_tool` does at run time).
-- `BENCH_FREEZE=1`: `gc.freeze()` after registration (see the README's Benchmarks section).
+- `BENCH_MAX_OPEN=N`: `max_open_databases=N` (the per-tenant connection pool's bound).
 
 It also adds `write_row`, a tool that writes one row through `ctx.db`.
 """
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Awaitable, Callable
 
@@ -24,6 +23,8 @@ from tenant_mcp import TenantContext, new_id
 app.audit = os.environ.get("BENCH_AUDIT", "1") != "0"
 if os.environ.get("BENCH_GUARD", "1") == "0":
     app.leak_guard = None
+if "BENCH_MAX_OPEN" in os.environ:
+    app.max_open_databases = int(os.environ["BENCH_MAX_OPEN"])
 
 
 @app.tool()
@@ -55,6 +56,3 @@ def _register_private(tenants: int, tools: int) -> None:
 if "BENCH_PRIVATE" in os.environ:
     _tenants, _, _tools = os.environ["BENCH_PRIVATE"].partition(":")
     _register_private(int(_tenants), int(_tools))
-if os.environ.get("BENCH_FREEZE") == "1":
-    gc.collect()
-    gc.freeze()
