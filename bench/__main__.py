@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"), help="JSON results file")
     parser.add_argument("--only", help="comma-separated targets to run, e.g. 1,4 (memory runs with 2)")
     args = parser.parse_args(argv)
-    rounds, requests = (3, 120) if args.quick else (5, 1500)
+    rounds, requests = (3, 120) if args.quick else (5, 1200)
     n, markers_each = (1000, 10) if args.quick else (10_000, 100)
     started = time.monotonic()
 

@@ -39,12 +39,13 @@ def summarise(path: Path, top: int = 12) -> str:
     stack_owner: Counter[str] = Counter()
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack.startswith("_run_module_as_main") or any(idle in stack for idle in _IDLE):
+        if stack.startswith("Thread._bootstrap") or any(idle in stack for idle in _IDLE):
             continue
         n = int(count)
         total += n
         frames = stack.split(";")
-        mine = [i for i, f in enumerate(frames) if any(o in f for o in _OWN) and "cli.py" not in f]
+        mine = [i for i, f in enumerate(frames)
+                if any(o in f for o in _OWN) and "cli.py" not in f and not f.startswith("<module> ")]  # fmt: skip
         if mine and not any(h in f for f in frames[mine[-1] + 1 :] for h in _HANDOVER):
             own[frames[mine[-1]].split(" (")[0]] += n
             continue
