@@ -99,6 +99,8 @@ def _tool_entry(
         )
         _refuse_tenant_parameters("tool", tool.name, tool.parameters.get("properties", {}))
         if templates is not None and meta is None:
+            if len(templates) >= 1024:  # one-off functions (closures added and removed) must not pile up
+                templates.clear()
             templates[key] = tool
     else:
         validate_and_warn_tool_name(name or fn.__name__)
