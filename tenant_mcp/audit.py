@@ -16,7 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sqlite3
 import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -50,6 +53,53 @@ def summarise_arguments(arguments: Any, *, keep_values: bool) -> str | None:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+_INSERT = (
+    "INSERT INTO audit_events (at, tenant_id, principal, method, target, outcome, reason, duration_ms,"
+    " arguments) VALUES (?,?,?,?,?,?,?,?,?)"
+)
+
+
+class _DirectWriter:
+    """Writes a batch from the event loop's own thread, never waiting.
+
+    The control plane's aiosqlite connection runs statements on a worker thread, which under load
+    must win the GIL back from the busy event loop several times per batch; those hand-overs cost
+    far more than the write (measured: about 3 more context switches per request and 10-20% more
+    CPU per request). Here a batch is one short transaction on a plain connection: microseconds
+    per event, no disk sync (WAL with synchronous=NORMAL), no lock wait (timeout 0). When another
+    writer holds the database, `write` says so and the caller uses the control plane's connection,
+    which waits off the loop. Checkpoints, which can sync to disk, are left to that connection.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+
+    def write(self, events: Sequence[AuditEvent], used_keys: Iterable[str]) -> bool:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # locked by another writer
+            return False
+        try:
+            self._conn.executemany(_INSERT, [
+                (e.at, e.tenant_id, e.principal, e.method, e.target, e.outcome, e.reason, e.duration_ms, e.arguments)
+                for e in events
+            ])  # fmt: skip
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            self._conn.executemany(
+                "UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", [(now, k) for k in used_keys]
+            )
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        return True
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class AuditLog:
     """Collects events from request handlers and writes them to the control plane in batches."""
 
@@ -71,6 +121,7 @@ class AuditLog:
         self._wake = anyio.Event()
         self._closed = False
         self._lock = anyio.Lock()
+        self._direct: _DirectWriter | None = None  # while `run` runs
         self.dropped = 0
 
     def record(
@@ -118,7 +169,8 @@ class AuditLog:
             batch, self._pending = self._pending[: self._batch_size], self._pending[self._batch_size :]
             used_keys = {e.principal[4:] for e in batch if e.principal and e.principal.startswith("key:")}
             try:
-                await self._control_plane.write_audit(batch, used_keys)
+                if self._direct is None or not self._direct.write(batch, used_keys):
+                    await self._control_plane.write_audit(batch, used_keys)
             except Exception:
                 logger.exception("writing %d audit events failed; retrying later", len(batch))
                 self._pending[:0] = batch
@@ -126,12 +178,29 @@ class AuditLog:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Flush periodically until `aclose`. Start it in a task group."""
+        self._direct = _DirectWriter(self._control_plane.path)
         task_status.started()
-        while not self._closed:
-            with anyio.move_on_after(self._flush_seconds):
-                await self._wake.wait()
-            self._wake = anyio.Event()
-            await self.flush()
+        flushes = 0
+        try:
+            while not self._closed:
+                with anyio.move_on_after(self._flush_seconds):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+                await self.flush()
+                flushes += 1
+                if flushes % 40 == 0:
+                    await self._checkpoint()
+        finally:
+            direct, self._direct = self._direct, None
+            direct.close()
+
+    async def _checkpoint(self) -> None:
+        """The direct writer never checkpoints the WAL (that can sync to disk); this does, off the loop."""
+        try:
+            async with self._control_plane.conn.execute("PRAGMA wal_checkpoint(PASSIVE)"):
+                pass
+        except Exception:
+            logger.exception("audit: WAL checkpoint failed; retrying later")
 
     async def aclose(self) -> None:
         self._closed = True
