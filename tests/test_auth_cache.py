@@ -7,6 +7,7 @@ With routine audit events off, refusals and leaks are still recorded.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -88,3 +89,23 @@ async def test_audit_off_keeps_security_events(tmp_path: Path) -> None:
         log.record(tenant_id=None, principal=None, method="http", outcome="denied", reason="bad key")
         log.record(tenant_id=None, principal=None, method="tools/call", outcome="leak", reason="marker")
         assert [e.outcome for e in log._pending] == ["denied", "leak"]
+
+
+async def test_audit_batches_wait_for_another_writer(tmp_path: Path) -> None:
+    """The direct writer never blocks the loop; with the database locked, the batch goes through
+    the control plane's connection once the lock is released."""
+    async with ControlPlane(f"sqlite:///{tmp_path}/control.db") as cp:
+        log = AuditLog(cp, flush_seconds=0.05)
+        blocker = sqlite3.connect(cp.path, isolation_level=None)
+        async with anyio.create_task_group() as tg:
+            await tg.start(log.run)
+            blocker.execute("BEGIN IMMEDIATE")
+            log.record(tenant_id=None, principal=None, method="tools/call", outcome="ok")
+            await anyio.sleep(0.3)
+            blocker.execute("COMMIT")
+            log.record(tenant_id=None, principal=None, method="tools/list", outcome="ok")
+            await anyio.sleep(0.3)
+            await log.aclose()
+        blocker.close()
+        async with cp.conn.execute("SELECT method FROM audit_events ORDER BY id") as cur:
+            assert [row[0] for row in await cur.fetchall()] == ["tools/call", "tools/list"]
