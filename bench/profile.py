@@ -5,7 +5,7 @@
 
 Only the event-loop thread's busy samples count (idle `select` waits and the database threads
 are left out). A sample is the framework's when its deepest tenant_mcp frame has not handed
-over to the SDK (the session manager, the next middleware, `Tool.run`); everything else
+over to the server or the SDK (uvicorn, the session manager, the next middleware, `Tool.run`); everything else
 (uvicorn, h11, Starlette, the SDK's transport and dispatcher, pydantic, anyio) is the stack's.
 """
 
@@ -17,11 +17,12 @@ from pathlib import Path
 
 _OWN = ("(tenant_mcp/", "(example_servers/", "(bench/")
 _HANDOVER = (
+    "Server.serve (uvicorn/",
     "StreamableHTTPSessionManager.handle_request",
     "_on_request.<locals>._inner",
     "Tool.run",
 )
-_IDLE = ("EpollSelector.select", "_find_and_load", "load_app")
+_IDLE = ("EpollSelector.select", "_find_and_load", "load_app", "<frozen importlib")  # waits, start-up
 
 
 _LIBRARIES = frozenset({"mcp", "mcp_types", "starlette", "uvicorn", "h11", "anyio", "pydantic", "pydantic_core",
