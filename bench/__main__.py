@@ -1,12 +1,12 @@
-"""Benchmarks: what tenant isolation costs, as ratios measured in one run.
+"""Benchmarks: what tenant isolation costs, as ratios measured in one run (issue #6's targets).
 
-Each comparison starts both servers as separate processes, warms both up, then runs alternating
-rounds A, B, A, B... with the load generator in a third process, and reports the median
-throughput of each side and their ratio. Only ratios from the same run mean anything on a shared
-machine.
+    python -m bench            # the full run, under 5 minutes
+    python -m bench --quick    # 1,000 tenants instead of 10,000, fewer rounds: under a minute
 
-    python -m bench            # the full run
-    python -m bench --quick    # fewer tenants, markers and requests
+Each comparison starts its servers as separate processes (see `bench.harness`), drives them with
+the load generator in a third (`bench.load`), warms both up, runs alternating rounds and reports
+medians, the ratio B/A, and each server's CPU time per request. Results print as a table and go to
+a JSON file.
 """
 
 from __future__ import annotations
@@ -16,165 +16,182 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
-import httpx2
+from bench import provision
+from bench.harness import ROOT, Comparison, Load, LoadGenerator, Server, Side, compare, serve
 
-from bench.bare_server import TOKEN
-from tenant_mcp.controlplane import ControlPlane
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+PRIVATE_TOOLS = 20
 
 
-@dataclass
-class Side:
-    label: str
-    command: list[str]
-    token: str
-    env: dict[str, str] | None = None
+def _tenant_mcp(label: str, db: str, *flags: str, app: str = "bench.servers:app", **env: str) -> Server:
+    command = (sys.executable, "-m", "tenant_mcp.cli", "serve", app, "--port", "{port}", "--db", db,
+               "--log-level", "warning", *flags)  # fmt: skip
+    return Server(label, command, tuple(env.items()))
 
 
-@contextmanager
-def _server(side: Side) -> Iterator[str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANT_MCP_")} | (side.env or {})
-    command = [part.replace("{port}", str(port)) for part in side.command]
-    # A file, not a pipe: an unread pipe fills up with the server's log lines and stalls it.
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 60
-        try:
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    raise RuntimeError(f"{side.label} exited: {log.read().decode()[-2000:]}")
-                try:
-                    httpx2.post(f"http://127.0.0.1:{port}/mcp", timeout=1)
-                    break
-                except httpx2.HTTPError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"{side.label} did not start") from None
-                    time.sleep(0.1)
-            yield f"http://127.0.0.1:{port}/mcp"
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+def _bare(mode: str) -> Server:
+    return Server("bare SDK", (sys.executable, "bench/bare_server.py", "{port}"), (("BENCH_MODE", mode),))
 
 
-def _load(url: str, token: str, requests: int, concurrency: int) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.load", url, token, str(requests), str(concurrency)],
-        cwd=ROOT, capture_output=True, text=True, check=False, timeout=600,
-    )  # fmt: skip
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-2000:] or out.stdout[-2000:])
-    result: dict[str, float] = json.loads(out.stdout)
-    return result
+JSON = ("--stateless", "--json-response")
 
 
-def compare(
-    name: str, a: Side, b: Side, *, rounds: int, requests: int, concurrency: int
-) -> dict[str, object]:
-    """B's throughput as a ratio of A's: alternating rounds, medians."""
-    print(f"  {name}: {a.label} vs {b.label} ...", flush=True)
-    with _server(a) as url_a, _server(b) as url_b:
-        for url, side in ((url_a, a), (url_b, b)):
-            _load(url, side.token, max(requests // 4, concurrency), concurrency)  # warm-up
-        runs: dict[str, list[dict[str, float]]] = {a.label: [], b.label: []}
-        for _ in range(rounds):
-            for url, side in ((url_a, a), (url_b, b)):
-                runs[side.label].append(_load(url, side.token, requests, concurrency))
-    med = {label: statistics.median(r["rps"] for r in results) for label, results in runs.items()}
-    p50 = {label: statistics.median(r["p50_ms"] for r in results) for label, results in runs.items()}
+def comparisons(
+    small: provision.Plane, big: provision.Plane, marked: provision.Plane, jwt: tuple[Path, str], n: int
+) -> list[Comparison]:
+    key = Load((small.key,))
+    notes = "example_servers.notes:app"
+    jwt_flags = ("--jwt-public-key", str(jwt[0]), "--jwt-issuer", provision.JWT_ISSUER,
+                 "--jwt-audience", provision.JWT_AUDIENCE)  # fmt: skip
+    with_jwt = _tenant_mcp("tenant_mcp, JWT configured", small.url, *JSON, *jwt_flags)
+    pool = _tenant_mcp(f"tenant_mcp, {n:,} tenant databases", big.url, *JSON)
+    tools_1 = _tenant_mcp("1 tenant", small.url, *JSON, BENCH_PRIVATE=f"0:{PRIVATE_TOOLS}")
+    tools_n = _tenant_mcp(f"{n:,} tenants", big.url, *JSON, BENCH_PRIVATE=f"{n}:{PRIVATE_TOOLS}")
+    listing = Load((big.key,), method="tools/list", concurrency=1)
+    return [
+        Comparison("1", "whoami, stateless JSON",
+                   Side("bare SDK", _bare("stateless-json"), Load(("bench-static-token",))),
+                   Side("tenant_mcp", _tenant_mcp("tenant_mcp", small.url, *JSON, app=notes), key),
+                   goal=">= 0.9", threshold=0.9),
+        Comparison("1", "whoami, stateful SSE sessions",
+                   Side("bare SDK", _bare("stateful"), Load(("bench-static-token",), mode="sse")),
+                   Side("tenant_mcp", _tenant_mcp("tenant_mcp", small.url, app=notes), Load((small.key,), mode="sse")),
+                   goal=">= 0.9", threshold=0.9),
+        Comparison("1", "whoami, 2026-07-28 requests",
+                   Side("bare SDK", _bare("stateful"), Load(("bench-static-token",), mode="modern")),
+                   Side("tenant_mcp", _tenant_mcp("tenant_mcp", small.url, app=notes),
+                        Load((small.key,), mode="modern")),
+                   goal=">= 0.9", threshold=0.9),
+        Comparison("2", f"tools/list p50 latency, {PRIVATE_TOOLS} private tools per tenant",
+                   Side("1 tenant", tools_1, Load((small.key,), method="tools/list", concurrency=1)),
+                   Side(f"{n:,} tenants", tools_n, listing),
+                   metric="latency", goal="<= 1.2", threshold=1.2, requests=400),
+        Comparison("3", "write_row (one row via ctx.db)",
+                   Side("1 tenant", pool, Load((big.key,), tool="write_row")),
+                   Side(f"round-robin over {n:,} tenants", pool, Load(tuple(big.others), tool="write_row")),
+                   goal=">= 0.7", threshold=0.7, requests=1000),
+        Comparison("4", "whoami, JWT vs API key",
+                   Side("API key", with_jwt, key), Side("RS256 JWT", with_jwt, Load((jwt[1],))),
+                   goal=">= 0.9", threshold=0.9),
+        Comparison("5", "whoami, audit",
+                   Side("audit off", _tenant_mcp("audit off", small.url, *JSON, BENCH_AUDIT="0"), key),
+                   Side("audit on", _tenant_mcp("audit on", small.url, *JSON), key),
+                   goal=">= 0.99", threshold=0.99),
+        Comparison("-", "whoami, leak guard",
+                   Side("guard off", _tenant_mcp("guard off", marked.url, *JSON, BENCH_GUARD="0"), Load((marked.key,))),
+                   Side("guard on", _tenant_mcp("guard on", marked.url, *JSON), Load((marked.key,))),
+                   goal="(cost shown)", threshold=0.0),
+    ]  # fmt: skip
+
+
+def memory(gen: LoadGenerator, results: list[dict[str, Any]], big: provision.Plane, n: int) -> dict[str, Any]:
+    """Per idle tenant and per private tool, from resident memory of the target-2 servers and one
+    more: `n` idle tenants, only `bench` holding tools."""
+    listing = next(r for r in results if r["target"] == "2")
+    idle = _tenant_mcp("idle tenants", big.url, *JSON, BENCH_PRIVATE=f"0:{PRIVATE_TOOLS}")
+    with serve(idle) as running:
+        gen.run(running[idle].url, Load((big.key,), method="tools/list", concurrency=1), 1000)
+        rss_idle = running[idle].rss_kib()
+    one, all_ = listing["rss_kib_a"], listing["rss_kib_b"]
     return {
-        "name": name,
-        "a": a.label, "b": b.label,
-        "rps_a": round(med[a.label], 1), "rps_b": round(med[b.label], 1),
-        "p50_ms_a": round(p50[a.label], 2), "p50_ms_b": round(p50[b.label], 2),
-        "ratio": round(med[b.label] / med[a.label], 3),
-    }  # fmt: skip
+        "rss_kib": {
+            "1 tenant": one,
+            f"{n} idle tenants": rss_idle,
+            f"{n} tenants x {PRIVATE_TOOLS} tools": all_,
+        },
+        "bytes_per_idle_tenant": round((rss_idle - one) * 1024 / n),
+        "bytes_per_private_tool": round((all_ - rss_idle) * 1024 / (n * PRIVATE_TOOLS)),
+        "goal_bytes_per_idle_tenant": "< 2048",
+        "met": (rss_idle - one) * 1024 / n < 2048,
+    }
 
 
-async def _provision(db_url: str, marker_tenants: int, markers_each: int) -> str:
-    """The measured tenant and its key, plus `marker_tenants` others with markers for the guard."""
-    async with ControlPlane(db_url) as cp:
-        await cp.create_tenant("bench", name="Bench Tenant")
-        _, key = await cp.create_key("bench")
-        async with cp.db.transaction() as tx:
-            await tx.execute_many(
-                "INSERT INTO tenants (id, slug, name, plan, status, metadata, created_at) VALUES (?,?,?,?,?,?,?)",
-                [(f"{i:032x}", f"tenant-{i:05d}", f"Tenant {i:05d} Ltd", "free", "active", "{}", "2026-01-01")
-                 for i in range(1, marker_tenants + 1)],
-            )  # fmt: skip
-            await tx.execute_many(
-                "INSERT INTO leak_markers (tenant_id, kind, value, created_at) VALUES (?,?,?,?)",
-                [(f"{i:032x}", "identifier", f"acct-{i:05d}-{j:03d}", "2026-01-01")
-                 for i in range(1, marker_tenants + 1) for j in range(markers_each)],
-            )  # fmt: skip
-    return key
+def _machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.machine())  # fmt: skip
+    return f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, mcp {version('mcp')}"
+
+
+def _table(report: dict[str, Any]) -> str:
+    lines = [
+        f"{report['date']}, {report['machine']}, `{report['command']}`",
+        "",
+        "| target | comparison | A | B | A | B | B/A | CPU ms/request A, B | capacity B/A | goal | met |",
+        "|---|---|---|---|---:|---:|---:|---|---:|---|---|",
+    ]
+    for r in report["results"]:
+        latency = r["metric"] == "latency"
+        unit, a, b = (
+            ("ms p50", r["p50_ms_a"], r["p50_ms_b"]) if latency else ("req/s", r["rps_a"], r["rps_b"])
+        )
+        met = "-" if r["target"] == "-" else ("yes" if r["met"] else "**no**")
+        lines.append(f"| {r['target']} | {r['name']} | {r['a']} | {r['b']} | {a} {unit} | {b} {unit} | {r['ratio']} "
+                     f"| {r['cpu_ms_per_request_a']}, {r['cpu_ms_per_request_b']} | {r['capacity_ratio']} "
+                     f"| {r['goal']} {'(p50)' if latency else '(capacity)'} | {met} |")  # fmt: skip
+    m = report["memory"]
+    lines += ["", f"Memory (server RSS): {m['bytes_per_idle_tenant']:,} bytes per idle tenant (goal {m['goal_bytes_per_idle_tenant']}: "
+              f"{'met' if m['met'] else 'missed'}), {m['bytes_per_private_tool']:,} bytes per private tool; RSS KiB {m['rss_kib']}"]  # fmt: skip
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small counts: about a minute")
+    parser.add_argument("--quick", action="store_true", help="1,000 tenants, fewer rounds: under a minute")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"), help="JSON results file")
-    parser.add_argument("--concurrency", type=int, default=8, help="in-flight requests (default 8)")
+    parser.add_argument("--only", help="comma-separated targets to run, e.g. 1,4 (memory runs with 2)")
     args = parser.parse_args(argv)
-    rounds, requests = (3, 300) if args.quick else (5, 1500)
-    marker_tenants, markers_each = (1000, 10) if args.quick else (10_000, 100)
+    rounds, requests = (3, 120) if args.quick else (5, 1200)
+    n, markers_each = (1000, 10) if args.quick else (10_000, 100)
+    started = time.monotonic()
 
     with tempfile.TemporaryDirectory(prefix="tenant-mcp-bench-") as tmp:
-        db_url = f"sqlite:///{tmp}/control.db"
-        print(f"setup: {marker_tenants} tenants x {markers_each} leak markers ...", flush=True)
-        key = asyncio.run(_provision(db_url, marker_tenants, markers_each))
-        serve = [sys.executable, "-m", "tenant_mcp.cli", "serve", "--port", "{port}", "--db", db_url,
-                 "--stateless", "--json-response", "--log-level", "warning"]  # fmt: skip
-        sdk = Side("bare SDK", [sys.executable, "bench/bare_server.py", "{port}"], TOKEN)
-        tenant = Side("tenant_mcp", [*serve[:4], "example_servers.notes:app", *serve[4:]], key)
-        no_guard = Side("guard off", [*serve[:4], "bench.servers:notes_without_guard", *serve[4:]], key)
-        guarded = Side(f"guard on ({marker_tenants * markers_each:,} markers)", tenant.command, key)
-        results = [
-            compare("whoami, stateless JSON", sdk, tenant, rounds=rounds, requests=requests,
-                    concurrency=args.concurrency),
-            compare("leak guard", no_guard, guarded, rounds=rounds, requests=requests,
-                    concurrency=args.concurrency),
-        ]  # fmt: skip
+        root = Path(tmp)
+        print(
+            f"setup: control planes with 1 and {n:,} tenants, {n * markers_each:,} leak markers ...",
+            flush=True,
+        )
+        for name in ("small", "big", "marked"):
+            (root / name).mkdir()
+        small = asyncio.run(provision.control_plane(root / "small" / "control.db"))
+        big = asyncio.run(provision.control_plane(root / "big" / "control.db", tenants=n, databases=True))
+        marked = asyncio.run(provision.control_plane(root / "marked" / "control.db", tenants=n,
+                                                     markers_each=markers_each))  # fmt: skip
+        public_key, private_key = provision.jwt_key_pair(root)
+        selected = comparisons(small, big, marked, (public_key, provision.mint(private_key)), n)
+        if args.only:
+            selected = [c for c in selected if c.target in args.only.split(",")]
+        gen = LoadGenerator()
+        try:
+            for c in selected:
+                c.requests //= 8 if args.quick else 1
+            results = [compare(gen, c, rounds=rounds, requests=requests) for c in selected]
+            mem = memory(gen, results, big, n) if any(r["target"] == "2" for r in results) else {}
+        finally:
+            gen.close()
 
     report = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": _machine(),
         "command": "python -m bench" + (" --quick" if args.quick else ""),
-        "rounds": rounds, "requests_per_round": requests, "concurrency": args.concurrency,
-        "results": results,
+        "tenants": n, "rounds": rounds, "requests_per_round": requests,
+        "seconds": round(time.monotonic() - started),
+        "results": results, "memory": mem,
     }  # fmt: skip
     Path(args.output).write_text(json.dumps(report, indent=2))
-    print(f"\n{report['date']}, {report['machine']}, `{report['command']}`\n")
-    print("| comparison | A | B | A req/s | B req/s | B/A |")
-    print("|---|---|---|---:|---:|---:|")
-    for r in results:
-        print(f"| {r['name']} | {r['a']} | {r['b']} | {r['rps_a']} | {r['rps_b']} | {r['ratio']} |")
-    print(f"\nwritten to {args.output}")
+    print()
+    print(_table(report) if mem else _table({**report, "memory": _NO_MEMORY}))
+    print(f"\n{report['seconds']} s; written to {args.output}")
     return 0
 
+
+_NO_MEMORY = {"bytes_per_idle_tenant": 0, "bytes_per_private_tool": 0, "goal_bytes_per_idle_tenant": "-",
+              "met": False, "rss_kib": "not measured"}  # fmt: skip
 
 if __name__ == "__main__":
     sys.exit(main())

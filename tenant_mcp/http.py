@@ -14,6 +14,7 @@ or another key presenting the id gets the same 404 as for an unknown session.
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -105,6 +106,8 @@ class _Gate:
         self._options = options
         self._security = TransportSecurityMiddleware(options.transport_security())
         self._required = frozenset(options.required_scopes)
+        self._accepted_hosts: set[tuple[bytes, bytes]] = set()
+        self._header_verdicts: dict[bytes, bool] = {}
         if options.authorization_servers:
             self._challenge = (
                 'Bearer error="invalid_token", error_description="Authentication required", '
@@ -120,16 +123,50 @@ class _Gate:
             headers={"WWW-Authenticate": self._challenge},
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        refusal = await self._security.validate_request(request, is_post=False)
+    def _names_tenant(self, header: bytes) -> bool:
+        """`names_tenant` for a raw header name, memoised: clients send the same few names."""
+        known = self._header_verdicts.get(header)
+        if known is None:
+            if len(self._header_verdicts) >= 4096:  # arbitrary names must not grow memory unbounded
+                self._header_verdicts.clear()
+            known = self._header_verdicts[header] = names_tenant(header.decode("latin-1"))
+        return known
+
+    async def _refuse_host(
+        self, scope: Scope, receive: Receive, send: Send, host_origin: tuple[bytes, bytes]
+    ) -> bool:
+        """The SDK's Host/Origin check; an accepted pair is remembered (the answer only depends on it)."""
+        if host_origin in self._accepted_hosts:
+            return False
+        refusal = await self._security.validate_request(Request(scope, receive), is_post=False)
         if refusal is not None:
             await refusal(scope, receive, send)
+            return True
+        if len(self._accepted_hosts) >= 1024:
+            self._accepted_hosts.clear()
+        self._accepted_hosts.add(host_origin)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # One pass over the raw headers instead of a Request object: this runs for every message.
+        host = origin = None
+        authorizations: list[bytes] = []
+        override: str | None = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorizations.append(value)
+            elif name == b"host":
+                host = value if host is None else host
+            elif name == b"origin":
+                origin = value if origin is None else origin
+            elif override is None and self._names_tenant(name):
+                override = name.decode("latin-1")
+        if await self._refuse_host(scope, receive, send, (host or b"", origin or b"")):
             return
         rt = self._app.runtime
         # Exactly one credential: with two, a proxy and this server could disagree on the tenant.
-        authorizations = request.headers.getlist("authorization")
-        scheme, _, credential = (authorizations[0] if len(authorizations) == 1 else "").partition(" ")
+        authorization = authorizations[0].decode("latin-1") if len(authorizations) == 1 else ""
+        scheme, _, credential = authorization.partition(" ")
         if scheme.lower() != "bearer" or not credential.strip():
             await self._unauthorized()(scope, receive, send)
             return
@@ -139,7 +176,6 @@ class _Gate:
             rt.audit.record(tenant_id=None, principal=None, method="http", outcome="denied", reason=str(exc))
             await self._unauthorized()(scope, receive, send)
             return
-        override = next((name for name in request.headers if names_tenant(name)), None)
         if override is not None:
             rt.audit.record(
                 tenant_id=token.tenant.id,
@@ -253,4 +289,9 @@ async def serve(app: TenantMCP, options: HTTPOptions, *, log_level: str = "info"
         timeout_graceful_shutdown=15,
         lifespan="on",
     )
+    # What exists now (the SDK, the app, its catalogue) lives as long as the process. Frozen, the
+    # collector's full passes stop walking it again and again under load: a few per cent of CPU
+    # with a small catalogue, more with many per-tenant tools.
+    gc.collect()
+    gc.freeze()
     await uvicorn.Server(config).serve()

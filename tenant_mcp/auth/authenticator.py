@@ -5,6 +5,12 @@ HTTP, stdio and every later transport call `Authenticator.authenticate`. Lookups
 bounds how long a revoked key or a suspended tenant keeps working, also when the change was made
 by another process. With Redis (`tenant_mcp.broker`), revocations and suspensions also arrive as
 invalidations that drop the affected entries at once; the TTL stays as the backstop.
+
+The verified token itself is cached too, so a repeated credential costs one dict probe instead of
+a digest, a JWT signature check and a token object. It lives no longer than the oldest database
+read it was built from (`verified_at` + `cache_seconds`), so the revocation bound stays the same,
+it is dropped with the entries an invalidation names, and it is never used at or past its own
+expiry (`exp` of a JWT, `expires_at` of an OAuth token).
 """
 
 from __future__ import annotations
@@ -34,11 +40,12 @@ class TenantAccessToken(AccessToken):
     subject), so putting the tenant id in the subject binds every session to its tenant too.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    # Frozen: one verified token is shared by every request that presents the same credential.
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
 
     tenant: Tenant
     principal: Principal
-    verified_at: float
+    verified_at: float  # monotonic time of the oldest database read the token was built from
 
 
 class _TTLCache:
@@ -47,15 +54,23 @@ class _TTLCache:
         self._items: dict[str, tuple[float, Any]] = {}
 
     def get(self, key: str) -> Any:
-        hit = self._items.get(key)
-        if hit is None or hit[0] < time.monotonic():
-            return None
-        return hit[1]
+        hit = self.entry(key)
+        return None if hit is None else hit[1]
 
-    def put(self, key: str, value: Any) -> None:
+    def entry(self, key: str) -> tuple[float, Any] | None:
+        """(monotonic time the value was read, value), or None when missing or expired."""
+        hit = self._items.get(key)
+        if hit is None or hit[0] + self._ttl < time.monotonic():
+            return None
+        return hit
+
+    def put(self, key: str, value: Any, *, read_at: float | None = None) -> float:
+        """Store a value read at `read_at` (default now); returns that time."""
         if len(self._items) > 100_000:  # a flood of distinct ids must not grow memory unbounded
             self._items.clear()
-        self._items[key] = (time.monotonic() + self._ttl, value)
+        read_at = time.monotonic() if read_at is None else read_at
+        self._items[key] = (read_at, value)
+        return read_at
 
     def discard(self, key: str) -> None:
         self._items.pop(key, None)
@@ -86,8 +101,19 @@ class Authenticator:
         # Bumped by every invalidation: a lookup that started before one must not cache its
         # (possibly stale) answer after it.
         self._generation = 0
+        self._verified = _TTLCache(cache_seconds)
 
     async def authenticate(self, token: str) -> TenantAccessToken:
+        hit = self._verified.get(token)
+        if isinstance(hit, TenantAccessToken) and (hit.expires_at is None or time.time() < hit.expires_at):
+            return hit
+        generation = self._generation
+        verified = await self._verify(token)
+        if generation == self._generation:
+            self._verified.put(token, verified, read_at=verified.verified_at)
+        return verified
+
+    async def _verify(self, token: str) -> TenantAccessToken:
         if apikeys.looks_like_api_key(token):
             return await self._api_key(token)
         if self.oauth is not None and token.startswith("tmo_"):
@@ -96,22 +122,24 @@ class Authenticator:
             return await self._jwt(token)
         raise AuthenticationError("unrecognised credential")
 
-    async def _key(self, key_id: str) -> tuple[KeyRecord | None, Tenant | None]:
-        cached: tuple[KeyRecord | None, Tenant | None] | None = self._keys.get(key_id)
+    async def _key(self, key_id: str) -> tuple[KeyRecord | None, Tenant | None, float]:
+        """The key, its tenant, and when they were read."""
+        cached = self._keys.entry(key_id)
         if cached is None:
-            generation = self._generation
+            generation, read_at = self._generation, time.monotonic()
             record = await self.control_plane.key(key_id)
             tenant = await self.control_plane.tenant_by_id(record.tenant_id) if record else None
-            cached = (record, tenant)
             if generation == self._generation:
-                self._keys.put(key_id, cached)
-        return cached
+                self._keys.put(key_id, (record, tenant), read_at=read_at)
+            return record, tenant, read_at
+        read_at, (record, tenant) = cached
+        return record, tenant, read_at
 
     async def _api_key(self, token: str) -> TenantAccessToken:
         key_id = apikeys.parse_key_id(token)
         if key_id is None:
             raise AuthenticationError("malformed API key")
-        record, tenant = await self._key(key_id)
+        record, tenant, read_at = await self._key(key_id)
         if record is None or not apikeys.matches(token, record.digest):
             raise AuthenticationError(f"unknown API key {key_id}")
         if record.revoked_at is not None:
@@ -126,22 +154,24 @@ class Authenticator:
             client_id=key_id,
             key_id=key_id,
         )
-        return self._token(token, tenant, principal, expires_at=None)
+        return self._token(token, tenant, principal, expires_at=None, verified_at=read_at)
 
     async def _oauth(self, token: str) -> TenantAccessToken:
         """A token of the built-in authorization server: live only while its key and tenant are."""
         assert self.oauth is not None
-        grant: dict[str, Any] | None = self._grants.get(token)
-        if grant is None:
-            generation = self._generation
-            grant = await self.oauth.access_grant(token) or {}
+        cached = self._grants.entry(token)
+        if cached is None:
+            generation, grant_read_at = self._generation, time.monotonic()
+            grant: dict[str, Any] = await self.oauth.access_grant(token) or {}
             if generation == self._generation:
-                self._grants.put(token, grant)
+                self._grants.put(token, grant, read_at=grant_read_at)
+        else:
+            grant_read_at, grant = cached
         if not grant or grant["expires_at"] < time.time():
             raise AuthenticationError("unknown, expired or revoked OAuth token")
         if (grant["resource"] or "").rstrip("/") != self.oauth.resource.rstrip("/"):
             raise AuthenticationError("OAuth token was issued for another resource")
-        record, tenant = await self._key(grant["key_id"])
+        record, tenant, key_read_at = await self._key(grant["key_id"])
         if (
             record is None
             or record.revoked_at is not None
@@ -159,7 +189,13 @@ class Authenticator:
             client_id=grant["client_id"],
             key_id=record.key_id,
         )
-        return self._token(token, tenant, principal, expires_at=grant["expires_at"])
+        return self._token(
+            token,
+            tenant,
+            principal,
+            expires_at=grant["expires_at"],
+            verified_at=min(grant_read_at, key_read_at),
+        )
 
     async def _jwt(self, token: str) -> TenantAccessToken:
         assert self.jwt is not None
@@ -168,12 +204,14 @@ class Authenticator:
         slug = claims.get(claim)
         if not isinstance(slug, str) or not slug:
             raise AuthenticationError(f"JWT has no {claim!r} claim")
-        tenant: Tenant | None = self._tenants.get(slug)
-        if tenant is None:
-            generation = self._generation
+        cached = self._tenants.entry(slug)
+        if cached is None:
+            generation, read_at = self._generation, time.monotonic()
             tenant = await self.control_plane.tenant_by_slug(slug)
             if tenant is not None and generation == self._generation:
-                self._tenants.put(slug, tenant)
+                self._tenants.put(slug, tenant, read_at=read_at)
+        else:
+            read_at, tenant = cached
         if tenant is None or not tenant.active:
             raise AuthenticationError("JWT tenant is unknown or suspended")
         allowed = tenant.metadata.get("jwt_issuers")
@@ -195,7 +233,7 @@ class Authenticator:
             issuer=str(claims["iss"]),
             claims=claims,
         )
-        return self._token(token, tenant, principal, expires_at=int(claims["exp"]))
+        return self._token(token, tenant, principal, expires_at=int(claims["exp"]), verified_at=read_at)
 
     def invalidate(self, invalidation: Invalidation) -> None:
         """Drop cached lookups that another process (the CLI, another replica) has made stale."""
@@ -203,18 +241,24 @@ class Authenticator:
         kind, ident = invalidation.kind, invalidation.id
         if kind == "key":
             self._keys.discard(ident)
+            self._verified.discard_where(lambda token: token.principal.key_id == ident)
         elif kind == "tenant":
             self._keys.discard_where(lambda hit: hit[0] is not None and hit[0].tenant_id == ident)
             self._tenants.discard_where(lambda tenant: tenant.id == ident)
+            self._verified.discard_where(lambda token: token.tenant.id == ident)
         elif kind == "oauth":
             self._grants.clear()  # grants are cached by token, which no message may carry
+            self._verified.discard_where(lambda token: token.principal.auth_method == "oauth")
         else:
             self._keys.clear()
             self._tenants.clear()
             self._grants.clear()
+            self._verified.clear()
 
     @staticmethod
-    def _token(token: str, tenant: Tenant, principal: Principal, expires_at: int | None) -> TenantAccessToken:
+    def _token(
+        token: str, tenant: Tenant, principal: Principal, *, expires_at: int | None, verified_at: float
+    ) -> TenantAccessToken:
         claims = {"iss": principal.issuer} if principal.issuer else None
         return TenantAccessToken(
             token=token,
@@ -225,5 +269,5 @@ class Authenticator:
             claims=claims,
             tenant=tenant,
             principal=principal,
-            verified_at=time.monotonic(),
+            verified_at=verified_at,
         )
