@@ -5,6 +5,7 @@ answered the way a person would: open the link, paste an API key, approve or den
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import re
 import secrets
@@ -25,7 +26,7 @@ from mcp.shared.auth import (
     OAuthToken,
 )
 
-from tests.conftest import ServerProcess, Tenants
+from tests.conftest import ServerProcess, Tenants, postgres_database
 
 pytestmark = pytest.mark.anyio
 REDIRECT = "http://127.0.0.1:9/callback"
@@ -85,17 +86,27 @@ class Person:
         return AuthorizationCodeResult(code=query["code"][0], state=query.get("state", [None])[0])
 
 
-@pytest.fixture(scope="module")
-def oauth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Tenants]]:
-    db = f"sqlite:///{tmp_path_factory.mktemp('oauth')}/cp.db"
-    t = Tenants(db)
-    t.create("acme", plan="pro")
-    t.create("globex")
-    t.key("acme", scopes=("notes:export",))
-    t.key("globex")
-    server = ServerProcess("example_servers.notes:app", db, "--oauth-issuer", "http://127.0.0.1:{port}")
-    yield server, t
-    server.stop()
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def oauth_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerProcess, Tenants]]:
+    """The notes server with the built-in authorization server, on each control-plane backend."""
+    logs = tmp_path_factory.mktemp("oauth")
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            db, env = f"sqlite:///{logs}/cp.db", {}
+        else:
+            pg = stack.enter_context(postgres_database())
+            db, env = pg.app, {"TENANT_MCP_MIGRATION_URL": pg.owner}
+        server = ServerProcess("example_servers.notes:app", db, "--oauth-issuer", "http://127.0.0.1:{port}",
+                               env=env, log_dir=logs)  # fmt: skip
+        stack.callback(server.stop)
+        t = Tenants(db)
+        t.create("acme", plan="pro")
+        t.create("globex")
+        t.key("acme", scopes=("notes:export",))
+        t.key("globex")
+        yield server, t
 
 
 def provider(
