@@ -398,3 +398,20 @@ def test_gateway_errors_are_plain(pg_probe: Postgres) -> None:
         _check(ok)
     with pytest.raises(TenantMCPError, match="gateway"):
         _check("select SET_CONFIG('a', 'b', true)")
+
+
+async def test_stdio_on_postgres(pg_notes: Postgres, tmp_path: Path) -> None:
+    from tests.test_stdio import stdio_session
+
+    t = Tenants(pg_notes.app)
+    t.create("stdio-a")
+    t.create("stdio-b")
+    async with (
+        stdio_session(pg_notes.app, t.key("stdio-a"), tmp_path / "a.log") as a,
+        stdio_session(pg_notes.app, t.key("stdio-b"), tmp_path / "b.log") as b,
+    ):
+        note = (await a.call_tool("create_note", {"title": "over stdio", "body": "a's"})).structured_content
+        assert note is not None
+        assert [n["title"] for n in _rows(await a.call_tool("list_notes", {}))] == ["over stdio"]
+        assert _rows(await b.call_tool("list_notes", {})) == []
+        assert (await b.call_tool("get_note", {"note_id": note["id"]})).is_error
