@@ -11,7 +11,6 @@ import asyncio
 import importlib
 import json
 import os
-import secrets
 import shutil
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -32,6 +31,7 @@ from tenant_mcp.broker import (
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.http import HTTPOptions
+from tenant_mcp.leakguard import plant_canary
 from tenant_mcp.models import Tenant
 from tenant_mcp.storage import is_postgres, open_store
 
@@ -176,13 +176,7 @@ async def _canary_plant(args: argparse.Namespace, cp: ControlPlane) -> None:
     """A random value recorded as the tenant's canary and written into its database, so a
     query that wrongly crosses tenants carries it out and the leak guard catches it."""
     tenant = await cp.require_tenant(args.tenant)
-    value = "tmcanary" + secrets.token_hex(12)
-    await cp.add_marker(tenant.id, value, "canary")
-    store = await open_store(cp.url)
-    try:
-        await store.plant_canary(tenant.id, value)
-    finally:
-        await store.aclose()
+    value = await plant_canary(cp, tenant.id)
     _print(args, {"tenant": tenant.slug, "canary": value}, f"planted canary {value} in {tenant.slug}")
 
 

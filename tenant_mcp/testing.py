@@ -45,7 +45,7 @@ import anyio
 from tenant_mcp.app import TenantMCP
 from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.http import HTTPOptions
-from tenant_mcp.storage import open_store
+from tenant_mcp.leakguard import plant_canary
 
 _MISSING = "tenant-mcp-kit-missing-item"
 
@@ -217,13 +217,7 @@ class IsolationKit:
                 slug, name=f"Kit Tenant {label.upper()} {secrets.token_hex(3)}", plan=plan
             )
             _, key = await cp.create_key(slug, scopes=key_scopes)
-            canary = "tmcanary" + secrets.token_hex(12)
-            await cp.add_marker(tenant.id, canary, "canary")
-            store = await open_store(cp.url)
-            try:
-                await store.plant_canary(tenant.id, canary)
-            finally:
-                await store.aclose()
+            canary = await plant_canary(cp, tenant.id)
             tenants[label] = {
                 "slug": slug,
                 "name": tenant.name,

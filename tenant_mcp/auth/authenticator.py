@@ -64,13 +64,11 @@ class _TTLCache:
             return None
         return hit
 
-    def put(self, key: str, value: Any, *, read_at: float | None = None) -> float:
-        """Store a value read at `read_at` (default now); returns that time."""
+    def put(self, key: str, value: Any, *, read_at: float) -> None:
+        """Store a value read (from the database) at monotonic time `read_at`."""
         if len(self._items) > 100_000:  # a flood of distinct ids must not grow memory unbounded
             self._items.clear()
-        read_at = time.monotonic() if read_at is None else read_at
         self._items[key] = (read_at, value)
-        return read_at
 
     def discard(self, key: str) -> None:
         self._items.pop(key, None)
