@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import anyio
 import pytest
 
 from tenant_mcp import ConstraintError, TenantMCPError
-from tenant_mcp.storage.postgres import PostgresStore, migrate
+from tenant_mcp.storage.postgres import PostgresStore, _check, migrate
 from tests.conftest import (
     ROOT,
     Postgres,
@@ -53,19 +54,23 @@ def _rows(result: Any) -> Any:
     return result.structured_content["result"]
 
 
-@pytest.fixture(scope="module")
-def pg_notes() -> Iterator[Postgres]:
+@contextmanager
+def migrated(app: str) -> Iterator[Postgres]:
     with postgres_database() as pg:
-        done = migrate_cli("example_servers.notes:app", pg)
+        done = migrate_cli(app, pg)
         assert done.returncode == 0, done.stderr
         yield pg
 
 
 @pytest.fixture(scope="module")
+def pg_notes() -> Iterator[Postgres]:
+    with migrated("example_servers.notes:app") as pg:
+        yield pg
+
+
+@pytest.fixture(scope="module")
 def pg_probe() -> Iterator[Postgres]:
-    with postgres_database() as pg:
-        done = migrate_cli("tests.servers.probe:app", pg)
-        assert done.returncode == 0, done.stderr
+    with migrated("tests.servers.probe:app") as pg:
         yield pg
 
 
@@ -387,17 +392,60 @@ def test_migrate_explains_what_it_needs() -> None:
         assert time.monotonic() - start < 30
 
 
-def test_gateway_errors_are_plain(pg_probe: Postgres) -> None:
-    from tenant_mcp.storage.postgres import _check
-
+def test_the_gateway_reads_sql_as_sql() -> None:
+    """Words inside literals, comments and quoted names are not statements; a second statement
+    after a semicolon is refused even when it looks harmless."""
     for ok in (
-        "SELECT * FROM items WHERE value = 'set_config'",
+        "SELECT * FROM items WHERE value = 'set_config; SET x = 1'",
         "UPDATE items SET value = ?",
-        "SELECT '--' AS x",
+        "SELECT '--' AS x -- ; SET ROLE postgres",
+        "SELECT 1 /* ; RESET ALL */;",
     ):
         _check(ok)
-    with pytest.raises(TenantMCPError, match="gateway"):
-        _check("select SET_CONFIG('a', 'b', true)")
+    for bad in (
+        "select SET_CONFIG('a', 'b', true)",
+        "SELECT 1; SELECT 2",
+        "SELECT 1;;",
+        "UPDATE items SET v = 1; SET ROLE x",
+        'SELECT * FROM "pg_catalog"."pg_tables"',
+    ):
+        with pytest.raises(TenantMCPError, match="gateway"):
+            _check(bad)
+
+
+def test_control_plane_schemas_of_both_backends_match(pg_notes: Postgres, tmp_path: Path) -> None:
+    """The control plane's DDL is written once per dialect; a column added to one only must fail here."""
+    import sqlite3
+
+    import anyio
+
+    from tenant_mcp.controlplane import ControlPlane
+
+    async def create() -> None:
+        async with ControlPlane(f"sqlite:///{tmp_path}/cp.db"):
+            pass
+
+    anyio.run(create)
+    conn = sqlite3.connect(tmp_path / "cp.db")
+    tables = [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name <> 'schema_version'"
+        )
+    ]
+    sqlite = {t: sorted(r[1] for r in conn.execute(f"PRAGMA table_info({t})")) for t in tables}
+    conn.close()
+    rows = pg_notes.sql(
+        "SELECT table_name AS t, column_name AS c FROM information_schema.columns"
+        " WHERE table_schema = 'tenant_mcp' AND table_name <> 'schema_version'"
+    )
+    postgres: dict[str, list[str]] = {}
+    for row in rows:
+        postgres.setdefault(row["t"], []).append(row["c"])
+    postgres = {
+        t: sorted(c for c in cols if not (t == "tenants" and c == "seq")) for t, cols in postgres.items()
+    }
+    assert postgres == sqlite
 
 
 async def test_stdio_on_postgres(pg_notes: Postgres, tmp_path: Path) -> None:

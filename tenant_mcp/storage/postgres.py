@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import asyncpg
@@ -31,7 +31,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.storage.database import Result, TenantDatabase
-from tenant_mcp.storage.sql import ConstraintError, GatewayRefusal, Params, to_postgres, tokens
+from tenant_mcp.storage.sql import Connection, ConstraintError, GatewayRefusal, Params, to_postgres, tokens
 
 CONTROL_SCHEMA = "tenant_mcp"
 DATA_SCHEMA = "public"
@@ -95,9 +95,14 @@ _REFUSED_PREFIXES = ("pg_", "query_to_", "cursor_to_", "table_to_", "schema_to_"
 
 def _check(sql: str) -> None:
     """The gateway: refuse statements that could leave the caller's tenant or its transaction."""
-    first = True
+    first, ended = True, False
     for token in tokens(sql):
         if token.kind == "param":
+            continue
+        if ended:  # only a trailing semicolon: several statements would each need checking
+            raise GatewayRefusal("statement refused by the tenant gateway: one statement at a time")
+        if token.text == ";":
+            ended = True
             continue
         word = token.text.lower()
         if (
@@ -111,6 +116,15 @@ def _check(sql: str) -> None:
         first = False
     if re.search(r"\bU&['\"]", sql, re.IGNORECASE):
         raise GatewayRefusal("statement refused by the tenant gateway: Unicode-escaped names are not allowed")
+
+
+@contextmanager
+def _constraints() -> Iterator[None]:
+    """The same exception for a broken constraint on both backends."""
+    try:
+        yield
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise ConstraintError(str(exc)) from None
 
 
 def _rowcount(status: str) -> int:
@@ -152,10 +166,8 @@ class _Connection:
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         text, args = to_postgres(sql, params)
-        try:
+        with _constraints():
             return _rowcount(await self._target.execute(text, *args))
-        except asyncpg.IntegrityConstraintViolationError as exc:
-            raise ConstraintError(str(exc)) from None
 
     async def execute_many(self, sql: str, rows: Iterable[Params]) -> None:
         converted = [to_postgres(sql, row) for row in rows]
@@ -223,20 +235,19 @@ class _Unit:
         finally:
             await self._pool.release(conn)
 
-    async def _run(self, sql: str, params: Params) -> tuple[list[asyncpg.Record], str]:
-        """Run one checked statement as a prepared statement: never several in one string."""
+    async def _fetch(self, sql: str, params: Params) -> list[asyncpg.Record]:
         _check(sql)
         text, args = to_postgres(sql, params)
         conn = await self._connection()
-        try:
-            statement = await conn.prepare(text)
-            rows = await statement.fetch(*args)
-        except asyncpg.IntegrityConstraintViolationError as exc:
-            raise ConstraintError(str(exc)) from None
-        return rows, statement.get_statusmsg() or ""
+        with _constraints():
+            return await conn.fetch(text, *args)  # prepared once per connection (asyncpg's cache)
 
     async def execute(self, sql: str, params: Params) -> Result:
-        _, status = await self._run(sql, params)
+        _check(sql)  # also what keeps a parameterless execute, sent as a simple query, to one statement
+        text, args = to_postgres(sql, params)
+        conn = await self._connection()
+        with _constraints():
+            status = await conn.execute(text, *args)
         return Result(rowcount=_rowcount(status), lastrowid=None)
 
     async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
@@ -245,21 +256,21 @@ class _Unit:
         if not converted:
             return 0
         conn = await self._connection()
-        await conn.executemany(converted[0][0], [args for _, args in converted])
+        with _constraints():
+            await conn.executemany(converted[0][0], [args for _, args in converted])
         return len(converted)
 
     async def fetch_all(self, sql: str, params: Params) -> list[dict[str, Any]]:
-        rows, _ = await self._run(sql, params)
-        return _rows(rows)
+        return _rows(await self._fetch(sql, params))
 
     async def fetch_one(self, sql: str, params: Params) -> dict[str, Any] | None:
-        rows, _ = await self._run(sql, params)
+        rows = await self._fetch(sql, params)
         return _rows(rows[:1])[0] if rows else None
 
     async def insert(self, table: str, values: Mapping[str, Any]) -> int:
         placeholders = ", ".join("?" for _ in values)
         sql = f"INSERT INTO {table} ({', '.join(values)}) VALUES ({placeholders}) RETURNING id"
-        rows, _ = await self._run(sql, list(values.values()))
+        rows = await self._fetch(sql, list(values.values()))
         return int(rows[0]["id"])
 
     async def control(self, statement: str) -> None:
@@ -281,7 +292,7 @@ class PostgresStore:
         try:
             if migrations is not None:
                 await _check_role(pool)
-                await check_version(pool, "data", len(migrations))
+                await check_version(_Connection(pool), "data", len(migrations))
         except BaseException:
             await pool.close()
             raise
@@ -370,15 +381,14 @@ async def _check_role(pool: asyncpg.Pool) -> None:
         )
 
 
-async def check_version(db: asyncpg.Pool | PostgresDatabase, component: str, expected: int) -> None:
+async def check_version(db: Connection, component: str, expected: int) -> None:
     """Refuse to run against a schema older or newer than this code."""
-    sql = f"SELECT coalesce(max(version), 0) AS v FROM {CONTROL_SCHEMA}.schema_version WHERE component = $1"
     try:
-        if isinstance(db, PostgresDatabase):
-            row = await db.fetch_one(sql.replace("$1", "?"), (component,))
-            current = row["v"] if row else 0
-        else:
-            current = await db.fetchval(sql, component)
+        row = await db.fetch_one(
+            f"SELECT coalesce(max(version), 0) AS v FROM {CONTROL_SCHEMA}.schema_version WHERE component = ?",
+            (component,),
+        )
+        current = row["v"] if row else 0
     except asyncpg.UndefinedTableError:
         current = 0
     except asyncpg.InsufficientPrivilegeError:

@@ -33,7 +33,8 @@ class Token:
 
 
 def tokens(sql: str) -> Iterator[Token]:
-    """Words, quoted identifiers and placeholders of `sql`; literals and comments are skipped."""
+    """Words, quoted identifiers, placeholders and semicolons of `sql`; literals and comments are
+    skipped."""
     i, n = 0, len(sql)
     while i < n:
         c = sql[i]
@@ -74,6 +75,9 @@ def tokens(sql: str) -> Iterator[Token]:
             if end == -1:
                 raise TenantMCPError("unterminated dollar-quoted string in SQL")
             i = end + len(m.group(0))
+        elif c == ";":
+            yield Token("other", ";", i, i + 1)
+            i += 1
         elif c == "?":
             m = _PARAM.match(sql, i)
             assert m is not None

@@ -269,14 +269,8 @@ class SQLiteStore(DatabasePool):
 
     async def plant_canary(self, tenant_id: str, value: str) -> None:
         async with self.lease(tenant_id) as handle:
-            handle.trusted = True
-            try:
-                await handle.conn.execute(
-                    "CREATE TABLE IF NOT EXISTS tenant_mcp_canaries (value TEXT NOT NULL)"
-                )
-                await handle.conn.execute("INSERT INTO tenant_mcp_canaries (value) VALUES (?)", (value,))
-            finally:
-                handle.trusted = False
+            await handle.conn.execute("CREATE TABLE IF NOT EXISTS tenant_mcp_canaries (value TEXT NOT NULL)")
+            await handle.conn.execute("INSERT INTO tenant_mcp_canaries (value) VALUES (?)", (value,))
 
 
 def _dump(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -300,64 +294,8 @@ def _dump(path: Path) -> dict[str, list[dict[str, Any]]]:
         conn.close()
 
 
-class SQLiteDatabase:
-    """The control plane's connection. One connection serves the process; a transaction holds it."""
-
-    dialect = "sqlite"
-
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
-        self._lock = anyio.Lock()
-
-    @classmethod
-    async def open(cls, path: Path) -> SQLiteDatabase:
-        conn = await aiosqlite.connect(path, isolation_level=None)
-        conn.row_factory = aiosqlite.Row
-        for pragma in (
-            "busy_timeout = 10000",
-            "journal_mode = WAL",
-            "synchronous = NORMAL",
-            "foreign_keys = ON",
-        ):
-            await conn.execute(f"PRAGMA {pragma}")
-        return cls(conn)
-
-    async def close(self) -> None:
-        await self._conn.close()
-
-    async def execute(self, sql: str, params: Params = ()) -> int:
-        with _constraints():
-            async with self._lock, self._conn.execute(sql, params) as cur:
-                return cur.rowcount
-
-    async def execute_many(self, sql: str, rows: Iterable[Params]) -> None:
-        async with self._lock:
-            await self._conn.executemany(sql, rows)
-
-    async def fetch_all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
-        async with self._lock, self._conn.execute(sql, params) as cur:
-            return [dict(row) for row in await cur.fetchall()]
-
-    async def fetch_one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
-        async with self._lock, self._conn.execute(sql, params) as cur:
-            row = await cur.fetchone()
-        return dict(row) if row is not None else None
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_Transaction]:
-        """A write transaction; other users of the connection wait until it ends."""
-        async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield _Transaction(self._conn)
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
-            await self._conn.execute("COMMIT")
-
-
-class _Transaction:
-    """The control plane's connection inside `SQLiteDatabase.transaction()` (already locked)."""
+class _Statements:
+    """Control-plane statements on one aiosqlite connection, rows as dicts."""
 
     dialect = "sqlite"
 
@@ -380,3 +318,56 @@ class _Transaction:
         async with self._conn.execute(sql, params) as cur:
             row = await cur.fetchone()
         return dict(row) if row is not None else None
+
+
+class SQLiteDatabase(_Statements):
+    """The control plane's connection. One connection serves the process, so every statement
+    waits for a transaction in progress (which would otherwise swallow it) to end."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        super().__init__(conn)
+        self._lock = anyio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> SQLiteDatabase:
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        for pragma in (
+            "busy_timeout = 10000",
+            "journal_mode = WAL",
+            "synchronous = NORMAL",
+            "foreign_keys = ON",
+        ):
+            await conn.execute(f"PRAGMA {pragma}")
+        return cls(conn)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        async with self._lock:
+            return await super().execute(sql, params)
+
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> None:
+        async with self._lock:
+            await super().execute_many(sql, rows)
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
+        async with self._lock:
+            return await super().fetch_all(sql, params)
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
+        async with self._lock:
+            return await super().fetch_one(sql, params)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Statements]:
+        """A write transaction holding the connection until it ends."""
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Statements(self._conn)
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
