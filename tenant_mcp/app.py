@@ -30,11 +30,11 @@ from tenant_mcp.auth.authenticator import Authenticator
 from tenant_mcp.auth.jwt import JWTSettings, JWTVerifier
 from tenant_mcp.broker import DEFAULT_PREFIX, Broker
 from tenant_mcp.catalogue import Catalogue, Entry, Section, StaticResource, Visibility
-from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane
+from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, POSTGRES_MIGRATIONS, ControlPlane
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.leakguard import LeakGuard, MarkerSync, Policy
 from tenant_mcp.server import ScopedServer
-from tenant_mcp.storage import DataStore, is_postgres, open_store
+from tenant_mcp.storage import DataStore, is_postgres, migration_sql, open_store
 from tenant_mcp.tenancy import _norm
 
 if TYPE_CHECKING:
@@ -353,9 +353,7 @@ class TenantMCP:
         Returns the number of steps applied per component.
         SQLite needs none of this: it migrates itself when opened.
         """
-        from tenant_mcp.controlplane import POSTGRES_MIGRATIONS
-        from tenant_mcp.storage import is_postgres, migration_sql
-        from tenant_mcp.storage.postgres import current_role, migrate
+        from tenant_mcp.storage.postgres import current_role, migrate  # asyncpg is an optional extra
 
         target = url or self.migration_url or self.database_url
         if not is_postgres(target):

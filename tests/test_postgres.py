@@ -7,6 +7,7 @@ owner (a superuser here); servers connect as `tenant_mcp_app`, a plain role.
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import anyio
 import pytest
 
 from tenant_mcp import ConstraintError, TenantMCPError
+from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.storage.postgres import PostgresStore, _check, migrate
 from tests.conftest import (
     ROOT,
@@ -415,11 +417,6 @@ def test_the_gateway_reads_sql_as_sql() -> None:
 
 def test_control_plane_schemas_of_both_backends_match(pg_notes: Postgres, tmp_path: Path) -> None:
     """The control plane's DDL is written once per dialect; a column added to one only must fail here."""
-    import sqlite3
-
-    import anyio
-
-    from tenant_mcp.controlplane import ControlPlane
 
     async def create() -> None:
         async with ControlPlane(f"sqlite:///{tmp_path}/cp.db"):
