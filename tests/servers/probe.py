@@ -1,6 +1,7 @@
 """A test server with the sharp tools an attacker would love, to prove they stay in their tenant.
 
 - `raw_sql` runs any SQL the caller sends through `ctx.db` (the careless tool every codebase has).
+- `search_items` builds its SQL with an f-string (the injection every codebase has once).
 - `write_then_fail` writes a row and then raises: nothing of it may persist.
 - `slow_echo` sleeps and reports progress, to interleave concurrent calls of two tenants.
 - `touch_resource` publishes a resource-updated event for the caller's tenant.
@@ -42,6 +43,12 @@ async def raw_sql(sql: str, ctx: TenantContext) -> list[dict[str, Any]]:
         return await ctx.db.fetch_all(sql)
     result = await ctx.db.execute(sql)
     return [{"rowcount": result.rowcount}]
+
+
+@app.tool()
+async def search_items(term: str, ctx: TenantContext) -> list[dict[str, Any]]:
+    """Deliberately injectable: the argument is formatted into the SQL."""
+    return await ctx.db.fetch_all(f"SELECT id, value FROM items WHERE value LIKE '%{term}%'")
 
 
 @app.tool()
