@@ -236,7 +236,9 @@ def postgres_database() -> Iterator[Postgres]:
         finally:
             await conn.close()
 
-    in_thread(admin(f"CREATE ROLE {APP_ROLE} LOGIN", f"CREATE ROLE {DATA_ROLE} LOGIN", f"CREATE DATABASE {name}"))
+    in_thread(
+        admin(f"CREATE ROLE {APP_ROLE} LOGIN", f"CREATE ROLE {DATA_ROLE} LOGIN", f"CREATE DATABASE {name}")
+    )
     host = PG_SERVER.split("@", 1)[1]
     app = f"postgresql://{APP_ROLE}@{host}/{name}"
     try:

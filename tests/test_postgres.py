@@ -283,7 +283,9 @@ async def test_keys_unique_indexes_and_foreign_keys_hold_per_tenant() -> None:
     ]
     with postgres_database() as pg:
         await migrate(pg.owner, control=(), data=migrations, app_role="tenant_mcp_app", data_role=DATA_ROLE)
-        await migrate(pg.owner, control=(), data=migrations, app_role="tenant_mcp_app", data_role=DATA_ROLE)  # idempotent
+        await migrate(
+            pg.owner, control=(), data=migrations, app_role="tenant_mcp_app", data_role=DATA_ROLE
+        )  # idempotent
         store = await PostgresStore.open(pg.app)
         a, b = "a" * 32, "b" * 32
         try:

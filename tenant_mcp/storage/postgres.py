@@ -52,6 +52,7 @@ RLS_SCHEMA = "tenant_mcp_rls"  # the binding's key and the function that verifie
 BINDING_SETTING = "tenant_mcp.binding"
 _MIGRATION_LOCK = 0x7E4A_4E7D_C0DE  # pg_advisory_xact_lock key: one migrator per database at a time
 _CURRENT_TENANT = f"{RLS_SCHEMA}.tenant()"
+_CLAIMED_TENANT = f"split_part(current_setting('{BINDING_SETTING}', true), '/', 1)"
 _BIND = f"SELECT set_config('{BINDING_SETTING}', $1, true)"
 _Conn = asyncpg.Connection | PoolConnectionProxy
 
@@ -569,7 +570,8 @@ async def tenantize(conn: asyncpg.Connection) -> None:
         )
         if not has_column:
             await conn.execute(f"ALTER TABLE {name} ADD COLUMN tenant_id TEXT NOT NULL")
-        await conn.execute(f"ALTER TABLE {name} ALTER COLUMN tenant_id SET DEFAULT {_CURRENT_TENANT}")
+        # The default need not verify the binding: the policy's WITH CHECK does, once per statement.
+        await conn.execute(f"ALTER TABLE {name} ALTER COLUMN tenant_id SET DEFAULT {_CLAIMED_TENANT}")
         # SQLite's INTEGER is 64-bit; PostgreSQL's is 32-bit and new_id() values need 53 bits.
         for column in await conn.fetch(
             "SELECT attname FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped"
@@ -714,18 +716,26 @@ async def _binding_function(conn: asyncpg.Connection) -> None:
             bytes(b ^ 0x36 for b in block),
             bytes(b ^ 0x5C for b in block),
         )
+    # PL/pgSQL keeps its plans for the session (an SQL function would be planned per statement);
     # STABLE and PARALLEL RESTRICTED: evaluated in the leader, where pg_backend_pid() is the
     # connection's; a fixed search_path so no object of the caller's can stand in.
     await conn.execute(
-        f"""CREATE OR REPLACE FUNCTION {RLS_SCHEMA}.tenant() RETURNS text
-        LANGUAGE sql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+        f"""CREATE OR REPLACE FUNCTION {_CURRENT_TENANT} RETURNS text
+        LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
         SET search_path = pg_catalog, pg_temp AS $fn$
-            SELECT CASE WHEN b.mac = encode(sha256(k.outer_pad || sha256(k.inner_pad
-                || convert_to(b.tenant || '/' || pg_backend_pid()::text, 'UTF8'))), 'hex')
-                THEN b.tenant END
-            FROM {RLS_SCHEMA}.binding_key k,
-                (SELECT split_part(v, '/', 1) AS tenant, split_part(v, '/', 2) AS mac
-                 FROM (SELECT current_setting('{BINDING_SETTING}', true) AS v) s) b
+        DECLARE
+            binding text := current_setting('{BINDING_SETTING}', true);
+            tenant text := split_part(binding, '/', 1);
+            inner_pad bytea;
+            outer_pad bytea;
+        BEGIN
+            SELECT k.inner_pad, k.outer_pad INTO inner_pad, outer_pad FROM {RLS_SCHEMA}.binding_key k;
+            IF split_part(binding, '/', 2) = encode(sha256(outer_pad || sha256(inner_pad
+                    || convert_to(tenant || '/' || pg_backend_pid()::text, 'UTF8'))), 'hex') THEN
+                RETURN tenant;
+            END IF;
+            RETURN NULL;
+        END
         $fn$"""
     )
     await conn.execute(f"REVOKE ALL ON FUNCTION {_CURRENT_TENANT} FROM PUBLIC")
