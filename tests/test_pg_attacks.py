@@ -17,7 +17,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tenant_mcp import FULL_TEXT_SEARCH, SQLAllowList
 from tenant_mcp.storage.postgres import PostgresStore, migrate
+from tenant_mcp.storage.sql import GatewayRefusal
 from tests.conftest import (
     DATA_ROLE,
     Postgres,
@@ -418,3 +420,31 @@ async def test_exclusion_constraints_and_sequences_are_per_tenant() -> None:
                 app_role="tenant_mcp_app",
                 data_role=DATA_ROLE,
             )
+
+
+async def test_an_app_extends_the_gateway_for_full_text_search(pg_attack: tuple[Postgres, Tenants]) -> None:
+    pg, t = pg_attack
+    sql = "SELECT value FROM items WHERE to_tsvector('simple', value) @@ plainto_tsquery('simple', ?)"
+    plain = await PostgresStore.open(pg.data, [], binding_key=_key(pg), max_size=1)
+    fts = await PostgresStore.open(
+        pg.data,
+        [],
+        binding_key=_key(pg),
+        max_size=1,
+        allow=SQLAllowList.of(FULL_TEXT_SEARCH, types={"tsvector", "tsquery"}),
+    )
+    try:
+        await _seed(fts, t.ids["acme"], "quarterly merger plan")
+        await _seed(fts, t.ids["globex"], "merger of globex")
+        db = plain.database(t.ids["acme"])
+        with pytest.raises(GatewayRefusal, match=r"function (to_tsvector|plainto_tsquery)\(\)"):
+            await db.fetch_all(sql, ("merger",))
+        await db._finish(commit=False)
+        db = fts.database(t.ids["acme"])
+        assert await db.fetch_all(sql, ("merger",)) == [{"value": "quarterly merger plan"}]
+        with pytest.raises(GatewayRefusal, match=r"function ts_stat\(\)"):  # never part of the bundle
+            await db.fetch_all("SELECT * FROM ts_stat('SELECT to_tsvector(value) FROM items')")
+        await db._finish(commit=False)
+    finally:
+        await plain.aclose()
+        await fts.aclose()
