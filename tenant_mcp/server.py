@@ -247,7 +247,9 @@ class ScopedServer(MCPServer[Any]):
         entry = self.catalogue.prompts.visible(name, call.tenant, call.principal)
         if entry is None:
             self._hidden(call, "prompt", name, self._exists(self.catalogue.prompts, name))
-            raise ValueError(f"Unknown prompt: {name}")  # as MCPServer.get_prompt says it
+            # An MCPError, not the SDK's ValueError: that one is logged with a full traceback, and
+            # any client could drive the log volume with unknown names.
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown prompt: {name}")
         ctx = self._bind(context, call)
         try:
             rendered = await entry.item.render(arguments, ctx)

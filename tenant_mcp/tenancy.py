@@ -98,6 +98,11 @@ def _arguments(method: str, params: Mapping[str, Any]) -> Any:
     return None
 
 
+def _sent(params: Mapping[str, Any]) -> dict[str, Any]:
+    """What the caller sent (name, URI, arguments): markers in it are not a leak when reflected."""
+    return {k: v for k, v in params.items() if k != "_meta"}
+
+
 LEAK_BLOCKED = "leak blocked"
 WITHHELD = "The response was withheld because it contained data of another tenant. The event was recorded."
 
@@ -159,7 +164,7 @@ class TenancyMiddleware:
         if not isinstance(result, Mapping):
             return result
         body = {k: v for k, v in result.items() if k != "_meta"}  # server info is the same for all
-        hits = guard.scan(serialize(body), call.tenant.id)
+        hits = guard.scan(serialize(body), call.tenant.id, sent=_sent(params))
         if not hits:
             return result
         self._record_leak(rt, guard, call, method, params, hits)
@@ -191,7 +196,11 @@ class TenancyMiddleware:
                 reason=f"{kind} marker of this tenant in a response to tenant {call.tenant.id}; policy {guard.policy}",
             )  # fmt: skip
         logger.warning(
-            "leak guard: %d foreign marker(s) in %s %s (policy %s)", len(hits), method, target, guard.policy
+            "leak guard: %d foreign marker(s) in %s %.200s (policy %s)",
+            len(hits),
+            method,
+            target,
+            guard.policy,
         )
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
@@ -235,7 +244,7 @@ class TenancyMiddleware:
             return result
         except MCPError as exc:
             if rt.leak_guard is not None and call.denied != LEAK_BLOCKED:
-                hits = rt.leak_guard.scan(exc.error.message, call.tenant.id)
+                hits = rt.leak_guard.scan(exc.error.message, call.tenant.id, sent=_sent(params))
                 if hits:
                     self._record_leak(rt, rt.leak_guard, call, method, params, hits)
                     if rt.leak_guard.policy != "report":
