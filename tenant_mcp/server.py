@@ -56,7 +56,7 @@ from tenant_mcp.context import TenantContext
 from tenant_mcp.leakguard import Markers
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.subscriptions import TenantSubscriptionBus
-from tenant_mcp.tenancy import Call, TenancyMiddleware, current_call
+from tenant_mcp.tenancy import Call, TenancyMiddleware, current_call, schema_names
 
 if TYPE_CHECKING:
     from tenant_mcp.app import Runtime
@@ -123,7 +123,7 @@ class ScopedServer(MCPServer[Any]):
     ) -> Container[str]:
         if method == "tools/call":
             entry = self.catalogue.tools.visible(name, tenant, principal)
-            return entry.item.parameters.get("properties", {}) if entry else ()
+            return schema_names(entry.item.parameters) if entry else ()
         entry = self.catalogue.prompts.visible(name, tenant, principal)
         return {a.name for a in entry.item.arguments or ()} if entry else ()
 
