@@ -25,3 +25,17 @@ def test_the_kit_catches_the_leaky_server() -> None:
     )
     assert "isolation problem" in report.text
 
+
+def test_the_kit_tries_every_harvested_id() -> None:
+    """An IDOR on one id among the 50 that A harvested: only an exact try of that id finds it."""
+    report = check_isolation("tests.servers.idor:app")
+    caught = {finding.item for finding in report.findings if finding.kind == "leak"}
+    assert caught == {"tool get_doc"}, report.text
+    assert "budget" in report.text
+
+
+def test_the_kit_reads_while_the_other_tenants_data_is_fresh() -> None:
+    """A bounded shared list: B's own writes would push A's entries out before B reads."""
+    report = check_isolation("tests.servers.recent:app")
+    caught = {finding.item for finding in report.findings if finding.kind == "leak"}
+    assert caught == {"tool recent_activity"}, report.text
