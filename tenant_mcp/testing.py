@@ -205,6 +205,11 @@ def _text(result: Any) -> str:
     return json.dumps(result.model_dump(mode="json", by_alias=True, exclude={"meta"}), sort_keys=True)
 
 
+def _fill(template: str, value: str) -> str:
+    """A URI from a template with every variable set to `value` (taken literally, backslashes too)."""
+    return re.sub(r"\{[^}]+\}", lambda _: value, template)
+
+
 def _distinct(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     seen: dict[str, dict[str, Any]] = {}
     for case in cases:
@@ -370,9 +375,9 @@ class IsolationKit:
                 if "server sets the tenant" not in override:
                     self._find(Finding("override accepted", f"tool {tool.name}", "tenant_id was not refused"))
             groups = [[uri] for uri in resources]
-            groups += [[re.sub(r"\{[^}]+\}", v, t) for v in values] for t in templates]
+            groups += [[_fill(t, v) for v in values] for t in templates]
             groups.append(harvested_uris)
-            for group in groups:
+            for group in filter(None, groups):
                 await write_as_a()
                 for uri in self._spend(group, share):
                     answer = await self._call(as_b, "resource", uri, {})
