@@ -12,6 +12,7 @@ task, so concurrent requests of different tenants never see each other's tenant.
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import re
 import time
@@ -78,6 +79,7 @@ def _norm(name: str) -> str:
     return _SEPARATORS.sub("", _fold(name))
 
 
+@functools.lru_cache(maxsize=4096)  # argument names repeat (a list of 1,000 objects has few keys)
 def names_tenant(name: str) -> bool:
     """True for a name that selects a tenant: `tenant_id`, `X-Tenant-Id`, `io.acme/tenant`,
     `com.example.tenant_id`, their full-width or Cyrillic look-alikes... Separators are dropped, and

@@ -269,10 +269,14 @@ class IsolationKit:
         ):
             yield client
 
-    async def _call(self, client: Any, kind: str, name: str, args: dict[str, Any]) -> str:
+    async def _call(
+        self, client: Any, kind: str, name: str, args: dict[str, Any], *, attack: bool = True
+    ) -> str:
+        """One request; `attack=False` for A's own calls, which the report does not count."""
         from mcp.shared.exceptions import MCPError
 
-        self.report.calls += 1
+        if attack:
+            self.report.calls += 1
         try:
             with anyio.fail_after(self.call_timeout):
                 return await self._send(client, kind, name, args)
@@ -334,12 +338,13 @@ class IsolationKit:
             for round_ in range(3):
                 seed = fresh if round_ != 1 else _Arguments(sorted(strings), sorted(numbers) or [1])
                 for tool in tools:
-                    answer = await self._call(
-                        as_a, "tool", tool.name, seed.for_schema(tool.input_schema, round_)
-                    )
+                    args = seed.for_schema(tool.input_schema, round_)
+                    answer = await self._call(as_a, "tool", tool.name, args, attack=False)
                     _harvest(json.loads(answer), strings, numbers)
             for uri in resources:
-                _harvest(json.loads(await self._call(as_a, "resource", uri, {})), strings, numbers)
+                _harvest(
+                    json.loads(await self._call(as_a, "resource", uri, {}, attack=False)), strings, numbers
+                )
             markers = [a["slug"], a["name"], a["canary"], a["token"]]
             own = {s for s in strings if any(m.lower() in s.lower() for m in markers)}
             harvested_uris = sorted(s for s in strings if "://" in s)
@@ -354,7 +359,9 @@ class IsolationKit:
             async def write_as_a() -> None:
                 """A writes marked data again, so B's next call reads it while it is fresh."""
                 for tool in tools:
-                    await self._call(as_a, "tool", tool.name, fresh.for_schema(tool.input_schema, 0))
+                    await self._call(
+                        as_a, "tool", tool.name, fresh.for_schema(tool.input_schema, 0), attack=False
+                    )
 
             for tool in tools:
                 schema = tool.input_schema
