@@ -10,7 +10,9 @@ canaries planted with `tenant-mcp canary plant`). A hit runs the configured poli
 - ``report``: the payload goes out unchanged.
 
 Every hit is audited as a ``leak`` event in both tenants' trails (the marker's kind and owner, never
-the marker itself) and counted.
+the marker itself) and counted. A marker the caller sent in its own request is no hit: reflecting it
+("Unknown tool: acme", an echo) tells the caller nothing it did not know, and counting it would let
+any tenant test whether a string is another tenant's marker.
 
 Matching uses one Aho-Corasick automaton (pyahocorasick), so the cost of a scan depends on the
 payload, not on how many tenants or markers exist. New markers go into a small second automaton

@@ -12,6 +12,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
 from tenant_mcp import TenantContext, TenantMCP, TenantMCPError
+from tenant_mcp.tenancy import names_tenant
 from tests.conftest import ServerProcess, Tenants, mcp_client
 
 pytestmark = pytest.mark.anyio
@@ -162,6 +163,25 @@ async def test_a_nested_declared_parameter_is_not_an_override(probe: tuple[Serve
     async with mcp_client(server.url, t.keys["acme"]) as c:
         result = await c.call_tool("transfer_many", {"transfers": [{"account_id": "42", "amount": 5}]})
         assert result.structured_content == {"result": ["acme:42:5"]}
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        *((name, True) for name in LOOK_ALIKES),
+        ("X-Tenant-Id", True),
+        ("io.acme/tenant", True),
+        ("com.example.tenant_id", True),
+        ("urn:acme:org_id", True),
+        ("title", False),
+        ("organ", False),
+        ("tenancy_mode", False),
+        ("Accept-Encoding", False),
+        ("io.modelcontextprotocol/clientInfo", False),
+    ],
+)
+def test_names_are_compared_as_a_person_reads_them(name: str, expected: bool) -> None:
+    assert names_tenant(name) is expected
 
 
 def test_registering_a_tenant_parameter_is_refused() -> None:
