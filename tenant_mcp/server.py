@@ -250,6 +250,10 @@ class ScopedServer(MCPServer[Any]):
             # An MCPError, not the SDK's ValueError: that one is logged with a full traceback, and
             # any client could drive the log volume with unknown names.
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown prompt: {name}")
+        given = arguments or {}
+        missing = [a.name for a in entry.item.arguments or () if a.required and a.name not in given]
+        if missing:  # checked here for the same reason (the SDK raises ValueError)
+            raise MCPError(code=INVALID_PARAMS, message=f"Missing required arguments: {', '.join(missing)}")
         ctx = self._bind(context, call)
         try:
             rendered = await entry.item.render(arguments, ctx)

@@ -194,3 +194,23 @@ def test_registering_a_tenant_parameter_is_refused() -> None:
         app.tool()(leaky)
     with pytest.raises(TenantMCPError, match="the tenant is never an argument"):
         app.tenant("acme").add_tool(leaky)
+
+
+async def test_prompt_errors_a_client_can_cause_log_no_traceback(
+    probe: tuple[ServerProcess, Tenants],
+) -> None:
+    """Unknown prompts and missing arguments are the client's mistakes: a clear -32602, and no
+    traceback in the server log (any client could drive the log volume with them)."""
+    server, t = probe
+    log_start = server.log.stat().st_size
+    for mode in ("legacy", "auto"):
+        async with mcp_client(server.url, t.keys["acme"], mode=mode) as c:
+            for _ in range(3):
+                with pytest.raises(MCPError) as unknown:
+                    await c.get_prompt("no_such_prompt", {})
+                assert unknown.value.error.code == INVALID_PARAMS
+                with pytest.raises(MCPError) as missing:
+                    await c.get_prompt("pro_prompt", {})
+                assert missing.value.error.code == INVALID_PARAMS
+                assert missing.value.error.message == "Missing required arguments: topic"
+    assert "Traceback" not in server.log.read_text()[log_start:]
