@@ -320,7 +320,8 @@ class TenancyMiddleware:
             return result
         except MCPError as exc:
             if rt.leak_guard is not None and call.denied != LEAK_BLOCKED:
-                hits = rt.leak_guard.scan(exc.error.message, call.tenant.id, sent=_sent(params))
+                error = [exc.error.message, exc.error.data]  # the data too: it is sent as well
+                hits = rt.leak_guard.scan(serialize(error), call.tenant.id, sent=_sent(params))
                 if hits:
                     self._record_leak(rt, rt.leak_guard, call, method, params, hits)
                     if rt.leak_guard.policy != "report":

@@ -281,7 +281,7 @@ class IsolationKit:
             with anyio.fail_after(self.call_timeout):
                 return await self._send(client, kind, name, args)
         except MCPError as exc:
-            return json.dumps({"code": exc.error.code, "message": exc.error.message})
+            return json.dumps({"code": exc.error.code, "message": exc.error.message, "data": exc.error.data})
         except TimeoutError:
             return json.dumps({"timeout": self.call_timeout})
 

@@ -20,9 +20,13 @@ def test_example_servers_keep_tenants_apart(app: str) -> None:
 def test_the_kit_catches_the_leaky_server() -> None:
     report = check_isolation("tests.servers.leaky:app")
     caught = {finding.item for finding in report.findings if finding.kind == "leak"}
-    assert caught == {"tool profile_cached", "tool recall", "tool search_memory", "tool shared_search"}, (
-        report.text
-    )
+    assert caught == {
+        "tool profile_cached",
+        "tool recall",
+        "tool search_memory",
+        "tool shared_search",
+        "tool strict_lookup",
+    }, report.text
     assert "isolation problem" in report.text
 
 

@@ -82,6 +82,9 @@ async def test_registered_identifiers_and_unfiltered_lists_are_caught(
     async with mcp_client(server.url, t.keys["globex"]) as b:
         await b.call_tool("remember", {"text": "globex memo"})
         await _withheld(b.call_tool("recall", {}))
+        with pytest.raises(MCPError) as info:  # the error's data is scanned like its message
+            await b.call_tool("strict_lookup", {"key": "x"})
+        assert "withheld" in info.value.error.message and info.value.error.data is None
         assert (await b.call_tool("own_recall", {})).structured_content == {"result": ["globex memo"]}
         # markers shorter than the safe length are refused
         assert (await b.call_tool("register_account", {"account": "abc"})).is_error
