@@ -109,17 +109,14 @@ def schema_names(schema: Any) -> set[str]:
     return names
 
 
-class _TooDeep(Exception):
-    pass
-
-
 def _tenant_keys(value: Any, path: str) -> Iterator[tuple[str, str]]:
-    """(path, key) of every mapping key under `value` that names a tenant, to `_MAX_DEPTH` levels."""
+    """(path, key) of every mapping key under `value` that names a tenant. Deeper than `_MAX_DEPTH`
+    levels is refused rather than left unsearched."""
     stack: list[tuple[Any, str, int]] = [(value, path, 0)]
     while stack:
         node, where, depth = stack.pop()
         if isinstance(node, Mapping | list) and depth >= _MAX_DEPTH:
-            raise _TooDeep
+            raise MCPError(code=INVALID_PARAMS, message=f"{path} nested deeper than {_MAX_DEPTH} levels")
         if isinstance(node, Mapping):
             for key, child in node.items():
                 key = str(key)
@@ -293,13 +290,7 @@ class TenancyMiddleware:
         started = time.perf_counter()
         outcome, reason = "ok", None
         try:
-            try:
-                override = self._override(method, params, call)
-            except _TooDeep:
-                outcome, reason = "denied", "arguments too deep"
-                raise MCPError(
-                    code=INVALID_PARAMS, message=f"arguments or _meta nested deeper than {_MAX_DEPTH} levels"
-                ) from None
+            override = self._override(method, params, call)
             if override is not None:
                 outcome, reason = "denied", f"tenant override attempt: {override}"
                 raise MCPError(
