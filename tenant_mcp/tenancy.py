@@ -109,15 +109,36 @@ def schema_names(schema: Any) -> set[str]:
     return names
 
 
+def _suspect(value: Any) -> bool:
+    """True if a key under `value` may name a tenant or it nests too deep: the fast walk every
+    request takes (no paths built), before `_tenant_keys` says where."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth >= _MAX_DEPTH:
+            return True
+        if isinstance(node, dict):
+            for key in node:
+                if names_tenant(str(key)):
+                    return True
+            node = node.values()
+        for child in node:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
 def _tenant_keys(value: Any, path: str) -> Iterator[tuple[str, str]]:
     """(path, key) of every mapping key under `value` that names a tenant. Deeper than `_MAX_DEPTH`
     levels is refused rather than left unsearched."""
+    if not isinstance(value, dict | list) or not _suspect(value):  # parsed JSON: dicts and lists
+        return
     stack: list[tuple[Any, str, int]] = [(value, path, 0)]
     while stack:
         node, where, depth = stack.pop()
-        if isinstance(node, Mapping | list) and depth >= _MAX_DEPTH:
+        if isinstance(node, dict | list) and depth >= _MAX_DEPTH:
             raise MCPError(code=INVALID_PARAMS, message=f"{path} nested deeper than {_MAX_DEPTH} levels")
-        if isinstance(node, Mapping):
+        if isinstance(node, dict):
             for key, child in node.items():
                 key = str(key)
                 if names_tenant(key):
