@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from tenant_mcp import TenantContext, TenantMCP, new_id
 
@@ -128,3 +128,14 @@ app.tenant("globex").add_tool(globex_report, name="private_report")
 async def transfer(account_id: str, ctx: TenantContext) -> str:
     """Declares `account_id` itself: a declared parameter is the tool's business, not an override."""
     return f"{ctx.tenant.slug}:{account_id}"
+
+
+class Transfer(BaseModel):
+    account_id: str
+    amount: int
+
+
+@app.tool()
+async def transfer_many(transfers: list[Transfer], ctx: TenantContext) -> list[str]:
+    """Declares `account_id` in a nested object: declared anywhere in the schema is declared."""
+    return [f"{ctx.tenant.slug}:{t.account_id}:{t.amount}" for t in transfers]
