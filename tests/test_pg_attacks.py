@@ -10,6 +10,7 @@ borrower. The binding itself is attacked below the gateway, on a raw data-role c
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from tests.conftest import (
     postgres_database,
     standard_tenants,
 )
-from tests.test_postgres import migrated
+from tests.test_postgres import cli, migrated
 
 pytestmark = pytest.mark.anyio
 
@@ -347,19 +348,33 @@ async def test_two_tenants_on_tiny_pools_never_see_each_other(pg_attack: tuple[P
 
 
 def test_server_refuses_a_data_role_that_can_switch_into_bypassrls(tmp_path: Path) -> None:
+    # Roles are global to the cluster: this test's data role and BYPASSRLS role are its own.
+    suffix = secrets.token_hex(4)
+    data, bypass = f"tm_data_{suffix}", f"tm_bypass_{suffix}"
     with migrated("tests.servers.probe:app") as pg:
-        pg.sql("DROP ROLE IF EXISTS tm_bypass_test")  # a leftover of an interrupted run
-        pg.sql("CREATE ROLE tm_bypass_test NOLOGIN BYPASSRLS")
+        pg.sql(f"CREATE ROLE {data} LOGIN")
+        pg.sql(f"CREATE ROLE {bypass} NOLOGIN BYPASSRLS")
         try:
-            pg.sql(f"GRANT tm_bypass_test TO {DATA_ROLE}")
-            server = ServerProcess("tests.servers.probe:app", pg.app, log_dir=tmp_path, wait=False)
+            done = cli("migrate", "tests.servers.probe:app", "--db", pg.app, "--migration-url", pg.owner,
+                       "--data-role", data)  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            pg.sql(f"GRANT {bypass} TO {data}")
+            data_url = pg.data.replace(f"{DATA_ROLE}@", f"{data}@")
+            server = ServerProcess(
+                "tests.servers.probe:app",
+                pg.app,
+                env={"TENANT_MCP_DATA_URL": data_url},
+                log_dir=tmp_path,
+                wait=False,
+            )
             assert server.proc.wait(30) != 0
             log = server.log.read_text()
             server.stop()
-            assert "tm_bypass_test" in log and "BYPASSRLS" in log and "Traceback" not in log, log
+            assert bypass in log and "BYPASSRLS" in log and "Traceback" not in log, log
         finally:
-            pg.sql(f"REVOKE tm_bypass_test FROM {DATA_ROLE}")
-            pg.sql("DROP ROLE tm_bypass_test")
+            pg.sql(f"DROP OWNED BY {data}")
+            pg.sql(f"DROP ROLE {data}")
+            pg.sql(f"DROP ROLE {bypass}")
 
 
 def test_server_refuses_the_control_role_for_data(tmp_path: Path) -> None:
