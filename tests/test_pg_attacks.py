@@ -463,3 +463,37 @@ async def test_an_app_extends_the_gateway_for_full_text_search(pg_attack: tuple[
     finally:
         await plain.aclose()
         await fts.aclose()
+
+
+async def test_views_run_as_the_caller_and_shared_copies_are_refused() -> None:
+    """A view created by a migration runs with its owner's rights (a superuser here, whom row-level
+    security never binds) unless it is a security-invoker view; a materialized view or a
+    SECURITY DEFINER function holds or reads every tenant's rows."""
+    schema = [
+        "CREATE TABLE notes (id BIGINT PRIMARY KEY, body TEXT NOT NULL)",
+        "CREATE VIEW recent_notes AS SELECT id, body FROM notes",
+    ]
+    with postgres_database() as pg:
+        await migrate(pg.owner, control=(), data=schema, app_role="tenant_mcp_app", data_role=DATA_ROLE)
+        store = await PostgresStore.open(pg.data, [], binding_key=_key(pg))
+        try:
+            for tenant, body in (("a" * 32, A_SECRET), ("b" * 32, B_SECRET)):
+                db = store.database(tenant)
+                await db.execute("INSERT INTO notes (id, body) VALUES (1, ?)", (body,))
+                await db._finish(commit=True)
+            db = store.database("a" * 32)
+            assert await db.fetch_all("SELECT body FROM recent_notes") == [{"body": A_SECRET}]
+            await db._finish(commit=False)
+        finally:
+            await store.aclose()
+    for shared, word in (
+        (["CREATE MATERIALIZED VIEW all_notes AS SELECT id, body FROM notes"], "materialized view"),
+        (
+            [
+                "CREATE FUNCTION peek() RETURNS SETOF notes LANGUAGE sql SECURITY DEFINER AS 'SELECT * FROM notes'"
+            ],
+            "SECURITY DEFINER",
+        ),
+    ):
+        with postgres_database() as pg, pytest.raises(Exception, match=word):
+            await migrate(pg.owner, control=(), data=[schema[0], *shared], app_role=None, data_role=DATA_ROLE)

@@ -550,7 +550,7 @@ async def _apply(conn: asyncpg.Connection, component: str, scripts: Sequence[str
             version,
         )
         if component == "data":
-            await _refuse_sequences(conn, version)
+            await _refuse_shared(conn, version)
             await tenantize(conn)  # before the next step, so its foreign keys see tenant keys
     return len(scripts) - int(current)
 
@@ -581,6 +581,13 @@ async def tenantize(conn: asyncpg.Connection) -> None:
             await conn.execute(f"ALTER TABLE {name} ALTER COLUMN {_quote(column['attname'])} TYPE BIGINT")
     oids = [t["oid"] for t in tables]
     await _lead_keys_with_tenant(conn, oids)
+    # A view runs as its owner unless it is a security-invoker view; then the caller's policies apply.
+    for view in await conn.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = $1 AND c.relkind = 'v'",
+        DATA_SCHEMA,
+    ):
+        await conn.execute(f"ALTER VIEW {_quote(view['relname'])} SET (security_invoker = true)")
     for table in tables:
         name = _quote(table["relname"])
         await conn.execute(f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY")
@@ -683,19 +690,28 @@ async def _exclusions_per_tenant(conn: asyncpg.Connection, oids: list[int]) -> N
         )
 
 
-async def _refuse_sequences(conn: asyncpg.Connection, version: int) -> None:
-    """A sequence is shared by all tenants: its values tell each tenant how busy the others are."""
-    names = await conn.fetch(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = $1 AND c.relkind = 'S' ORDER BY 1",
+async def _refuse_shared(conn: asyncpg.Connection, version: int) -> None:
+    """Refuse what a data step may create that row-level security cannot scope to one tenant."""
+    shared = await conn.fetch(
+        "SELECT c.relname AS name, c.relkind::text AS kind FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('S', 'm', 'f')"
+        " UNION ALL SELECT p.proname, 'definer' FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = $1 AND p.prosecdef ORDER BY 1",
         DATA_SCHEMA,
     )
-    if names:
-        raise TenantMCPError(
-            f"data migration {version} creates sequence {names[0]['relname']} (SERIAL, IDENTITY or "
-            "CREATE SEQUENCE): a sequence is shared by every tenant and reveals their volume. "
-            "Declare the id as BIGINT and give it tenant_mcp.new_id() values"
-        )
+    if not shared:
+        return
+    name, kind = shared[0]["name"], shared[0]["kind"]
+    why = {
+        "S": f"creates sequence {name} (SERIAL, IDENTITY or CREATE SEQUENCE): a sequence is shared by "
+        "every tenant and reveals their volume. Declare the id as BIGINT and give it tenant_mcp.new_id() values",
+        "m": f"creates materialized view {name}: it holds a copy of every tenant's rows, which no policy "
+        "can scope. Use a view (it runs as the caller, under the policies)",
+        "f": f"creates foreign table {name}: its rows live outside the database's policies",
+        "definer": f"creates SECURITY DEFINER function {name}: it runs as its owner, whom the policies may "
+        "not bind. Use SECURITY INVOKER (the default)",
+    }[kind]
+    raise TenantMCPError(f"data migration {version} {why}")
 
 
 async def _binding_function(conn: asyncpg.Connection) -> None:
