@@ -494,6 +494,8 @@ async def test_views_run_as_the_caller_and_shared_copies_are_refused() -> None:
             ],
             "SECURITY DEFINER",
         ),
+        (["CREATE POLICY everyone ON notes USING (true)"], "permissive policy everyone"),
+        (["CREATE RULE copy AS ON INSERT TO notes DO ALSO NOTIFY notes"], "rule copy"),
     ):
         with postgres_database() as pg, pytest.raises(Exception, match=word):
             await migrate(pg.owner, control=(), data=[schema[0], *shared], app_role=None, data_role=DATA_ROLE)

@@ -696,7 +696,12 @@ async def _refuse_shared(conn: asyncpg.Connection, version: int) -> None:
         "SELECT c.relname AS name, c.relkind::text AS kind FROM pg_class c"
         " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('S', 'm', 'f')"
         " UNION ALL SELECT p.proname, 'definer' FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
-        " WHERE n.nspname = $1 AND p.prosecdef ORDER BY 1",
+        " WHERE n.nspname = $1 AND p.prosecdef"
+        " UNION ALL SELECT r.rulename, 'rule' FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND r.rulename <> '_RETURN'"
+        " UNION ALL SELECT p.polname, 'policy' FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = $1 AND p.polpermissive AND p.polname <> 'tenant_isolation' ORDER BY 1",
         DATA_SCHEMA,
     )
     if not shared:
@@ -710,6 +715,9 @@ async def _refuse_shared(conn: asyncpg.Connection, version: int) -> None:
         "f": f"creates foreign table {name}: its rows live outside the database's policies",
         "definer": f"creates SECURITY DEFINER function {name}: it runs as its owner, whom the policies may "
         "not bind. Use SECURITY INVOKER (the default)",
+        "rule": f"creates rule {name}: its actions run with the table owner's rights. Use a trigger",
+        "policy": f"creates permissive policy {name}: permissive policies are OR-ed with the tenant "
+        "policy and would widen it. Declare it AS RESTRICTIVE (it then narrows the tenant's rows)",
     }[kind]
     raise TenantMCPError(f"data migration {version} {why}")
 
