@@ -1,0 +1,227 @@
+"""Regression tests for the outside review of the HTTP and OAuth surface (issue 12), each driven
+over real HTTP against a real server process, the way an attacker holding one tenant's key (or
+none) would: Host matching on every route, who may approve a grant, which redirect URIs a client
+may register, and that errors before consent are shown rather than redirected."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
+
+import httpx2
+import pytest
+
+from tests.conftest import ServerProcess, Tenants
+from tests.test_oauth import REDIRECT, ManualFlow, Person
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Tenants]]:
+    logs = tmp_path_factory.mktemp("hardening")
+    db = f"sqlite:///{logs}/cp.db"
+    t = Tenants(db)
+    t.create("acme", plan="pro")
+    t.create("globex")
+    t.key("acme", scopes=("notes:export",))
+    t.key("globex")
+    proc = ServerProcess(
+        "example_servers.notes:app", db, "--oauth-issuer", "http://127.0.0.1:{port}", log_dir=logs
+    )
+    yield proc, t
+    proc.stop()
+
+
+ROUTES = (
+    ("POST", "/mcp"),
+    ("GET", "/mcp/"),
+    ("GET", "/healthz"),
+    ("GET", "/.well-known/oauth-protected-resource/mcp"),
+    ("GET", "/.well-known/oauth-protected-resource"),
+    ("GET", "/.well-known/oauth-authorization-server"),
+    ("GET", "/authorize"),
+    ("POST", "/token"),
+    ("POST", "/register"),
+    ("POST", "/revoke"),
+    ("GET", "/oauth/consent"),
+    ("GET", "/nowhere"),
+)
+
+
+# -- finding 7: Host matching ------------------------------------------------------------------
+
+
+async def test_every_route_refuses_a_foreign_host(server: tuple[ServerProcess, Tenants]) -> None:
+    proc, t = server
+    port = proc.port
+    foreign = (
+        f"127.0.0.1:{port}.evil.example",
+        "127.0.0.1:x@evil.example",
+        f"localhost:{port}.evil.example",
+        f"127.0.0.1:{port}@evil.example",
+        "evil.example",
+        f"evil.example:{port}",
+        f"127.0.0.1:{port + 1 if port < 65535 else port - 1}",  # host right, port wrong
+        f"127.0.0.1:0{port}",
+        "127.0.0.1:",
+    )
+    async with httpx2.AsyncClient(timeout=30, follow_redirects=False) as http:
+        for method, path in ROUTES:
+            for host in foreign:
+                r = await http.request(
+                    method,
+                    proc.base + path,
+                    headers={"Host": host, "Authorization": f"Bearer {t.keys['acme']}"},
+                )
+                assert r.status_code == 421, f"{method} {path} Host {host!r}: {r.status_code} {r.text[:200]}"
+                assert "location" not in r.headers
+            r = await http.request(method, proc.base + path)
+            assert r.status_code != 421, f"{method} {path} with the right Host: {r.status_code}"
+
+
+async def test_no_redirect_is_built_from_host(server: tuple[ServerProcess, Tenants]) -> None:
+    proc, t = server
+    async with httpx2.AsyncClient(timeout=30, follow_redirects=False) as http:
+        for host in (f"127.0.0.1:{proc.port}", f"localhost:{proc.port}"):
+            r = await http.get(
+                proc.base + "/mcp/", headers={"Host": host, "Authorization": f"Bearer {t.keys['acme']}"}
+            )
+            assert r.status_code not in (301, 302, 303, 307, 308), (host, r.status_code, r.headers)
+            assert "location" not in r.headers
+
+
+# -- finding 2: only API keys approve a grant -------------------------------------------------
+
+
+async def test_an_oauth_access_token_cannot_approve_a_grant(server: tuple[ServerProcess, Tenants]) -> None:
+    proc, t = server
+    async with httpx2.AsyncClient(timeout=30, follow_redirects=False) as http:
+        flow = ManualFlow(proc, http)
+        await flow.register()
+        tokens = await flow.exchange(await flow.code(t.keys["acme"]))
+        assert tokens.status_code == 200, tokens.text
+        access, refresh = tokens.json()["access_token"], tokens.json()["refresh_token"]
+        for credential in (access, refresh):
+            person = Person(credential)
+            with pytest.raises(AssertionError):
+                await person.open(flow.authorize_url())
+            page = person.pages[-1]
+            assert page.status_code == 401 and "not accepted" in page.text, (page.status_code, page.text)
+
+
+# -- finding 5: redirect URIs and errors before consent ---------------------------------------
+
+BAD_REDIRECTS = (
+    "javascript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "file:///etc/passwd",
+    "https://app.example/cb#fragment",
+    "https://app.example/cb#",
+    "http://evil.example/cb",
+    "http://127.0.0.1.evil.example/cb",
+    "http://localhost.evil.example/cb",
+    "http://10.0.0.1/cb",
+    "ftp://app.example/cb",
+    "com.example.app:/cb",
+    "https://user:pw@app.example/cb",
+)
+GOOD_REDIRECTS = (
+    "https://app.example/cb",
+    "https://app.example:8443/oauth/cb?x=1",
+    "http://127.0.0.1/cb",
+    "http://127.0.0.1:53123/cb",
+    "http://localhost:9/callback",
+    "http://[::1]:8080/cb",
+)
+
+
+async def test_registration_accepts_only_https_and_loopback_http(
+    server: tuple[ServerProcess, Tenants],
+) -> None:
+    proc, _ = server
+    async with httpx2.AsyncClient(timeout=30) as http:
+        for uri in BAD_REDIRECTS:
+            r = await http.post(f"{proc.base}/register", json={"client_name": "x", "redirect_uris": [uri]})
+            assert r.status_code == 400, f"{uri!r} accepted: {r.status_code} {r.text}"
+            assert r.json()["error"] in ("invalid_redirect_uri", "invalid_client_metadata"), r.text
+            # one bad URI among good ones spoils the registration
+            r = await http.post(
+                f"{proc.base}/register", json={"client_name": "x", "redirect_uris": [GOOD_REDIRECTS[0], uri]}
+            )
+            assert r.status_code == 400, f"{uri!r} accepted next to a good one: {r.text}"
+        for uri in GOOD_REDIRECTS:
+            r = await http.post(f"{proc.base}/register", json={"client_name": "x", "redirect_uris": [uri]})
+            assert r.status_code == 201, f"{uri!r} refused: {r.text}"
+
+
+async def test_authorize_errors_are_shown_not_redirected(server: tuple[ServerProcess, Tenants]) -> None:
+    """An attacker registers its own https redirect and sends victims to /authorize with a bad
+    scope or resource: the server must not bounce them to the attacker's site (RFC 9700 4.11.2)."""
+    proc, _ = server
+    attacker = "https://evil.example/landing"
+    async with httpx2.AsyncClient(timeout=30, follow_redirects=False) as http:
+        r = await http.post(
+            f"{proc.base}/register",
+            json={"client_name": "x", "redirect_uris": [attacker], "scope": "notes:export",
+                  "token_endpoint_auth_method": "none"},
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+        client_id = r.json()["client_id"]
+        base = {"response_type": "code", "client_id": client_id, "redirect_uri": attacker,
+                "code_challenge": "x" * 43, "code_challenge_method": "S256", "state": "s"}  # fmt: skip
+        for extra in (
+            {"scope": "not-a-scope"},
+            {"resource": "https://other.example/mcp"},
+            {"code_challenge_method": "plain"},
+            {"response_type": "token"},
+            {"code_challenge": ""},
+        ):
+            r = await http.get(f"{proc.base}/authorize", params={**base, **extra})
+            assert r.status_code == 400, f"{extra}: {r.status_code} {r.headers.get('location')}"
+            assert "location" not in r.headers, extra
+        # the happy path still goes to this server's own sign-in page, never elsewhere
+        r = await http.get(f"{proc.base}/authorize", params={**base, "scope": "notes:export"})
+        assert r.status_code == 302 and r.headers["location"].startswith(f"{proc.base}/oauth/consent?"), (
+            r.headers
+        )
+
+
+async def test_approval_redirect_carries_the_issuer(server: tuple[ServerProcess, Tenants]) -> None:
+    """RFC 9207: the authorization response names its issuer, and the metadata says so."""
+    proc, t = server
+    async with httpx2.AsyncClient(timeout=30, follow_redirects=False) as http:
+        flow = ManualFlow(proc, http)
+        await flow.register()
+        person = Person(t.keys["globex"])
+        await person.open(flow.authorize_url())
+        assert person.redirect is not None and person.redirect.startswith(REDIRECT)
+        assert parse_qs(urlsplit(person.redirect).query)["iss"] == [proc.base]
+        meta = (await http.get(f"{proc.base}/.well-known/oauth-authorization-server")).json()
+        assert meta["authorization_response_iss_parameter_supported"] is True
+        # a denial names the issuer too
+        denied = Person(t.keys["globex"], approve=False)
+        await denied.open(flow.authorize_url())
+        query = parse_qs(urlsplit(denied.redirect or "").query)
+        assert query["error"] == ["access_denied"] and query["iss"] == [proc.base]
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", proc.base)
+
+
+async def test_loopback_redirects_match_on_any_port(server: tuple[ServerProcess, Tenants]) -> None:
+    """RFC 8252 §7.3: a native app registers its loopback redirect once and listens on any port."""
+    proc, _ = server
+    async with httpx2.AsyncClient(timeout=30, follow_redirects=False) as http:
+        flow = ManualFlow(proc, http)
+        await flow.register()  # REDIRECT is http://127.0.0.1:9/callback
+        r = await http.get(flow.authorize_url("http://127.0.0.1:53124/callback"))
+        assert r.status_code == 302 and r.headers["location"].startswith(f"{proc.base}/oauth/consent?"), (
+            r.text
+        )
+        for other in (
+            "http://127.0.0.1:53124/elsewhere",
+            "http://localhost:9/callback",
+            "https://127.0.0.1:9/callback",
+        ):
+            r = await http.get(flow.authorize_url(other))
+            assert r.status_code == 400 and "location" not in r.headers, (other, r.status_code)
