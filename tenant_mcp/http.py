@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -102,7 +103,20 @@ class HTTPOptions:
     session_idle_timeout: float = 1800.0
     # Where clients reach this server (behind a proxy: the proxy's https URL), without the MCP
     # path. Every advertised address derives from it; default: the issuer, else the bind address.
-    public_url: str | None = None
+    public_url: str | None = field(default_factory=lambda: os.environ.get("TENANT_MCP_PUBLIC_URL") or None)
+
+    def __post_init__(self) -> None:
+        if self.public_url is not None:
+            parts = urlsplit(self.public_url)
+            if (
+                parts.scheme not in _DEFAULT_PORTS
+                or _authority(parts.netloc) is None
+                or parts.query
+                or parts.fragment
+            ):
+                raise ConfigurationError(
+                    f"the public URL must be an http(s) URL like https://mcp.example.com, not {self.public_url!r}"
+                )
 
     def host_entries(self) -> frozenset[tuple[str, int | None]]:
         """The exact (host, port) pairs a Host header may name; port None means no port given."""

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import pytest
 
+from tenant_mcp.errors import ConfigurationError
+from tenant_mcp.http import HTTPOptions
 from tests.conftest import ServerProcess, Tenants
+from tests.test_jwt import INIT, ISS, MCP_HEADERS, PUBLIC_PEM, claims, sign
 from tests.test_oauth import REDIRECT, ManualFlow, Person
 
 pytestmark = pytest.mark.anyio
@@ -225,3 +229,87 @@ async def test_loopback_redirects_match_on_any_port(server: tuple[ServerProcess,
         ):
             r = await http.get(flow.authorize_url(other))
             assert r.status_code == 400 and "location" not in r.headers, (other, r.status_code)
+
+
+# -- finding 6: one public URL for every advertised address ------------------------------------
+
+PUBLIC = "https://mcp.example.test"
+
+
+def test_the_resource_never_comes_from_the_bind_address() -> None:
+    """Behind a proxy on a wildcard bind (only compared here, never bound): the issuer, and above
+    it the public URL, name the resource; a JWT audience does not move it."""
+    behind = HTTPOptions(host="0.0.0.0", port=8123, oauth_issuer="https://auth.example.test")
+    assert behind.resource_url == "https://auth.example.test/mcp"
+    public = HTTPOptions(
+        host="0.0.0.0", port=8123, oauth_issuer="https://auth.example.test", public_url=PUBLIC + "/"
+    )
+    assert public.resource_url == f"{PUBLIC}/mcp"
+    assert public.metadata_url == f"{PUBLIC}/.well-known/oauth-protected-resource/mcp"
+    with pytest.raises(ConfigurationError):
+        HTTPOptions(public_url="ftp://mcp.example.test")
+
+
+@pytest.fixture(scope="module")
+def public_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Tenants, str]]:
+    logs = tmp_path_factory.mktemp("public")
+    db = f"sqlite:///{logs}/cp.db"
+    t = Tenants(db)
+    t.create("acme", plan="pro")
+    t.key("acme")
+    pem = logs / "idp.pem"
+    pem.write_bytes(PUBLIC_PEM)
+    proc = ServerProcess(
+        "example_servers.notes:app", db, "--jwt-public-key", str(pem),
+        "--jwt-issuer", ISS, env={"TENANT_MCP_PUBLIC_URL": PUBLIC}, log_dir=logs,
+    )  # fmt: skip
+    yield proc, t, db
+    proc.stop()
+
+
+async def test_public_url_names_every_advertised_address(
+    public_server: tuple[ServerProcess, Tenants, str],
+) -> None:
+    proc, _, _ = public_server
+    async with httpx2.AsyncClient(timeout=30, follow_redirects=False) as http:
+        challenge = (await http.post(proc.url, json={})).headers["www-authenticate"]
+        assert f'resource_metadata="{PUBLIC}/.well-known/oauth-protected-resource/mcp"' in challenge, (
+            challenge
+        )
+        prm = (await http.get(f"{proc.base}/.well-known/oauth-protected-resource/mcp")).json()
+        assert prm == {
+            "resource": f"{PUBLIC}/mcp",
+            "authorization_servers": [ISS],
+            "bearer_methods_supported": ["header"],
+        }
+        # the proxy forwards the public Host: accepted, on every route, and only that exact one
+        assert (
+            await http.get(f"{proc.base}/healthz", headers={"Host": "mcp.example.test"})
+        ).status_code == 200
+        assert (
+            await http.get(f"{proc.base}/healthz", headers={"Host": "mcp.example.test:443"})
+        ).status_code == 200
+        for host in ("mcp.example.test:8443", "mcp.example.test.evil.example", "evil.mcp.example.test"):
+            assert (await http.get(f"{proc.base}/healthz", headers={"Host": host})).status_code == 421, host
+        # the JWT audience defaults to the public resource, not to the bind address
+        for aud, status in ((f"{PUBLIC}/mcp", 200), (proc.url, 401)):
+            r = await http.post(
+                proc.url,
+                json=INIT,
+                headers={**MCP_HEADERS, "Authorization": f"Bearer {sign(claims(aud))}"},
+            )
+            assert r.status_code == status, (aud, r.status_code, r.text)
+
+
+def test_public_url_flag_is_checked(tmp_path: Path) -> None:
+    proc = ServerProcess(
+        "example_servers.notes:app",
+        f"sqlite:///{tmp_path}/cp.db",
+        "--public-url",
+        "mcp.example.test",
+        wait=False,
+    )
+    assert proc.proc.wait(30) != 0
+    proc.stop()
+    output = proc.log.read_text()
+    assert "public URL" in output and "Traceback" not in output, output
