@@ -134,6 +134,11 @@ class OAuthServer:
         self.issuer = issuer.rstrip("/")
         self.resource = resource
 
+    def _digest(self, secret: str) -> str:
+        """Codes and tokens are stored as digests salted with this server's issuer: another server
+        sharing the control plane (another issuer) finds nothing under a token it did not issue."""
+        return _digest(f"{self.issuer}\n{secret}")
+
     @property
     def _db(self) -> Database:
         return self._runtime().control_plane.db
@@ -211,7 +216,7 @@ class OAuthServer:
     ) -> TenantCode | None:
         row = await self._db.fetch_one(
             "SELECT * FROM oauth_codes WHERE digest = ? AND client_id = ?",
-            (_digest(authorization_code), client.client_id),
+            (self._digest(authorization_code), client.client_id),
         )
         if row is None:
             return None
@@ -234,7 +239,7 @@ class OAuthServer:
     ) -> OAuthToken:
         # Single use: the DELETE decides which of two racing exchanges wins.
         deleted = await self._db.execute(
-            "DELETE FROM oauth_codes WHERE digest = ?", (_digest(authorization_code.code),)
+            "DELETE FROM oauth_codes WHERE digest = ?", (self._digest(authorization_code.code),)
         )
         if deleted != 1:
             raise TokenError(error="invalid_grant", error_description="authorization code already used")
@@ -275,7 +280,7 @@ class OAuthServer:
             raise TokenError(error="invalid_scope", error_description="cannot widen scopes on refresh")
         rotated = await self._db.execute(
             "UPDATE oauth_tokens SET revoked_at = ? WHERE digest = ? AND revoked_at IS NULL",
-            (time.time(), _digest(refresh_token.token)),
+            (time.time(), self._digest(refresh_token.token)),
         )
         if rotated != 1:
             raise TokenError(error="invalid_grant", error_description="refresh token already used")
@@ -326,7 +331,7 @@ class OAuthServer:
     # -- internals -------------------------------------------------------------------------------
 
     async def _token_row(self, token: str, kind: str | None) -> Any:
-        row = await self._db.fetch_one("SELECT * FROM oauth_tokens WHERE digest = ?", (_digest(token),))
+        row = await self._db.fetch_one("SELECT * FROM oauth_tokens WHERE digest = ?", (self._digest(token),))
         if row is None or (kind is not None and row["kind"] != kind):
             return None
         return row
@@ -359,8 +364,8 @@ class OAuthServer:
         access, refresh = "tmo_" + secrets.token_urlsafe(32), "tmr_" + secrets.token_urlsafe(32)
         now = time.time()
         rows = [
-            (_digest(access), "access", now + ACCESS_SECONDS),
-            (_digest(refresh), "refresh", now + REFRESH_SECONDS),
+            (self._digest(access), "access", now + ACCESS_SECONDS),
+            (self._digest(refresh), "refresh", now + REFRESH_SECONDS),
         ]
         await self._db.execute_many(
             "INSERT INTO oauth_tokens (digest, kind, client_id, tenant_id, key_id, scopes, resource, family,"
@@ -396,7 +401,7 @@ class OAuthServer:
         params = AuthorizationParams.model_validate_json(pending["params"])
         browser = secrets.token_urlsafe(24)
         await self._db.execute(
-            "UPDATE oauth_requests SET browser = ? WHERE id = ?", (_digest(browser), request_id)
+            "UPDATE oauth_requests SET browser = ? WHERE id = ?", (self._digest(browser), request_id)
         )
         name = html.escape((client.client_name if client else None) or pending["client_id"])
         scopes = params.scopes or []
@@ -423,7 +428,7 @@ class OAuthServer:
             pending is None
             or not hmac.compare_digest(str(form.get("csrf", "")), pending["csrf"])
             or pending["browser"] is None
-            or not hmac.compare_digest(_digest(browser), pending["browser"])
+            or not hmac.compare_digest(self._digest(browser), pending["browser"])
         ):
             return _page(
                 "Request refused", "<p>This form is invalid or has expired. Start again.</p>", status=400
@@ -450,7 +455,7 @@ class OAuthServer:
         await self._db.execute(
             "INSERT INTO oauth_codes (digest, client_id, tenant_id, key_id, scopes, params, expires_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (_digest(code), pending["client_id"], token.tenant.id, token.principal.key_id, json.dumps(granted),
+            (self._digest(code), pending["client_id"], token.tenant.id, token.principal.key_id, json.dumps(granted),
              params.model_dump_json(), time.time() + CODE_SECONDS),
         )  # fmt: skip
         return _redirect(construct_redirect_uri(redirect, code=code, state=params.state, iss=self.issuer))

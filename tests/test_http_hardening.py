@@ -15,9 +15,10 @@ import pytest
 
 from tenant_mcp.errors import ConfigurationError
 from tenant_mcp.http import HTTPOptions
-from tests.conftest import ServerProcess, Tenants
+from tests.conftest import ServerProcess, Tenants, postgres_database
 from tests.test_jwt import INIT, ISS, MCP_HEADERS, PUBLIC_PEM, claims, sign
 from tests.test_oauth import REDIRECT, ManualFlow, Person
+from tests.test_postgres import migrate_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -313,3 +314,48 @@ def test_public_url_flag_is_checked(tmp_path: Path) -> None:
     proc.stop()
     output = proc.log.read_text()
     assert "public URL" in output and "Traceback" not in output, output
+
+
+# -- finding 9: tokens are bound to the server (issuer) that issued them ----------------------
+
+
+async def test_another_server_on_the_same_control_plane_does_not_redeem_tokens(
+    server: tuple[ServerProcess, Tenants], tmp_path: Path
+) -> None:
+    proc, t = server
+    other = ServerProcess("example_servers.notes:app", t.db_url, "--oauth-issuer", "http://127.0.0.1:{port}",
+                          log_dir=tmp_path)  # fmt: skip
+    try:
+        async with httpx2.AsyncClient(timeout=30, follow_redirects=False) as http:
+            flow = ManualFlow(proc, http)
+            client = await flow.register()
+            code = await flow.code(t.keys["acme"])
+            # a code of the first server is worth nothing at the second
+            stolen = await http.post(f"{other.base}/token", data={"grant_type": "authorization_code", "code": code,
+                                     "redirect_uri": REDIRECT, "client_id": client["client_id"],
+                                     "code_verifier": flow.verifier})  # fmt: skip
+            assert stolen.status_code == 400, stolen.text
+            tokens = await flow.exchange(code)
+            assert tokens.status_code == 200, tokens.text
+            refresh = {"grant_type": "refresh_token", "refresh_token": tokens.json()["refresh_token"],
+                       "client_id": client["client_id"]}  # fmt: skip
+            r = await http.post(f"{other.base}/token", data=refresh)
+            assert r.status_code == 400, f"another issuer redeemed the refresh token: {r.text}"
+            await http.post(f"{other.base}/revoke", data={"token": tokens.json()["refresh_token"],
+                                                                    "client_id": client["client_id"]})  # fmt: skip
+            # the issuing server still honours it (the other one neither rotated nor revoked it)
+            r = await http.post(f"{proc.base}/token", data=refresh)
+            assert r.status_code == 200, r.text
+    finally:
+        other.stop()
+
+
+def test_serving_postgresql_as_a_superuser_is_one_clear_line(tmp_path: Path) -> None:
+    with postgres_database() as pg:
+        assert migrate_cli("example_servers.notes:app", pg).returncode == 0
+        proc = ServerProcess("example_servers.notes:app", pg.owner, log_dir=tmp_path, wait=False)
+        assert proc.proc.wait(30) == 2
+        proc.stop()
+        output = proc.log.read_text()
+        assert "superuser or has BYPASSRLS" in output and "Traceback" not in output, output
+        assert output.strip().count("\n") == 0, output
