@@ -14,6 +14,7 @@ from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING, Any
 
 import pydantic_core
+from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
@@ -51,6 +52,7 @@ from mcp_types import ResourceTemplate as MCPResourceTemplate
 from mcp_types import Tool as MCPTool
 from pydantic.networks import AnyUrl
 
+from tenant_mcp.auth.authenticator import TenantAccessToken
 from tenant_mcp.catalogue import Catalogue, StaticResource
 from tenant_mcp.context import TenantContext
 from tenant_mcp.leakguard import Markers
@@ -101,10 +103,10 @@ class ScopedServer(MCPServer[Any]):
             middleware=[TenancyMiddleware(runtime, self._declared_parameters)],
             warn_on_duplicate_tools=False,
         )
-        # The SDK validates Mcp-Param headers against the tool's schema *before* middleware,
-        # which answers differently for a hidden tool than for a missing one. Without this
-        # lookup the schema comes from our scoped tools/list instead.
-        self._lowlevel_server.get_tool_input_schema = None
+        # The SDK validates Mcp-Param headers against the tool's schema *before* middleware. Its
+        # own lookup finds hidden tools (an oracle); without one it runs a whole scoped tools/list
+        # per call (audited as a listing the client never sent). Answer for the caller instead.
+        self._lowlevel_server.get_tool_input_schema = self._input_schema
         ll = self._lowlevel_server
         ll.add_request_handler("completion/complete", CompleteRequestParams, self._complete)
         ll.add_request_handler("logging/setLevel", SetLevelRequestParams, self._set_level)
@@ -117,6 +119,15 @@ class ScopedServer(MCPServer[Any]):
         self._forwarding: set[asyncio.Task[None]] = set()
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _input_schema(self, name: str) -> dict[str, Any] | None:
+        """The calling tenant's view of a tool's input schema: hidden and missing are both None.
+        Runs before middleware, on the request's task: the gate has verified the token."""
+        token = get_access_token()
+        if not isinstance(token, TenantAccessToken):
+            return None
+        entry = self.catalogue.tools.visible(name, token.tenant, token.principal)
+        return entry.wire.input_schema if entry else None
 
     def _declared_parameters(
         self, method: str, name: str, tenant: Tenant, principal: Principal

@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import httpx2
 import pytest
 
 from tenant_mcp.errors import ConfigurationError
 from tenant_mcp.http import HTTPOptions
-from tests.conftest import ServerProcess, Tenants, postgres_database
+from tests.conftest import ServerProcess, Tenants, mcp_client, postgres_database
 from tests.test_jwt import INIT, ISS, MCP_HEADERS, PUBLIC_PEM, claims, sign
 from tests.test_oauth import REDIRECT, ManualFlow, Person
 from tests.test_postgres import migrate_cli
@@ -359,3 +360,34 @@ def test_serving_postgresql_as_a_superuser_is_one_clear_line(tmp_path: Path) -> 
         output = proc.log.read_text()
         assert "superuser or has BYPASSRLS" in output and "Traceback" not in output, output
         assert output.strip().count("\n") == 0, output
+
+
+# -- finding 8: no phantom tools/list per call ---------------------------------------------------
+
+
+async def test_a_call_with_arguments_runs_no_listing(server: tuple[ServerProcess, Tenants]) -> None:
+    """2026-07-28 `tools/call` with arguments: the Mcp-Param schema lookup is answered for the
+    caller directly, so the audit trail holds the calls the client made and nothing else."""
+    proc, t = server
+    t.create("initech")
+    key = t.key("initech")
+    async with mcp_client(proc.url, key) as c:
+        assert c.protocol_version == "2026-07-28"
+        for i in range(3):
+            assert not (await c.call_tool("create_note", {"title": f"t{i}", "body": "b"})).is_error
+        hidden = await c.call_tool("export_notes", {"format": "csv"})
+        missing = await c.call_tool("export_notez", {"format": "csv"})
+        assert hidden.is_error and missing.is_error
+        assert hidden.content[0].text.replace("export_notes", "X") == missing.content[0].text.replace(
+            "export_notez", "X"
+        )  # type: ignore[union-attr]
+    for _ in range(100):
+        events = t.audit("initech")
+        if sum(e["target"] == "create_note" for e in events) == 3 and any(
+            e["target"] == "export_notez" for e in events
+        ):
+            break
+        await anyio.sleep(0.05)
+    # The SDK client lists once itself (to cache output schemas); before, every call added one.
+    listings = [e for e in events if e["method"] == "tools/list"]
+    assert len(listings) <= 1, [(e["method"], e["target"]) for e in events]
