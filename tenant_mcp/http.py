@@ -19,12 +19,14 @@ import gc
 import json
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import anyio
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.transport_security import TransportSecuritySettings
@@ -33,8 +35,9 @@ from starlette.authentication import AuthCredentials
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tenant_mcp.auth.authenticator import Authenticator, TenantAccessToken
 from tenant_mcp.auth.jwt import JWTSettings
 from tenant_mcp.broker import check_reachable, store_session_events
 from tenant_mcp.controlplane import ControlPlane
@@ -241,6 +244,7 @@ class _Gate:
         self._options = options
         self._hosts = hosts
         self._required = frozenset(options.required_scopes)
+        self._open: set[_Exchange] = set()
         self._header_verdicts: dict[bytes, bool] = {}
         if options.authorization_servers:
             self._challenge = (
@@ -322,10 +326,76 @@ class _Gate:
         scope["user"] = user
         scope["auth"] = AuthCredentials(token.scopes)
         reset = auth_context_var.set(user)
+        exchange = _Exchange(token, send, rt.authenticator)
+        self._open.add(exchange)
         try:
-            await self._app._server.session_manager.handle_request(scope, receive, send)
+            with exchange.scope:
+                await self._app._server.session_manager.handle_request(scope, receive, exchange.send)
         finally:
+            self._open.discard(exchange)
             auth_context_var.reset(reset)
+        if exchange.scope.cancelled_caught:
+            await exchange.close(self._unauthorized())
+
+    async def sweep(self) -> None:
+        """Close the open exchanges (GET SSE streams, `subscriptions/listen` streams, long calls)
+        whose credential has since been revoked or whose tenant was suspended. Each credential is
+        re-checked once its last check is older than the cache window, so a revocation ends its
+        streams within about that window; nothing is pushed in between (`_Exchange.send`)."""
+        rt = self._app.runtime
+        interval = max(0.05, rt.authenticator.cache_seconds / 2)
+        while True:
+            await anyio.sleep(interval)
+            stale: dict[str, list[_Exchange]] = {}
+            for exchange in list(self._open):
+                if exchange.stale():
+                    stale.setdefault(exchange.token.token, []).append(exchange)
+            for credential, exchanges in stale.items():
+                try:
+                    token = await rt.authenticator.authenticate(credential)
+                except AuthenticationError:
+                    for exchange in exchanges:
+                        exchange.scope.cancel()
+                else:
+                    for exchange in exchanges:
+                        exchange.token = token
+
+
+class _Exchange:
+    """One authenticated request in flight, and its response: ends with its credential."""
+
+    def __init__(self, token: TenantAccessToken, send: Send, authenticator: Authenticator) -> None:
+        self.token = token
+        self.scope = anyio.CancelScope()
+        self._send = send
+        self._authenticator = authenticator
+        self._started = self._finished = False
+
+    def stale(self) -> bool:
+        return self.token.verified_at + self._authenticator.cache_seconds < time.monotonic()
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and self.stale():
+            # A message pushed later in a long response: only while the credential still holds.
+            try:
+                self.token = await self._authenticator.authenticate(self.token.token)
+            except AuthenticationError:
+                self.scope.cancel()
+                return
+        self._started = True
+        self._finished = message["type"] == "http.response.body" and not message.get("more_body", False)
+        await self._send(message)
+
+    async def close(self, refusal: Response) -> None:
+        """After the credential ended mid-exchange: end the stream cleanly, or refuse outright."""
+        if not self._started:
+            await refusal({"type": "http"}, _no_receive, self._send)
+        elif not self._finished:
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
 
 
 def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
@@ -350,7 +420,8 @@ def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     hosts = _Hosts(options)
-    routes = [Route(options.path, endpoint=_Gate(app, options, hosts)), Route("/healthz", health)]
+    gate = _Gate(app, options, hosts)
+    routes = [Route(options.path, endpoint=gate), Route("/healthz", health)]
     oauth = None
     if options.oauth_issuer is not None:
         oauth = OAuthServer(lambda: app.runtime, issuer=options.oauth_issuer, resource=options.resource_url)
@@ -372,8 +443,14 @@ def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with app.running(jwt=options.jwt, oauth=oauth), server.session_manager.run():
+        async with (
+            app.running(jwt=options.jwt, oauth=oauth),
+            server.session_manager.run(),
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(gate.sweep)
             yield {}
+            tg.cancel_scope.cancel()
 
     starlette = Starlette(routes=routes, lifespan=lifespan)
     # `/mcp/` -> `/mcp` would be a redirect built from the Host header: answer 404 instead.
