@@ -38,6 +38,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenant_mcp.auth.authenticator import Authenticator, TenantAccessToken
+from tenant_mcp.auth.client_metadata import ClientMetadataFetcher
 from tenant_mcp.auth.jwt import JWTSettings
 from tenant_mcp.broker import check_reachable, store_session_events
 from tenant_mcp.controlplane import ControlPlane
@@ -107,6 +108,11 @@ class HTTPOptions:
     # Where clients reach this server (behind a proxy: the proxy's https URL), without the MCP
     # path. Every advertised address derives from it; default: the issuer, else the bind address.
     public_url: str | None = field(default_factory=lambda: os.environ.get("TENANT_MCP_PUBLIC_URL") or None)
+    # Tests only: let the built-in authorization server fetch client metadata documents from
+    # loopback and private addresses (normally refused, see `tenant_mcp.auth.client_metadata`).
+    client_metadata_allow_private: bool = field(
+        default_factory=lambda: os.environ.get("TENANT_MCP_CLIENT_METADATA_ALLOW_PRIVATE") == "1"
+    )
 
     def __post_init__(self) -> None:
         if self.public_url is not None:
@@ -424,7 +430,12 @@ def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
     routes = [Route(options.path, endpoint=gate), Route("/healthz", health)]
     oauth = None
     if options.oauth_issuer is not None:
-        oauth = OAuthServer(lambda: app.runtime, issuer=options.oauth_issuer, resource=options.resource_url)
+        oauth = OAuthServer(
+            lambda: app.runtime,
+            issuer=options.oauth_issuer,
+            resource=options.resource_url,
+            client_metadata=ClientMetadataFetcher(allow_private=options.client_metadata_allow_private),
+        )
         routes += oauth.routes()
     if options.authorization_servers:
         metadata = {

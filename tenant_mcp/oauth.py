@@ -39,12 +39,13 @@ from mcp.server.auth.provider import (
 from mcp.server.auth.routes import build_metadata, cors_middleware, create_auth_routes
 from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, RevocationOptions
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
-from pydantic import AnyUrl
+from pydantic import AnyUrl, ValidationError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tenant_mcp.auth.client_metadata import ClientMetadataFetcher
 from tenant_mcp.broker import Invalidation
 from tenant_mcp.errors import AuthenticationError
 from tenant_mcp.storage.sql import Database
@@ -129,10 +130,18 @@ class TenantRefreshToken(RefreshToken):
 class OAuthServer:
     """The SDK's `OAuthAuthorizationServerProvider`, backed by the control plane."""
 
-    def __init__(self, runtime: Callable[[], Runtime], *, issuer: str, resource: str) -> None:
+    def __init__(
+        self,
+        runtime: Callable[[], Runtime],
+        *,
+        issuer: str,
+        resource: str,
+        client_metadata: ClientMetadataFetcher | None = None,
+    ) -> None:
         self._runtime = runtime  # the routes exist before the server runs; state comes from the runtime
         self.issuer = issuer.rstrip("/")
         self.resource = resource
+        self.client_metadata = client_metadata or ClientMetadataFetcher()
 
     def _digest(self, secret: str) -> str:
         """Codes and tokens are stored as digests salted with this server's issuer: another server
@@ -154,6 +163,7 @@ class OAuthServer:
         registration, revocation = ClientRegistrationOptions(enabled=True), RevocationOptions(enabled=True)
         metadata = build_metadata(issuer_url, None, registration, revocation)
         metadata.authorization_response_iss_parameter_supported = True
+        metadata.client_id_metadata_document_supported = True
         routes = []
         for route in create_auth_routes(
             self,
@@ -174,8 +184,34 @@ class OAuthServer:
     # -- clients (RFC 7591) ----------------------------------------------------------------------
 
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        if self.client_metadata.is_url(client_id):
+            return await self._metadata_client(client_id)
         row = await self._db.fetch_one("SELECT info FROM oauth_clients WHERE client_id = ?", (client_id,))
         return _Client.model_validate_json(row["info"]) if row else None
+
+    async def _metadata_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        """A client described by its metadata document: a public client (no shared secret can
+        exist), held to the same redirect-URI rules as a registered one."""
+        document = await self.client_metadata.document(client_id)
+        if document is None or document.get("token_endpoint_auth_method", "none") != "none":
+            return None
+        redirects = document.get("redirect_uris")
+        if not isinstance(redirects, list) or not redirects:
+            return None
+        if any(not isinstance(uri, str) or redirect_uri_problem(uri) for uri in redirects):
+            return None
+        fields = ("client_name", "client_uri", "logo_uri", "scope", "grant_types", "response_types")
+        try:
+            return _Client.model_validate(
+                {
+                    **{k: document[k] for k in fields if k in document},
+                    "client_id": client_id,
+                    "redirect_uris": redirects,
+                    "token_endpoint_auth_method": "none",
+                }
+            )
+        except ValidationError:
+            return None
 
     async def register_client(self, client_info: OAuthClientInformationFull) -> None:
         for uri in client_info.redirect_uris or ():
@@ -404,6 +440,8 @@ class OAuthServer:
             "UPDATE oauth_requests SET browser = ? WHERE id = ?", (self._digest(browser), request_id)
         )
         name = html.escape((client.client_name if client else None) or pending["client_id"])
+        if self.client_metadata.is_url(pending["client_id"]):  # a self-described name: show whose it is
+            name += f" <small>({html.escape(pending['client_id'])})</small>"
         scopes = params.scopes or []
         scope_list = (
             "".join(f"<li><code>{html.escape(s)}</code></li>" for s in scopes)

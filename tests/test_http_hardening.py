@@ -5,9 +5,13 @@ may register, and that errors before consent are shown rather than redirected.""
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -391,3 +395,128 @@ async def test_a_call_with_arguments_runs_no_listing(server: tuple[ServerProcess
     # The SDK client lists once itself (to cache output schemas); before, every call added one.
     listings = [e for e in events if e["method"] == "tools/list"]
     assert len(listings) <= 1, [(e["method"], e["target"]) for e in events]
+
+
+# -- Client ID Metadata Documents ---------------------------------------------------------------
+
+
+class DocumentServer:
+    """Serves client metadata documents on loopback and counts the requests for each."""
+
+    def __init__(self) -> None:
+        self.documents: dict[str, bytes] = {}
+        self.hits: dict[str, int] = {}
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.hits[self.path] = owner.hits.get(self.path, 0) + 1
+                body = owner.documents.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body or b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def add(self, path: str, **fields: Any) -> str:
+        client_id = self.base + path
+        document = {"client_id": client_id, "client_name": "Doc Client", "redirect_uris": [REDIRECT],
+                    "token_endpoint_auth_method": "none", **fields}  # fmt: skip
+        self.documents[path] = json.dumps(document).encode()
+        return client_id
+
+
+@pytest.fixture(scope="module")
+def documents() -> Iterator[DocumentServer]:
+    served = DocumentServer()
+    yield served
+    served.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cimd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Tenants]]:
+    logs = tmp_path_factory.mktemp("cimd")
+    db = f"sqlite:///{logs}/cp.db"
+    t = Tenants(db)
+    t.create("acme")
+    t.key("acme")
+    proc = ServerProcess("example_servers.notes:app", db, "--oauth-issuer", "http://127.0.0.1:{port}",
+                         env={"TENANT_MCP_CLIENT_METADATA_ALLOW_PRIVATE": "1"}, log_dir=logs)  # fmt: skip
+    yield proc, t
+    proc.stop()
+
+
+def _authorize_query(client_id: str, challenge: str = "x" * 43) -> dict[str, str]:
+    return {"response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT, "code_challenge": challenge,
+            "code_challenge_method": "S256", "state": "s"}  # fmt: skip
+
+
+async def test_a_client_metadata_document_is_a_client(
+    cimd_server: tuple[ServerProcess, Tenants], documents: DocumentServer
+) -> None:
+    proc, t = cimd_server
+    client_id = documents.add("/good.json")
+    async with httpx2.AsyncClient(timeout=30, follow_redirects=False) as http:
+        meta = (await http.get(f"{proc.base}/.well-known/oauth-authorization-server")).json()
+        assert meta["client_id_metadata_document_supported"] is True
+        flow = ManualFlow(proc, http)
+        flow.client = {"client_id": client_id}
+        person = Person(t.keys["acme"])
+        await person.open(flow.authorize_url())
+        assert "Doc Client" in person.pages[0].text and client_id in person.pages[0].text
+        code = parse_qs(urlsplit(person.redirect or "").query)["code"][0]
+        tokens = await flow.exchange(code)
+        assert tokens.status_code == 200, tokens.text
+        assert documents.hits["/good.json"] == 1, "the document is cached"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "mismatched client_id",
+        "javascript redirect",
+        "plain http redirect",
+        "secret client",
+        "oversized",
+        "missing",
+    ],
+)
+async def test_a_bad_client_metadata_document_is_no_client(
+    cimd_server: tuple[ServerProcess, Tenants], documents: DocumentServer, case: str
+) -> None:
+    proc, _ = cimd_server
+    path = "/" + case.replace(" ", "-") + ".json"
+    fields: dict[str, Any] = {
+        "mismatched client_id": {"client_id": documents.base + "/other.json"},
+        "javascript redirect": {"redirect_uris": ["javascript:alert(1)"]},
+        "plain http redirect": {"redirect_uris": ["http://evil.example/cb"]},
+        "secret client": {"token_endpoint_auth_method": "client_secret_post"},
+        "oversized": {"client_name": "x" * 20_000},
+        "missing": {},
+    }[case]
+    client_id = documents.add(path, **fields) if case != "missing" else documents.base + path
+    async with httpx2.AsyncClient(timeout=30, follow_redirects=False) as http:
+        r = await http.get(f"{proc.base}/authorize", params=_authorize_query(client_id))
+        assert r.status_code == 400 and "location" not in r.headers, (case, r.status_code, r.headers)
+
+
+async def test_client_metadata_is_never_fetched_from_private_addresses(
+    server: tuple[ServerProcess, Tenants], documents: DocumentServer
+) -> None:
+    """SSRF: without the test-only allowance, loopback and private targets are not even contacted."""
+    proc, _ = server
+    client_id = documents.add("/ssrf.json")
+    port = documents.httpd.server_address[1]
+    async with httpx2.AsyncClient(timeout=30, follow_redirects=False) as http:
+        for target in (client_id, f"https://127.0.0.1:{port}/ssrf.json", f"https://localhost:{port}/ssrf.json",
+                       f"https://[::1]:{port}/ssrf.json", f"https://10.0.0.1:{port}/ssrf.json",
+                       "https://169.254.169.254/latest/meta-data.json", f"https://0.0.0.0:{port}/ssrf.json"):  # fmt: skip
+            r = await http.get(f"{proc.base}/authorize", params=_authorize_query(target))
+            assert r.status_code == 400 and "location" not in r.headers, (target, r.status_code)
+    assert documents.hits.get("/ssrf.json", 0) == 0
