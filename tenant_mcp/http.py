@@ -341,7 +341,7 @@ class _Gate:
             self._open.discard(exchange)
             auth_context_var.reset(reset)
         if exchange.scope.cancelled_caught:
-            await exchange.close(self._unauthorized())
+            await exchange.close(scope, self._unauthorized())
 
     async def sweep(self) -> None:
         """Close the open exchanges (GET SSE streams, `subscriptions/listen` streams, long calls)
@@ -392,10 +392,10 @@ class _Exchange:
         self._finished = message["type"] == "http.response.body" and not message.get("more_body", False)
         await self._send(message)
 
-    async def close(self, refusal: Response) -> None:
+    async def close(self, scope: Scope, refusal: Response) -> None:
         """After the credential ended mid-exchange: end the stream cleanly, or refuse outright."""
         if not self._started:
-            await refusal({"type": "http"}, _no_receive, self._send)
+            await refusal(scope, _no_receive, self._send)
         elif not self._finished:
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
