@@ -144,8 +144,9 @@ class OAuthServer:
         self.client_metadata = client_metadata or ClientMetadataFetcher()
 
     def _digest(self, secret: str) -> str:
-        """Codes and tokens are stored as digests salted with this server's issuer: another server
-        sharing the control plane (another issuer) finds nothing under a token it did not issue."""
+        """Codes, tokens and pending sign-ins are stored under digests salted with this server's
+        issuer: another server sharing the control plane (another issuer) finds nothing under a
+        secret it did not issue."""
         return _digest(f"{self.issuer}\n{secret}")
 
     @property
@@ -241,7 +242,7 @@ class OAuthServer:
         request_id = secrets.token_urlsafe(24)
         await self._db.execute(
             "INSERT INTO oauth_requests (id, client_id, params, csrf, expires_at) VALUES (?, ?, ?, ?, ?)",
-            (request_id, client.client_id, params.model_dump_json(), secrets.token_urlsafe(24),
+            (self._digest(request_id), client.client_id, params.model_dump_json(), secrets.token_urlsafe(24),
              time.time() + REQUEST_SECONDS),
         )  # fmt: skip
         await self._db.execute("DELETE FROM oauth_requests WHERE expires_at < ?", (time.time(),))
@@ -422,7 +423,8 @@ class OAuthServer:
 
     async def _pending(self, request_id: str) -> Any:
         return await self._db.fetch_one(
-            "SELECT * FROM oauth_requests WHERE id = ? AND expires_at > ?", (request_id, time.time())
+            "SELECT * FROM oauth_requests WHERE id = ? AND expires_at > ?",
+            (self._digest(request_id), time.time()),
         )
 
     async def consent(self, request: Request) -> Response:
@@ -437,7 +439,7 @@ class OAuthServer:
         params = AuthorizationParams.model_validate_json(pending["params"])
         browser = secrets.token_urlsafe(24)
         await self._db.execute(
-            "UPDATE oauth_requests SET browser = ? WHERE id = ?", (self._digest(browser), request_id)
+            "UPDATE oauth_requests SET browser = ? WHERE id = ?", (self._digest(browser), pending["id"])
         )
         name = html.escape((client.client_name if client else None) or pending["client_id"])
         if self.client_metadata.is_url(pending["client_id"]):  # a self-described name: show whose it is
@@ -474,7 +476,7 @@ class OAuthServer:
         params = AuthorizationParams.model_validate_json(pending["params"])
         redirect = str(params.redirect_uri)
         if form.get("decision") != "approve":
-            await self._db.execute("DELETE FROM oauth_requests WHERE id = ?", (request_id,))
+            await self._db.execute("DELETE FROM oauth_requests WHERE id = ?", (pending["id"],))
             return _redirect(
                 construct_redirect_uri(redirect, error="access_denied", state=params.state, iss=self.issuer)
             )
@@ -486,7 +488,7 @@ class OAuthServer:
         # independent token family that outlives the revocation of the one it came from.
         if token is None or token.principal.auth_method != "api_key":
             return await self.consent_again(request_id, "That key was not accepted. Paste an active API key.")
-        await self._db.execute("DELETE FROM oauth_requests WHERE id = ?", (request_id,))
+        await self._db.execute("DELETE FROM oauth_requests WHERE id = ?", (pending["id"],))
         requested = params.scopes or sorted(token.principal.scopes)
         granted = [s for s in requested if s in token.principal.scopes]  # never more than the key has
         code = secrets.token_urlsafe(32)

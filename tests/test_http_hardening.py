@@ -348,6 +348,11 @@ async def test_another_server_on_the_same_control_plane_does_not_redeem_tokens(
             assert r.status_code == 400, f"another issuer redeemed the refresh token: {r.text}"
             await http.post(f"{other.base}/revoke", data={"token": tokens.json()["refresh_token"],
                                                                     "client_id": client["client_id"]})  # fmt: skip
+            # a pending sign-in of the first server is unknown to the second
+            parked = (await http.get(flow.authorize_url())).headers["location"]
+            assert parked.startswith(f"{proc.base}/oauth/consent?")
+            elsewhere = await http.get(parked.replace(proc.base, other.base))
+            assert elsewhere.status_code == 400 and "expired" in elsewhere.text, elsewhere.text
             # the issuing server still honours it (the other one neither rotated nor revoked it)
             r = await http.post(f"{proc.base}/token", data=refresh)
             assert r.status_code == 200, r.text
