@@ -341,6 +341,13 @@ class _Gate:
             self._open.discard(exchange)
             auth_context_var.reset(reset)
         if exchange.scope.cancelled_caught:
+            rt.audit.record(
+                tenant_id=token.tenant.id,
+                principal=principal_label(token.principal),
+                method="http",
+                outcome="denied",
+                reason="credential ended: open stream closed",
+            )
             await exchange.close(scope, self._unauthorized())
 
     async def sweep(self) -> None:

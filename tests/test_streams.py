@@ -140,6 +140,12 @@ async def test_ending_the_credential_closes_a_legacy_get_stream(
             await anyio.sleep(0.5)
         assert stream.updates() == [URI], stream.messages
         tg.cancel_scope.cancel()
+    for _ in range(40):
+        closed = [e for e in t.audit(slug) if e["reason"] == "credential ended: open stream closed"]
+        if closed:
+            break
+        await anyio.sleep(0.05)
+    assert closed and closed[0]["outcome"] == "denied", t.audit(slug)[:5]
 
 
 @pytest.mark.parametrize("how", ["revoke", "suspend"])
