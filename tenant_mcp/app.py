@@ -35,6 +35,7 @@ from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.leakguard import LeakGuard, MarkerSync, Policy
 from tenant_mcp.server import ScopedServer
 from tenant_mcp.storage import DataStore, is_postgres, migration_sql, open_store
+from tenant_mcp.storage.gateway import SQLAllowList
 from tenant_mcp.tenancy import _norm
 
 if TYPE_CHECKING:
@@ -205,6 +206,8 @@ class TenantMCP:
         credential_cache_seconds: float = 1.0,
         leak_guard: Policy | None = "block",
         migration_url: str | None = None,
+        data_url: str | None = None,
+        sql_allow: SQLAllowList | None = None,
         redis_url: str | None = None,
         redis_prefix: str | None = None,
         max_subscriptions_per_session: int = 1000,
@@ -215,6 +218,10 @@ class TenantMCP:
         # PostgreSQL only: the tables' owner. When set, the server migrates before serving (under
         # an advisory lock, so replicas starting together are safe); otherwise run `tenant-mcp migrate`.
         self.migration_url = migration_url or os.environ.get("TENANT_MCP_MIGRATION_URL")
+        # PostgreSQL only: `ctx.db` logs in as its own role, which cannot reach the control plane.
+        self.data_url = data_url or os.environ.get("TENANT_MCP_DATA_URL")
+        # PostgreSQL only: functions and types tool SQL may use beyond the gateway's defaults.
+        self.sql_allow = sql_allow
         self.audit = audit
         self.audit_argument_values = audit_argument_values
         self.max_open_databases = max_open_databases
@@ -352,12 +359,15 @@ class TenantMCP:
                     )
         self._migrations.extend(scripts)
 
-    async def migrate(self, url: str | None = None, *, app_role: str | None = None) -> dict[str, int]:
+    async def migrate(
+        self, url: str | None = None, *, app_role: str | None = None, data_role: str | None = None
+    ) -> dict[str, int]:
         """Apply the control-plane and tenant-data migrations to PostgreSQL as the tables' owner.
 
         `url` defaults to `migration_url`, then `database_url`. `app_role` (default: the role of
-        `database_url`) is granted row access and nothing more; the server connects as that role.
-        Returns the number of steps applied per component.
+        `database_url`) is granted the control plane; `data_role` (default: the role of
+        `data_url`) row access to tenant tables and nothing else, for `ctx.db`. Returns the
+        number of steps applied per component.
         SQLite needs none of this: it migrates itself when opened.
         """
         from tenant_mcp.storage.postgres import current_role, migrate  # asyncpg is an optional extra
@@ -367,11 +377,14 @@ class TenantMCP:
             raise ConfigurationError("migrate is for PostgreSQL; SQLite databases migrate themselves on open")
         if app_role is None and is_postgres(self.database_url) and self.database_url != target:
             app_role = await current_role(self.database_url)
+        if data_role is None and self.data_url and is_postgres(self.data_url):
+            data_role = await current_role(self.data_url)
         return await migrate(
             target,
             control=POSTGRES_MIGRATIONS,
             data=[migration_sql("postgresql", m) for m in self._migrations],
             app_role=app_role,
+            data_role=data_role,
         )
 
     def tenant(self, slug: str) -> TenantScope:
@@ -400,6 +413,29 @@ class TenantMCP:
             raise TenantMCPError("the server is not running")
         return self._runtime
 
+    async def _open_store(self, control_plane: ControlPlane) -> DataStore:
+        if not is_postgres(self.database_url):
+            return await open_store(self.database_url, self._migrations, max_open=self.max_open_databases)
+        from tenant_mcp.storage.postgres import (  # asyncpg is an optional extra
+            PostgresStore,
+            check_control_role,
+            check_version,
+            read_binding_key,
+        )
+
+        if not self.data_url or not is_postgres(self.data_url):
+            raise ConfigurationError(
+                "on PostgreSQL, ctx.db needs a role of its own that cannot reach the control plane: set "
+                "TENANT_MCP_DATA_URL (or --data-db) to postgresql://DATA_ROLE@HOST/DB, set up by "
+                "`tenant-mcp migrate --data-role DATA_ROLE`"
+            )
+        db = control_plane.db
+        await check_control_role(db)
+        await check_version(db, "data", len(self._migrations))
+        return await PostgresStore.open(
+            self.data_url, self._migrations, binding_key=await read_binding_key(db), allow=self.sql_allow
+        )
+
     @asynccontextmanager
     async def running(
         self, *, jwt: JWTSettings | None = None, oauth: OAuthServer | None = None
@@ -413,7 +449,7 @@ class TenantMCP:
         if self.migration_url and is_postgres(self.database_url):
             await self.migrate(self.migration_url)
         async with ControlPlane(self.database_url) as control_plane:
-            store = await open_store(self.database_url, self._migrations, max_open=self.max_open_databases)
+            store = await self._open_store(control_plane)
             audit = AuditLog(
                 control_plane, keep_argument_values=self.audit_argument_values, every_request=self.audit
             )

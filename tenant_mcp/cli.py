@@ -253,6 +253,7 @@ def _serve(args: argparse.Namespace) -> None:
         app.database_url = args.db
     if args.migration_url:
         app.migration_url = args.migration_url
+    app.data_url = args.data_db or app.data_url
     app.redis_url = args.redis_url or app.redis_url
     app.redis_prefix = args.redis_prefix or app.redis_prefix
     options = _http_options(args)
@@ -274,7 +275,8 @@ def _migrate(args: argparse.Namespace) -> None:
             "migrate is for PostgreSQL (give --migration-url postgresql://OWNER@HOST/DB); "
             "SQLite databases migrate themselves when opened"
         )
-    applied = asyncio.run(app.migrate(owner, app_role=args.app_role))
+    app.data_url = args.data_db or app.data_url
+    applied = asyncio.run(app.migrate(owner, app_role=args.app_role, data_role=args.data_role))
     text = ", ".join(f"{n} {component} step(s)" for component, n in applied.items())
     _print(args, {"applied": applied}, f"applied {text}" if any(applied.values()) else "already up to date")
 
@@ -451,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--migration-url", default=_env("MIGRATION_URL"),
                        help="PostgreSQL URL of the tables' owner: migrate before serving (safe when "
                        "replicas start together)")  # fmt: skip
+    serve.add_argument("--data-db", default=_env("DATA_URL"),
+                       help="PostgreSQL URL of ctx.db's own role (env TENANT_MCP_DATA_URL; required "
+                       "on PostgreSQL: that role cannot reach the control plane)")  # fmt: skip
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                        choices=["critical", "error", "warning", "info", "debug"])  # fmt: skip
     serve.set_defaults(handler=None, run=_serve)
@@ -460,13 +465,18 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="apply migrations to PostgreSQL as the tables' owner",
         description="Create or upgrade the control-plane and tenant-data tables in PostgreSQL, add "
-        "tenant columns, keys and row-level security policies, and grant the server's role (the "
-        "role of --db) row access. Runs once even when several processes start together.",
+        "tenant columns, keys and row-level security policies, and grant the server's two roles "
+        "their access: the control-plane role (of --db) and the data role of ctx.db (of --data-db), "
+        "which gets row access to tenant tables and nothing else. Runs once even when several "
+        "processes start together.",
     )
     p.add_argument("app", help="MODULE:ATTR of the TenantMCP whose migrations to apply")
     p.add_argument("--migration-url", default=_env("MIGRATION_URL"),
                    help="owner's PostgreSQL URL (env TENANT_MCP_MIGRATION_URL; default: --db)")  # fmt: skip
-    p.add_argument("--app-role", help="role to grant row access (default: the role of --db)")
+    p.add_argument("--app-role", help="control-plane role (default: the role of --db)")
+    p.add_argument("--data-role", help="ctx.db's role: row access only (default: the role of --data-db)")
+    p.add_argument("--data-db", default=_env("DATA_URL"),
+                   help="PostgreSQL URL of ctx.db's role (env TENANT_MCP_DATA_URL)")  # fmt: skip
     p.set_defaults(handler=None, run=_migrate)
 
     demo = commands.add_parser("demo", parents=[common], help="run the notes example with two demo tenants")

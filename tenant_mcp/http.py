@@ -44,7 +44,7 @@ from tenant_mcp.broker import check_reachable, store_session_events
 from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.errors import AuthenticationError, ConfigurationError
 from tenant_mcp.oauth import OAuthServer
-from tenant_mcp.storage import is_postgres, open_store
+from tenant_mcp.storage import is_postgres
 from tenant_mcp.tenancy import names_tenant, principal_label
 
 if TYPE_CHECKING:
@@ -486,11 +486,10 @@ async def serve(app: TenantMCP, options: HTTPOptions, *, log_level: str = "info"
     # inside uvicorn's lifespan.
     if app.migration_url and is_postgres(app.database_url):
         await app.migrate(app.migration_url)
-    async with ControlPlane(app.database_url):
-        pass
-    # Likewise the data store: a PostgreSQL role that could bypass row-level security (or an old
-    # schema) is refused here in one line, not from inside uvicorn's lifespan.
-    await (await open_store(app.database_url, app._migrations, max_open=1)).aclose()
+    async with ControlPlane(app.database_url) as control_plane:
+        # Likewise the data store: a PostgreSQL role that could bypass row-level security (or an
+        # old schema) is refused here in one line, not from inside uvicorn's lifespan.
+        await (await app._open_store(control_plane)).aclose()
     if app.redis_url is not None:
         await check_reachable(app.redis_url)
     config = uvicorn.Config(

@@ -60,7 +60,7 @@ from tenant_mcp.errors import AuthenticationError
 from tenant_mcp.leakguard import Markers
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.subscriptions import TenantSubscriptionBus
-from tenant_mcp.tenancy import Call, TenancyMiddleware, current_call
+from tenant_mcp.tenancy import Call, TenancyMiddleware, current_call, schema_names
 
 if TYPE_CHECKING:
     from tenant_mcp.app import Runtime
@@ -140,7 +140,7 @@ class ScopedServer(MCPServer[Any]):
     ) -> Container[str]:
         if method == "tools/call":
             entry = self.catalogue.tools.visible(name, tenant, principal)
-            return entry.item.parameters.get("properties", {}) if entry else ()
+            return schema_names(entry.item.parameters) if entry else ()
         entry = self.catalogue.prompts.visible(name, tenant, principal)
         return {a.name for a in entry.item.arguments or ()} if entry else ()
 
@@ -264,7 +264,13 @@ class ScopedServer(MCPServer[Any]):
         entry = self.catalogue.prompts.visible(name, call.tenant, call.principal)
         if entry is None:
             self._hidden(call, "prompt", name, self._exists(self.catalogue.prompts, name))
-            raise ValueError(f"Unknown prompt: {name}")  # as MCPServer.get_prompt says it
+            # An MCPError, not the SDK's ValueError: that one is logged with a full traceback, and
+            # any client could drive the log volume with unknown names.
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown prompt: {name}")
+        given = arguments or {}
+        missing = [a.name for a in entry.item.arguments or () if a.required and a.name not in given]
+        if missing:  # checked here for the same reason (the SDK raises ValueError)
+            raise MCPError(code=INVALID_PARAMS, message=f"Missing required arguments: {', '.join(missing)}")
         ctx = self._bind(context, call)
         try:
             rendered = await entry.item.render(arguments, ctx)
