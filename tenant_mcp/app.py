@@ -187,6 +187,10 @@ class TenantMCP:
 
     `audit=False` turns off the routine audit event of every request (on by default); refusals
     and leak events are still recorded, see `tenant_mcp.audit`.
+
+    `max_subscriptions_per_session` and `max_subscriptions_per_tenant` bound what clients can make
+    the process hold: `resources/subscribe` entries (per session and per tenant) and open
+    `subscriptions/listen` streams (per tenant); past a cap the request gets a clear error.
     """
 
     def __init__(
@@ -206,6 +210,8 @@ class TenantMCP:
         sql_allow: SQLAllowList | None = None,
         redis_url: str | None = None,
         redis_prefix: str | None = None,
+        max_subscriptions_per_session: int = 1000,
+        max_subscriptions_per_tenant: int = 10_000,
     ) -> None:
         self.name = name
         self.database_url = database_url or os.environ.get("TENANT_MCP_DATABASE_URL") or DEFAULT_DATABASE_URL
@@ -236,6 +242,7 @@ class TenantMCP:
             runtime=lambda: self._runtime,
             instructions=instructions,
             version=version,
+            max_subscriptions=(max_subscriptions_per_session, max_subscriptions_per_tenant),
         )
 
     # -- registration --------------------------------------------------------------------------

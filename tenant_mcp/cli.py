@@ -239,6 +239,7 @@ def _http_options(args: argparse.Namespace) -> HTTPOptions:
         allowed_origins=_csv(args.allowed_origins),
         required_scopes=_csv(args.required_scopes),
         oauth_issuer=args.oauth_issuer,
+        public_url=args.public_url,
     )
     options.jwt = _jwt_settings(args, options.resource_url)
     return options
@@ -440,12 +441,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--jwt-issuer", default=_env("JWT_ISSUER"), help="required iss (comma-separated list)")
     serve.add_argument("--jwt-audience", default=_env("JWT_AUDIENCE"),
-                       help="required aud: this server's resource URL (default http://HOST:PORT/mcp)")  # fmt: skip
+                       help="required aud (default: the resource URL, PUBLIC_URL/mcp)")  # fmt: skip
     serve.add_argument("--jwt-tenant-claim", default=_env("JWT_TENANT_CLAIM", "tenant"),
                        help="claim holding the tenant slug (default: tenant)")  # fmt: skip
     serve.add_argument("--oauth-issuer", default=_env("OAUTH_ISSUER"),
                        help="turn on the built-in OAuth authorization server at this public base URL, "
                        "e.g. http://127.0.0.1:8000 (for clients that only speak OAuth)")  # fmt: skip
+    serve.add_argument("--public-url", default=_env("PUBLIC_URL"),
+                       help="where clients reach this server, e.g. https://mcp.example.com behind a proxy: "
+                       "names the resource, the JWT audience and every advertised address")  # fmt: skip
     serve.add_argument("--migration-url", default=_env("MIGRATION_URL"),
                        help="PostgreSQL URL of the tables' owner: migrate before serving (safe when "
                        "replicas start together)")  # fmt: skip
