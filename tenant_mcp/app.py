@@ -36,6 +36,7 @@ from tenant_mcp.leakguard import LeakGuard, MarkerSync, Policy
 from tenant_mcp.server import ScopedServer
 from tenant_mcp.storage import DataStore, is_postgres, migration_sql, open_store
 from tenant_mcp.storage.gateway import SQLAllowList
+from tenant_mcp.telemetry import Telemetry, TelemetrySettings
 from tenant_mcp.tenancy import _norm
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class Runtime:
     audit: AuditLog
     store: DataStore
     leak_guard: LeakGuard | None
+    telemetry: Telemetry
     broker: Broker | None = None  # with Redis: what this replica shares with the others
 
 
@@ -205,6 +207,7 @@ class TenantMCP:
         max_open_databases: int = 64,
         credential_cache_seconds: float = 1.0,
         leak_guard: Policy | None = "block",
+        telemetry: TelemetrySettings | None = None,
         migration_url: str | None = None,
         data_url: str | None = None,
         sql_allow: SQLAllowList | None = None,
@@ -227,6 +230,7 @@ class TenantMCP:
         self.max_open_databases = max_open_databases
         self.credential_cache_seconds = credential_cache_seconds
         self.leak_guard = leak_guard
+        self.telemetry = telemetry or TelemetrySettings()
         # Several replicas share revocations, notifications and stream replay through Redis;
         # without it everything stays in this process.
         self.redis_url = redis_url or os.environ.get("TENANT_MCP_REDIS_URL") or None
@@ -466,10 +470,15 @@ class TenantMCP:
                     if guard is not None:
                         await tg.start(MarkerSync(guard, control_plane).run)
                     broker = await self._start_broker(tg, authenticator)
-                    self._runtime = Runtime(control_plane, authenticator, audit, store, guard, broker)
+                    telemetry = Telemetry(self.telemetry)
+                    telemetry.start(audit_depth=lambda: audit.depth)
+                    self._runtime = Runtime(
+                        control_plane, authenticator, audit, store, guard, telemetry, broker
+                    )
                     try:
                         yield self._runtime
                     finally:
+                        telemetry.stop()
                         self._runtime = None
                         self._server.tenant_bus.relay = None
                         await audit.aclose()

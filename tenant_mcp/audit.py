@@ -136,6 +136,11 @@ class AuditLog:
         self._direct: _DirectWriter | None = None  # while `run` runs
         self.dropped = 0
 
+    @property
+    def depth(self) -> int:
+        """Events waiting to be written."""
+        return len(self._pending)
+
     def record(
         self,
         *,

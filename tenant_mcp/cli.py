@@ -34,6 +34,7 @@ from tenant_mcp.http import HTTPOptions
 from tenant_mcp.leakguard import plant_canary
 from tenant_mcp.models import Tenant
 from tenant_mcp.storage import is_postgres, open_store
+from tenant_mcp.telemetry import TelemetrySettings, configure_tracing
 
 
 class _UsageError(Exception):
@@ -254,6 +255,13 @@ def _serve(args: argparse.Namespace) -> None:
     if args.migration_url:
         app.migration_url = args.migration_url
     app.data_url = args.data_db or app.data_url
+    app.telemetry = TelemetrySettings(
+        metrics_address=args.metrics_address or app.telemetry.metrics_address,
+        metrics_tenants=frozenset(_csv(args.metrics_tenants)) or app.telemetry.metrics_tenants,
+        log_format="json" if args.log_format == "json" else app.telemetry.log_format,
+        enduser_id=app.telemetry.enduser_id,
+    )
+    configure_tracing()
     app.redis_url = args.redis_url or app.redis_url
     app.redis_prefix = args.redis_prefix or app.redis_prefix
     options = _http_options(args)
@@ -456,6 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-db", default=_env("DATA_URL"),
                        help="PostgreSQL URL of ctx.db's own role (env TENANT_MCP_DATA_URL; required "
                        "on PostgreSQL: that role cannot reach the control plane)")  # fmt: skip
+    serve.add_argument("--metrics-address", default=_env("METRICS_ADDRESS"),
+                       help="serve Prometheus metrics at HOST:PORT, e.g. 127.0.0.1:9464 (never on the MCP "
+                       "port; needs the [metrics] extra)")  # fmt: skip
+    serve.add_argument("--metrics-tenants", default=_env("METRICS_TENANTS"),
+                       help="comma-separated tenant slugs that get a metrics label of their own "
+                       "(everyone else is 'other')")  # fmt: skip
+    serve.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"],
+                       help="json: one structured line per request on stderr, no access log")  # fmt: skip
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                        choices=["critical", "error", "warning", "info", "debug"])  # fmt: skip
     serve.set_defaults(handler=None, run=_serve)

@@ -497,6 +497,8 @@ async def serve(app: TenantMCP, options: HTTPOptions, *, log_level: str = "info"
         host=options.host,
         port=options.port,
         log_level=log_level,
+        # The JSON request log says per request what the access log would, with the tenant.
+        access_log=app.telemetry.log_format != "json",
         timeout_graceful_shutdown=15,
         lifespan="on",
     )

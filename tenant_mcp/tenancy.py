@@ -273,6 +273,7 @@ class TenancyMiddleware:
         """One `leak` event in each tenant's trail: what kind of marker, whose, which item. Never
         the marker itself."""
         guard.hits += 1
+        rt.telemetry.leak(call.tenant)
         target = _target(method, params)
         for owner, kind in sorted({(hit.owner, hit.kind) for hit in hits}):
             rt.audit.record(
@@ -308,6 +309,8 @@ class TenancyMiddleware:
 
         params: Mapping[str, Any] = ctx.params if isinstance(ctx.params, Mapping) else {}
         call = Call(token.tenant, token.principal)
+        label = principal_label(token.principal)
+        rt.telemetry.begin(token.tenant, token.principal, label)
         started = time.perf_counter()
         outcome, reason = "ok", None
         try:
@@ -345,13 +348,19 @@ class TenancyMiddleware:
             outcome, reason = "error", type(exc).__name__
             raise
         finally:
+            duration_ms = (time.perf_counter() - started) * 1000
+            target = _target(method, params)
             rt.audit.record(
                 tenant_id=token.tenant.id,
-                principal=principal_label(token.principal),
+                principal=label,
                 method=method,
-                target=_target(method, params),
+                target=target,
                 outcome=outcome,
                 reason=reason,
-                duration_ms=(time.perf_counter() - started) * 1000,
+                duration_ms=duration_ms,
                 arguments=_arguments(method, params),
             )
+            rt.telemetry.end(
+                tenant=token.tenant, principal=label, method=method, target=target, outcome=outcome,
+                reason=reason, duration_ms=duration_ms, request_id=ctx.request_id,
+            )  # fmt: skip
