@@ -26,6 +26,7 @@ from mcp_types import Tool as MCPTool
 from mcp_types import ToolAnnotations
 
 from tenant_mcp.audit import AuditLog
+from tenant_mcp.audit_sinks import AuditSink, Forwarder
 from tenant_mcp.auth.authenticator import Authenticator
 from tenant_mcp.auth.jwt import JWTSettings, JWTVerifier
 from tenant_mcp.broker import DEFAULT_PREFIX, Broker
@@ -204,6 +205,8 @@ class TenantMCP:
         version: str = "",
         audit: bool = True,
         audit_argument_values: bool = False,
+        audit_sinks: Sequence[AuditSink] = (),
+        audit_retain_days: float | None = None,
         max_open_databases: int = 64,
         credential_cache_seconds: float = 1.0,
         leak_guard: Policy | None = "block",
@@ -227,6 +230,9 @@ class TenantMCP:
         self.sql_allow = sql_allow
         self.audit = audit
         self.audit_argument_values = audit_argument_values
+        # Where written audit events go next (a JSONL file, a SIEM webhook), and how long they stay.
+        self.audit_sinks = list(audit_sinks)
+        self.audit_retain_days = audit_retain_days
         self.max_open_databases = max_open_databases
         self.credential_cache_seconds = credential_cache_seconds
         self.leak_guard = leak_guard
@@ -454,8 +460,13 @@ class TenantMCP:
             await self.migrate(self.migration_url)
         async with ControlPlane(self.database_url) as control_plane:
             store = await self._open_store(control_plane)
+            forwarder = Forwarder(self.audit_sinks) if self.audit_sinks else None
             audit = AuditLog(
-                control_plane, keep_argument_values=self.audit_argument_values, every_request=self.audit
+                control_plane,
+                keep_argument_values=self.audit_argument_values,
+                every_request=self.audit,
+                forwarder=forwarder,
+                retain_seconds=None if self.audit_retain_days is None else self.audit_retain_days * 86400,
             )
             authenticator = Authenticator(
                 control_plane,
@@ -466,6 +477,8 @@ class TenantMCP:
             try:
                 async with anyio.create_task_group() as tg:
                     await tg.start(audit.run)
+                    if forwarder is not None:
+                        await tg.start(forwarder.run)
                     guard = LeakGuard(self.leak_guard) if self.leak_guard else None
                     if guard is not None:
                         await tg.start(MarkerSync(guard, control_plane).run)
@@ -482,6 +495,10 @@ class TenantMCP:
                         self._runtime = None
                         self._server.tenant_bus.relay = None
                         await audit.aclose()
+                        if forwarder is not None:  # deliver what the sinks still hold, within reason
+                            forwarder.close()
+                            with anyio.move_on_after(10):
+                                await forwarder.finished.wait()
                         tg.cancel_scope.cancel()  # stops the marker sync
             except ExceptionGroup as group:
                 # The task group wraps whatever the body raised; give callers their own error back.

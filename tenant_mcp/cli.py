@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,54 @@ async def _audit(args: argparse.Namespace, cp: ControlPlane) -> None:
     _print(args, events, _table(rows, ("AT", "PRINCIPAL", "METHOD", "TARGET", "OUTCOME", "REASON")))
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds in ``90d``, ``12h``, ``30m`` or ``45s``."""
+    value, unit = text[:-1], text[-1:].lower()
+    if unit not in _UNITS or not value.replace(".", "", 1).isdigit():
+        raise _UsageError(f"expected a duration such as 90d, 12h or 30m (got {text!r})")
+    return float(value) * _UNITS[unit]
+
+
+def _since(text: str | None) -> str | None:
+    """An ISO time as given, or a duration back from now (``7d``)."""
+    if text is None or (text[:4].isdigit() and "-" in text):
+        return text
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - _duration(text))) + ".000Z"
+
+
+async def _audit_export(args: argparse.Namespace, cp: ControlPlane) -> None:
+    tenant_id = (await cp.require_tenant(args.tenant)).id if args.tenant else None
+    since, cursor, written = _since(args.since), args.after, 0
+    # A CLI command, not a server: blocking writes are what a pipe to the next tool wants.
+    out = open(args.output, "a", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115, ASYNC230
+    try:
+        while True:
+            page = await cp.audit_page(tenant_id=tenant_id, after_id=cursor, since=since, limit=1000)
+            for event in page:
+                out.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
+            out.flush()
+            if not page:
+                break
+            cursor, written = int(page[-1]["id"]), written + len(page)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    # The cursor resumes an interrupted or periodic export: --after CURSOR.
+    print(f"exported {written} event(s); cursor {cursor}", file=sys.stderr)
+
+
+async def _audit_prune(args: argparse.Namespace, cp: ControlPlane) -> None:
+    before = _since(args.older_than)
+    assert before is not None
+    deleted = await cp.prune_audit(before)
+    _print(
+        args, {"deleted": deleted, "before": before}, f"deleted {deleted} audit event(s) from before {before}"
+    )
+
+
 # -- serving -------------------------------------------------------------------------------------
 
 
@@ -262,6 +311,8 @@ def _serve(args: argparse.Namespace) -> None:
         enduser_id=app.telemetry.enduser_id,
     )
     configure_tracing()
+    if args.audit_retain:
+        app.audit_retain_days = _duration(args.audit_retain) / 86400
     app.redis_url = args.redis_url or app.redis_url
     app.redis_prefix = args.redis_prefix or app.redis_prefix
     options = _http_options(args)
@@ -420,10 +471,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tenant", help="tenant slug")
     p.set_defaults(handler=_canary_plant)
 
-    p = commands.add_parser("audit", parents=[common], help="recent audit events of a tenant")
+    audit = commands.add_parser(
+        "audit", help="the audit trail: show a tenant's events, export, prune",
+        description="`audit TENANT` is short for `audit show TENANT`.",
+    )  # fmt: skip
+    audit_cmds = audit.add_subparsers(dest="command", required=True, metavar="ACTION")
+    p = audit_cmds.add_parser("show", parents=[common], help="recent audit events of a tenant")
     p.add_argument("tenant", help="tenant slug")
     p.add_argument("--limit", type=int, default=50, help="how many events, newest first (default 50)")
     p.set_defaults(handler=_audit)
+    p = audit_cmds.add_parser(
+        "export", parents=[common], help="stream events as JSON lines, oldest first (resumable)",
+        description="Write audit events as JSON lines (one per event, with its id) to stdout or -o FILE. "
+        "The last line on stderr gives the cursor: pass it as --after to continue from there.",
+    )  # fmt: skip
+    p.add_argument("tenant", nargs="?", help="tenant slug (default: every tenant)")
+    p.add_argument("--since", help="ISO time (2026-11-01T00:00:00Z) or a duration back from now (7d, 12h)")
+    p.add_argument("--after", type=int, default=0, metavar="CURSOR", help="continue after this event id")
+    p.add_argument("--format", choices=["jsonl"], default="jsonl", help="jsonl (the only format)")
+    p.add_argument("-o", "--output", help="append to this file instead of stdout")
+    p.set_defaults(handler=_audit_export)
+    p = audit_cmds.add_parser("prune", parents=[common], help="delete events older than a retention")
+    p.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 90d")
+    p.set_defaults(handler=_audit_prune)
 
     serve = commands.add_parser("serve", parents=[common, shared], help="serve a TenantMCP app")
     serve.add_argument("app", help="MODULE:ATTR of a TenantMCP, e.g. example_servers.notes:app")
@@ -472,6 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(everyone else is 'other')")  # fmt: skip
     serve.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"],
                        help="json: one structured line per request on stderr, no access log")  # fmt: skip
+    serve.add_argument("--audit-retain", default=_env("AUDIT_RETAIN"), metavar="DURATION",
+                       help="delete audit events older than this, hourly (e.g. 90d; default: keep all)")  # fmt: skip
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                        choices=["critical", "error", "warning", "info", "debug"])  # fmt: skip
     serve.set_defaults(handler=None, run=_serve)
@@ -504,8 +576,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["audit"] and len(raw) > 1 and raw[1] not in ("show", "export", "prune", "-h", "--help"):
+        raw.insert(1, "show")  # `audit TENANT`, as before there were actions
+    args = parser.parse_args(raw)
     args.db_given = (
         any(a == "--db" or a.startswith("--db=") for a in raw) or "TENANT_MCP_DATABASE_URL" in os.environ
     )
