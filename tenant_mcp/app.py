@@ -29,11 +29,12 @@ from tenant_mcp.audit import AuditLog
 from tenant_mcp.audit_sinks import AuditSink, Forwarder
 from tenant_mcp.auth.authenticator import Authenticator
 from tenant_mcp.auth.jwt import JWTSettings, JWTVerifier
-from tenant_mcp.broker import DEFAULT_PREFIX, Broker
+from tenant_mcp.broker import DEFAULT_PREFIX, Broker, Invalidation
 from tenant_mcp.catalogue import Catalogue, Entry, Section, StaticResource, Visibility
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, POSTGRES_MIGRATIONS, ControlPlane
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.leakguard import LeakGuard, MarkerSync, Policy
+from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.secrets import KeyRing, SecretStore
 from tenant_mcp.server import ScopedServer
 from tenant_mcp.storage import DataStore, is_postgres, migration_sql, open_store
@@ -65,10 +66,10 @@ class Runtime:
     broker: Broker | None = None  # with Redis: what this replica shares with the others
 
 
-def _visibility(scopes: Iterable[str], plans: Iterable[str] | None) -> Visibility:
+def _visibility(scopes: Iterable[str], plans: Iterable[str] | None, per_tenant: bool = False) -> Visibility:
     if isinstance(scopes, str) or isinstance(plans, str):
         raise TypeError("scopes and plans are lists of strings, e.g. scopes=['notes:export']")
-    return Visibility(frozenset(scopes), frozenset(plans) if plans is not None else None)
+    return Visibility(frozenset(scopes), frozenset(plans) if plans is not None else None, per_tenant)
 
 
 def _refuse_tenant_parameters(kind: str, name: str, parameters: Iterable[str]) -> None:
@@ -270,8 +271,12 @@ class TenantMCP:
         structured_output: bool | None = None,
         scopes: Sequence[str] = (),
         plans: Sequence[str] | None = None,
+        per_tenant: bool = False,
     ) -> Callable[[F], F]:
-        """Register a tool every tenant may see, limited by `scopes` and `plans` when given."""
+        """Register a tool every tenant may see, limited by `scopes` and `plans` when given.
+
+        `per_tenant=True`: registered once in code, seen only by tenants it is enabled for as data
+        (`tenant-mcp tool enable TENANT NAME`), on every replica alike."""
         if callable(name):
             raise TypeError("use @app.tool() with parentheses")
 
@@ -284,7 +289,7 @@ class TenantMCP:
                 annotations=annotations,
                 meta=meta,
                 structured_output=structured_output,
-                visibility=_visibility(scopes, plans),
+                visibility=_visibility(scopes, plans, per_tenant),
             )
             self._catalogue.tools.add_shared(entry)
             return fn
@@ -301,6 +306,7 @@ class TenantMCP:
         mime_type: str | None = None,
         scopes: Sequence[str] = (),
         plans: Sequence[str] | None = None,
+        per_tenant: bool = False,
     ) -> Callable[[F], F]:
         """Register a resource (fixed URI) or a resource template (URI with ``{variables}``).
 
@@ -310,7 +316,7 @@ class TenantMCP:
         def decorator(fn: F) -> F:
             section, entry = _resource_entry(
                 fn, uri, name=name, title=title, description=description, mime_type=mime_type,
-                visibility=_visibility(scopes, plans),
+                visibility=_visibility(scopes, plans, per_tenant),
             )  # fmt: skip
             self._section(section).add_shared(entry)
             return fn
@@ -325,14 +331,16 @@ class TenantMCP:
         description: str | None = None,
         scopes: Sequence[str] = (),
         plans: Sequence[str] | None = None,
+        per_tenant: bool = False,
     ) -> Callable[[F], F]:
         if callable(name):
             raise TypeError("use @app.prompt() with parentheses")
 
         def decorator(fn: F) -> F:
             entry = _prompt_entry(
-                fn, name=name, title=title, description=description, visibility=_visibility(scopes, plans)
-            )
+                fn, name=name, title=title, description=description,
+                visibility=_visibility(scopes, plans, per_tenant),
+            )  # fmt: skip
             self._catalogue.prompts.add_shared(entry)
             return fn
 
@@ -398,6 +406,29 @@ class TenantMCP:
             app_role=app_role,
             data_role=data_role,
         )
+
+    def catalogue_report(self, tenant: Tenant) -> list[dict[str, Any]]:
+        """Each shared item, whether `tenant` sees it (with a key holding the scopes the item
+        needs and no allow-list), and why."""
+        rows = []
+        for section in (self._catalogue.tools, self._catalogue.prompts, self._catalogue.resources,
+                        self._catalogue.templates):  # fmt: skip
+            for entry in section.shared.values():
+                item, rule = f"{section.item_kind}:{entry.key}", entry.visibility
+                if rule.plans is not None and tenant.plan not in rule.plans:
+                    why = f"code: plans {', '.join(sorted(rule.plans))}"
+                elif item in tenant.disabled:
+                    why = "policy: disabled for this tenant"
+                elif rule.opt_in:
+                    why = "policy: enabled" if item in tenant.enabled else "code: per_tenant, not enabled"
+                else:
+                    why = "code: every tenant"
+                if rule.scopes:
+                    why += f"; needs scopes {', '.join(sorted(rule.scopes))}"
+                key = Principal(tenant.id, "report", rule.scopes, "api_key", "report")
+                visible = section.allowed(entry, tenant, key)
+                rows.append({"item": item, "visible": visible, "why": why})
+        return rows
 
     def tenant(self, slug: str) -> TenantScope:
         """Register items for one tenant only, also while serving."""
@@ -524,7 +555,16 @@ class TenantMCP:
         if self.redis_url is None:
             return None
         bus = self._server.tenant_bus
-        broker = Broker(self.redis_url, prefix=self.redis_prefix, invalidated=authenticator.invalidate,
+
+        def invalidated(invalidation: Invalidation) -> None:
+            authenticator.invalidate(invalidation)
+            if invalidation.kind == "tenant":  # its catalogue policy may have changed: lists are stale
+                for event in (ToolsListChanged(), PromptsListChanged(), ResourcesListChanged()):
+                    task = asyncio.get_running_loop().create_task(bus.deliver(invalidation.id, event))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+
+        broker = Broker(self.redis_url, prefix=self.redis_prefix, invalidated=invalidated,
                         deliver=bus.deliver)  # fmt: skip
         await tg.start(broker.run)
         bus.relay = broker

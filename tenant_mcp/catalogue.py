@@ -23,10 +23,12 @@ Wire = TypeVar("Wire")
 
 @dataclass(frozen=True, slots=True)
 class Visibility:
-    """Who may see an item: every scope in `scopes`, and (when set) a plan in `plans`."""
+    """Who may see an item: every scope in `scopes`, and (when set) a plan in `plans`; an
+    `opt_in` item only tenants it is enabled for (as data, see `Section.allowed`)."""
 
     scopes: frozenset[str] = frozenset()
     plans: frozenset[str] | None = None
+    opt_in: bool = False
 
     def allows(self, tenant: Tenant, principal: Principal) -> bool:
         if self.plans is not None and tenant.plan not in self.plans:
@@ -47,8 +49,21 @@ class Section(Generic[Item, Wire]):
     """One kind of item (tools, prompts, ...): shared entries and per-tenant private entries."""
 
     kind: str
+    item_kind: str  # how policies name this kind: "tool:name", "template:uri", ...
     shared: dict[str, Entry[Item, Wire]] = field(default_factory=dict)
     private: dict[str, dict[str, Entry[Item, Wire]]] = field(default_factory=dict)
+
+    def allowed(self, entry: Entry[Item, Wire], tenant: Tenant, principal: Principal) -> bool:
+        """Code's rule (scopes, plans), narrowed by data: the tenant's disabled items, opt-in items
+        it is not enabled for, and the key's allow-list. Data never widens what code allows."""
+        if not entry.visibility.allows(tenant, principal):
+            return False
+        if not (tenant.disabled or entry.visibility.opt_in or principal.items is not None):
+            return True  # no policy concerns this request: the common case costs nothing more
+        item = f"{self.item_kind}:{entry.key}"
+        if item in tenant.disabled or (entry.visibility.opt_in and item not in tenant.enabled):
+            return False
+        return principal.items is None or item in principal.items
 
     def add_shared(self, entry: Entry[Item, Wire]) -> None:
         if entry.key in self.shared:
@@ -77,18 +92,18 @@ class Section(Generic[Item, Wire]):
         if entry is None:
             own = self.private.get(tenant.slug)
             entry = own.get(key) if own else None
-        if entry is None or not entry.visibility.allows(tenant, principal):
+        if entry is None or not self.allowed(entry, tenant, principal):
             return None
         return entry
 
     def entries(self, tenant: Tenant, principal: Principal) -> Iterator[Entry[Item, Wire]]:
         for entry in self.shared.values():
-            if entry.visibility.allows(tenant, principal):
+            if self.allowed(entry, tenant, principal):
                 yield entry
         own = self.private.get(tenant.slug)
         if own:
             for entry in own.values():
-                if entry.visibility.allows(tenant, principal):
+                if self.allowed(entry, tenant, principal):
                     yield entry
 
     def listing(self, tenant: Tenant, principal: Principal) -> list[Wire]:
@@ -108,7 +123,7 @@ class StaticResource:
 class Catalogue:
     def __init__(self) -> None:
         # Item and wire types are SDK classes; the server module, which builds them, knows them.
-        self.tools: Section[Any, Any] = Section("tool")
-        self.prompts: Section[Any, Any] = Section("prompt")
-        self.resources: Section[Any, Any] = Section("resource")
-        self.templates: Section[Any, Any] = Section("resource template")
+        self.tools: Section[Any, Any] = Section("tool", "tool")
+        self.prompts: Section[Any, Any] = Section("prompt", "prompt")
+        self.resources: Section[Any, Any] = Section("resource", "resource")
+        self.templates: Section[Any, Any] = Section("resource template", "template")

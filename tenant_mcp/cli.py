@@ -29,7 +29,7 @@ from tenant_mcp.broker import (
     drop_tenant_data,
     publish_invalidation,
 )
-from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane
+from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane, item_key
 from tenant_mcp.errors import ConfigurationError, NotFoundError, TenantMCPError
 from tenant_mcp.http import HTTPOptions
 from tenant_mcp.leakguard import plant_canary
@@ -144,8 +144,10 @@ async def _tenant_export(args: argparse.Namespace, cp: ControlPlane) -> None:
 
 
 async def _key_create(args: argparse.Namespace, cp: ControlPlane) -> None:
-    record, key = await cp.create_key(args.tenant, scopes=_csv(args.scopes), label=args.label)
-    data = {"tenant": args.tenant, "key_id": record.key_id, "key": key, "scopes": list(record.scopes)}
+    items = None if args.tools is None else _csv(args.tools)
+    record, key = await cp.create_key(args.tenant, scopes=_csv(args.scopes), label=args.label, items=items)
+    data = {"tenant": args.tenant, "key_id": record.key_id, "key": key, "scopes": list(record.scopes),
+            "items": None if record.items is None else list(record.items)}  # fmt: skip
     _print(args, data, f"{key}\n(key id {record.key_id}; this is the only time the key is shown)")
 
 
@@ -173,6 +175,28 @@ async def _key_revoke(args: argparse.Namespace, cp: ControlPlane) -> None:
 
 
 # -- canaries ------------------------------------------------------------------------------------
+
+
+# -- the per-tenant catalogue ----------------------------------------------------------------------
+
+
+async def _tool_state(args: argparse.Namespace, cp: ControlPlane) -> None:
+    tenant = await cp.set_item_policy(args.tenant, args.item, args.state)
+    await _broadcast(args, Invalidation(kind="tenant", id=tenant.id))
+    item = item_key(args.item)
+    _print(
+        args,
+        {"tenant": tenant.slug, "item": item, "state": args.state},
+        f"{item} is {args.state} for {tenant.slug}",
+    )
+
+
+async def _tool_list(args: argparse.Namespace, cp: ControlPlane) -> None:
+    app = load_app(args.app)
+    tenant = await cp.require_tenant(args.tenant)
+    rows = app.catalogue_report(tenant)
+    _print(args, rows, _table([(r["item"], "yes" if r["visible"] else "no", r["why"]) for r in rows],
+                              ("ITEM", "VISIBLE", "WHY")))  # fmt: skip
 
 
 def _secrets(cp: ControlPlane) -> SecretStore:
@@ -506,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tenant", help="tenant slug")
     p.add_argument("--scopes", default="", help="comma-separated scopes, e.g. notes:export")
     p.add_argument("--label", default="", help="a note for people, e.g. 'claude desktop'")
+    p.add_argument("--tools", metavar="ITEMS", help="allow-list: the key sees only these items "
+                   "(comma-separated NAME or KIND:NAME; its OAuth grants inherit the list)")  # fmt: skip
     p.set_defaults(handler=_key_create)
     p = key_cmds.add_parser("list", parents=[common], help="list a tenant's keys")
     p.add_argument("tenant", help="tenant slug")
@@ -541,6 +567,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_secret_rotate)
     p = secret_cmds.add_parser("new-key", help="print a new random key for TENANT_MCP_SECRET_KEY")
     p.set_defaults(handler=None, run=_secret_new_key)
+
+    tool = commands.add_parser(
+        "tool", help="the per-tenant catalogue: what a tenant sees (tools, prompts, resources, templates)",
+        description="ITEM is a tool name, or KIND:NAME with KIND tool, prompt, resource or template. "
+        "Policies narrow what code allows (scopes, plans) and turn on per_tenant=True items.",
+    )  # fmt: skip
+    tool_cmds = tool.add_subparsers(dest="command", required=True, metavar="ACTION")
+    for action, state, text in (
+        ("enable", "enabled", "give a tenant an item (a per_tenant=True one, or one disabled before)"),
+        ("disable", "disabled", "hide an item from a tenant (it answers exactly like a missing one)"),
+        ("reset", "default", "return an item to what code says for the tenant"),
+    ):
+        p = tool_cmds.add_parser(action, parents=[common, shared], help=text)
+        p.add_argument("tenant", help="tenant slug")
+        p.add_argument("item", help="NAME or KIND:NAME")
+        p.set_defaults(handler=_tool_state, state=state)
+    p = tool_cmds.add_parser("list", parents=[common], help="what a tenant sees, and why")
+    p.add_argument("tenant", help="tenant slug")
+    p.add_argument("--app", required=True, metavar="MODULE:ATTR", help="the TenantMCP whose items to list")
+    p.set_defaults(handler=_tool_list)
 
     canary = commands.add_parser("canary", help="plant canaries for the leak guard")
     canary_cmds = canary.add_subparsers(dest="command", required=True, metavar="ACTION")

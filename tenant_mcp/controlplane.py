@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tenant_mcp.auth import apikeys
 from tenant_mcp.errors import ConfigurationError, NotFoundError, TenantMCPError
@@ -130,6 +130,11 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant_id, name)
     );
     """,
+    # The per-tenant catalogue as data: a tenant's enabled/disabled items, a key's allow-list.
+    """
+    ALTER TABLE tenants ADD COLUMN catalogue TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE api_keys ADD COLUMN items TEXT;
+    """,
 )
 
 
@@ -228,6 +233,10 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant_id, name)
     );
     """,
+    """
+    ALTER TABLE tenants ADD COLUMN catalogue TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE api_keys ADD COLUMN items TEXT;
+    """,
 )
 
 
@@ -245,6 +254,7 @@ class KeyRecord:
     created_at: str
     last_used_at: str | None
     revoked_at: str | None
+    items: tuple[str, ...] | None = None  # allow-list ("tool:name", ...); None: no list
 
     def public(self, tenant_slug: str) -> dict[str, Any]:
         """Everything about the key except its digest."""
@@ -256,6 +266,7 @@ class KeyRecord:
             "created_at": self.created_at,
             "last_used_at": self.last_used_at,
             "revoked_at": self.revoked_at,
+            "items": None if self.items is None else list(self.items),
         }
 
 
@@ -272,7 +283,24 @@ class AuditEvent:
     arguments: str | None
 
 
+ItemState = Literal["enabled", "disabled", "default"]
+ITEM_KINDS = ("tool", "prompt", "resource", "template")
+
+
+def item_key(item: str) -> str:
+    """``kind:name`` of a catalogue item; a bare name is a tool."""
+    kind, sep, name = item.partition(":")
+    if not sep:
+        kind, name = "tool", item
+    if kind not in ITEM_KINDS or not name or len(item) > 300:
+        raise TenantMCPError(
+            f"invalid item {item[:80]!r}: use NAME (a tool) or KIND:NAME, KIND one of {', '.join(ITEM_KINDS)}"
+        )
+    return f"{kind}:{name}"
+
+
 def _tenant(row: Mapping[str, Any]) -> Tenant:
+    policy = json.loads(row.get("catalogue") or "{}")
     return Tenant(
         id=row["id"],
         slug=row["slug"],
@@ -281,6 +309,8 @@ def _tenant(row: Mapping[str, Any]) -> Tenant:
         status=row["status"],
         metadata=json.loads(row["metadata"]),
         created_at=row["created_at"],
+        disabled=frozenset(policy.get("disabled", ())),
+        enabled=frozenset(policy.get("enabled", ())),
     )
 
 
@@ -294,6 +324,7 @@ def _key(row: Mapping[str, Any]) -> KeyRecord:
         created_at=row["created_at"],
         last_used_at=row["last_used_at"],
         revoked_at=row["revoked_at"],
+        items=None if row.get("items") is None else tuple(json.loads(row["items"])),
     )
 
 
@@ -449,10 +480,18 @@ class ControlPlane:
     # -- API keys ----------------------------------------------------------------------------
 
     async def create_key(
-        self, tenant_slug: str, *, scopes: Sequence[str] = (), label: str = ""
+        self,
+        tenant_slug: str,
+        *,
+        scopes: Sequence[str] = (),
+        label: str = "",
+        items: Sequence[str] | None = None,
     ) -> tuple[KeyRecord, str]:
-        """Create a key and return it with its plaintext, which is not stored anywhere."""
+        """Create a key and return it with its plaintext, which is not stored anywhere.
+
+        `items` ("tool:name", ... or bare tool names) limits the key to those items."""
         tenant = await self.require_tenant(tenant_slug)
+        allowed = None if items is None else tuple(dict.fromkeys(item_key(i) for i in items))
         bad = [s for s in scopes if not s or any(c.isspace() for c in s)]
         if bad:
             raise TenantMCPError(f"invalid scope {bad[0]!r}: scopes are non-empty and contain no spaces")
@@ -466,9 +505,11 @@ class ControlPlane:
             created_at=_now(),
             last_used_at=None,
             revoked_at=None,
+            items=allowed,
         )
         await self.db.execute(
-            "INSERT INTO api_keys (key_id, tenant_id, digest, scopes, label, created_at) VALUES (?,?,?,?,?,?)",
+            "INSERT INTO api_keys (key_id, tenant_id, digest, scopes, label, created_at, items)"
+            " VALUES (?,?,?,?,?,?,?)",
             (
                 record.key_id,
                 tenant.id,
@@ -476,9 +517,31 @@ class ControlPlane:
                 json.dumps(list(record.scopes)),
                 label,
                 record.created_at,
+                None if allowed is None else json.dumps(list(allowed)),
             ),
         )
         return record, new.key
+
+    async def set_item_policy(self, tenant_slug: str, item: str, state: ItemState) -> Tenant:
+        """Enable or disable an item for one tenant, or return it to what code says ("default")."""
+        key = item_key(item)
+        async with self.db.transaction() as tx:
+            row = await tx.fetch_one("SELECT * FROM tenants WHERE slug = ?", (tenant_slug,))
+            if row is None:
+                raise NotFoundError(f"no tenant {tenant_slug!r}")
+            policy = json.loads(row.get("catalogue") or "{}")
+            enabled, disabled = set(policy.get("enabled", ())), set(policy.get("disabled", ()))
+            enabled.discard(key)
+            disabled.discard(key)
+            if state == "enabled":
+                enabled.add(key)
+            elif state == "disabled":
+                disabled.add(key)
+            text = json.dumps({"enabled": sorted(enabled), "disabled": sorted(disabled)})
+            await tx.execute("UPDATE tenants SET catalogue = ? WHERE id = ?", (text, row["id"]))
+        tenant = await self.tenant_by_slug(tenant_slug)
+        assert tenant is not None
+        return tenant
 
     async def key(self, key_id: str) -> KeyRecord | None:
         row = await self.db.fetch_one("SELECT * FROM api_keys WHERE key_id = ?", (key_id,))

@@ -20,6 +20,11 @@ class Tenant:
     status: TenantStatus
     metadata: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
+    # The tenant's catalogue policy (`tenant-mcp tool enable|disable`): items as "tool:name",
+    # "prompt:name", "resource:uri", "template:uri". Disabled ones are missing for the tenant;
+    # enabled ones are the opt-in items (`per_tenant=True`) it gets.
+    disabled: frozenset[str] = frozenset()
+    enabled: frozenset[str] = frozenset()
 
     @property
     def active(self) -> bool:
@@ -44,6 +49,8 @@ class Principal:
     key_id: str | None = None
     issuer: str | None = None
     claims: dict[str, Any] = field(default_factory=dict)
+    # The key's allow-list of items (`key create --tools a,b`); None: everything the tenant sees.
+    items: frozenset[str] | None = None
 
     def has_scopes(self, required: frozenset[str]) -> bool:
         return required <= self.scopes

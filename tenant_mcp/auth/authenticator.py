@@ -151,6 +151,7 @@ class Authenticator:
             auth_method="api_key",
             client_id=key_id,
             key_id=key_id,
+            items=None if record.items is None else frozenset(record.items),
         )
         return self._token(token, tenant, principal, expires_at=None, verified_at=read_at)
 
@@ -186,6 +187,7 @@ class Authenticator:
             auth_method="oauth",
             client_id=grant["client_id"],
             key_id=record.key_id,
+            items=None if record.items is None else frozenset(record.items),  # the approving key's list
         )
         return self._token(
             token,

@@ -152,3 +152,9 @@ async def secret_fingerprint(name: str, ctx: TenantContext) -> str:
 async def reveal_secret(name: str, ctx: TenantContext) -> str:
     """The careless tool: puts the secret into its answer (the leak guard must withhold it)."""
     return "the value is " + await ctx.secrets.get(name)
+
+
+@app.tool(per_tenant=True)
+async def quarterly_report(ctx: TenantContext) -> str:
+    """Registered once in code; a tenant sees it only once it is enabled for it as data."""
+    return f"quarterly report of {ctx.tenant.slug}"
