@@ -504,3 +504,35 @@ async def test_streams_resume_through_redis_and_never_into_another_session(
             assert unknown == (200, b"")
             assert await replay_of(session, last_id) == unknown
             assert await replay_of(session, "not-an-id") == unknown
+
+
+async def test_a_catalogue_change_reaches_every_replica_at_once_with_list_changed(
+    replicas: tuple[ServerProcess, ServerProcess, Tenants], prefix: str
+) -> None:
+    first, second, t = replicas
+    env = {"TENANT_MCP_REDIS_URL": REDIS_URL, "TENANT_MCP_REDIS_PREFIX": prefix}
+    heard: list[str] = []
+
+    async def listen(ready: anyio.Event) -> None:
+        async with mcp_client(second.url, t.keys["acme"]) as c, c.listen(tools_list_changed=True) as sub:
+            ready.set()
+            async for event in sub:
+                heard.append(type(event).__name__)
+
+    async with mcp_client(second.url, t.keys["acme"]) as c:
+        assert "whoami" in {tool.name for tool in (await c.list_tools(cache_mode="bypass")).tools}
+    async with anyio.create_task_group() as tg:
+        ready = anyio.Event()
+        tg.start_soon(listen, ready)
+        await ready.wait()
+        cli(t.db_url, "tool", "disable", "acme", "whoami", env=env)  # the CLI of "replica 1"
+        start = time.monotonic()
+        with anyio.fail_after(5):
+            while "ToolsListChanged" not in heard:
+                await anyio.sleep(0.02)
+        async with mcp_client(second.url, t.keys["acme"]) as c:
+            assert "whoami" not in {tool.name for tool in (await c.list_tools(cache_mode="bypass")).tools}
+        assert time.monotonic() - start < 1.0
+        tg.cancel_scope.cancel()
+    async with mcp_client(first.url, t.keys["globex"]) as c:  # another tenant is untouched
+        assert "whoami" in {tool.name for tool in (await c.list_tools(cache_mode="bypass")).tools}
