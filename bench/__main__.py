@@ -43,7 +43,12 @@ JSON = ("--stateless", "--json-response")
 
 
 def comparisons(
-    small: provision.Plane, big: provision.Plane, marked: provision.Plane, jwt: tuple[Path, str], n: int
+    small: provision.Plane,
+    big: provision.Plane,
+    marked: provision.Plane,
+    jwt: tuple[Path, str],
+    n: int,
+    policied: provision.Plane,
 ) -> list[Comparison]:
     key = Load((small.key,))
     notes = "example_servers.notes:app"
@@ -83,6 +88,15 @@ def comparisons(
                    Side("audit off", _tenant_mcp("audit off", small.url, *JSON, BENCH_AUDIT="0"), key),
                    Side("audit on", _tenant_mcp("audit on", small.url, *JSON), key),
                    goal=">= 0.99", threshold=0.99),
+        Comparison("19", f"tools/list p50 latency, {n:,} tenants x 10 catalogue policies",
+                   Side("no policies", tools_n, listing),
+                   Side("policies", _tenant_mcp("policies", policied.url, *JSON, BENCH_PRIVATE=f"{n}:{PRIVATE_TOOLS}"),
+                        Load((policied.key,), method="tools/list", concurrency=1)),
+                   metric="latency", goal="<= 1.1", threshold=1.1, requests=400),
+        Comparison("19", "whoami, catalogue policies",
+                   Side("no policies", pool, Load((big.key,))),
+                   Side("policies", _tenant_mcp("policies", policied.url, *JSON), Load((policied.key,))),
+                   goal=">= 0.9", threshold=0.9),
         Comparison("15", "whoami, tracing and metrics",
                    Side("telemetry off", _tenant_mcp("telemetry off", small.url, *JSON), key),
                    Side("telemetry on", _tenant_mcp(
@@ -162,14 +176,16 @@ def main(argv: list[str] | None = None) -> int:
             f"setup: control planes with 1 and {n:,} tenants, {n * markers_each:,} leak markers ...",
             flush=True,
         )
-        for name in ("small", "big", "marked"):
+        for name in ("small", "big", "marked", "policied"):
             (root / name).mkdir()
         small = asyncio.run(provision.control_plane(root / "small" / "control.db"))
         big = asyncio.run(provision.control_plane(root / "big" / "control.db", tenants=n, databases=True))
         marked = asyncio.run(provision.control_plane(root / "marked" / "control.db", tenants=n,
                                                      markers_each=markers_each))  # fmt: skip
+        policied = asyncio.run(provision.control_plane(root / "policied" / "control.db", tenants=n,
+                                                       policies_each=10))  # fmt: skip
         public_key, private_key = provision.jwt_key_pair(root)
-        selected = comparisons(small, big, marked, (public_key, provision.mint(private_key)), n)
+        selected = comparisons(small, big, marked, (public_key, provision.mint(private_key)), n, policied)
         if args.only:
             selected = [c for c in selected if c.target in args.only.split(",")]
         gen = LoadGenerator()

@@ -8,6 +8,7 @@ server that has seen every tenant once, which is what the per-tenant pool is mea
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -42,10 +43,11 @@ def slug(i: int) -> str:
 
 
 async def control_plane(
-    path: Path, *, tenants: int = 0, markers_each: int = 0, databases: bool = False
+    path: Path, *, tenants: int = 0, markers_each: int = 0, databases: bool = False, policies_each: int = 0
 ) -> Plane:
     """`bench` plus `tenants` others named `tenant-00001`..., each with one key and
-    `markers_each` leak markers, and (with `databases`) a migrated notes database."""
+    `markers_each` leak markers, and (with `databases`) a migrated notes database. With
+    `policies_each`, every tenant (bench too) has that many items disabled in its catalogue."""
     url = f"sqlite:///{path}"
     async with ControlPlane(url) as cp:
         await cp.create_tenant("bench", name="Bench Tenant")
@@ -68,6 +70,9 @@ async def control_plane(
                 [(tid, "identifier", f"acct-{i + 1:05d}-{j:03d}", now)
                  for i, tid in enumerate(ids) for j in range(markers_each)],
             )  # fmt: skip
+        if policies_each:
+            policy = json.dumps({"disabled": [f"tool:retired_{j:03d}" for j in range(policies_each)]})
+            await cp.db.execute("UPDATE tenants SET catalogue = ?", (policy,))
         if databases:
             bench_id = (await cp.require_tenant("bench")).id
             await _tenant_databases(cp.data_dir, [bench_id, *ids])
