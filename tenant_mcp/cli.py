@@ -191,6 +191,17 @@ async def _tool_state(args: argparse.Namespace, cp: ControlPlane) -> None:
     )
 
 
+async def _plan_default(args: argparse.Namespace, cp: ControlPlane) -> None:
+    await cp.set_plan_item_policy(args.plan, args.item, args.state)
+    await _broadcast(args, Invalidation(kind="all"))  # every tenant on the plan, wherever it is cached
+    item = item_key(args.item)
+    _print(
+        args,
+        {"plan": args.plan, "item": item, "state": args.state},
+        f"{item} is {args.state} for plan {args.plan}",
+    )
+
+
 async def _tool_list(args: argparse.Namespace, cp: ControlPlane) -> None:
     app = load_app(args.app)
     tenant = await cp.require_tenant(args.tenant)
@@ -587,6 +598,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tenant", help="tenant slug")
     p.add_argument("--app", required=True, metavar="MODULE:ATTR", help="the TenantMCP whose items to list")
     p.set_defaults(handler=_tool_list)
+
+    plan = commands.add_parser("plan", help="catalogue defaults per plan")
+    plan_cmds = plan.add_subparsers(dest="command", required=True, metavar="ACTION")
+    p = plan_cmds.add_parser(
+        "set-default", parents=[common, shared], help="enable or disable an item for every tenant on a plan",
+        description="A tenant's own `tool enable|disable` of the same item wins over its plan's default.",
+    )  # fmt: skip
+    p.add_argument("plan", help="plan name, e.g. free")
+    p.add_argument("item", help="NAME or KIND:NAME")
+    p.add_argument("state", choices=["enabled", "disabled", "default"])
+    p.set_defaults(handler=_plan_default)
 
     canary = commands.add_parser("canary", help="plant canaries for the leak guard")
     canary_cmds = canary.add_subparsers(dest="command", required=True, metavar="ACTION")

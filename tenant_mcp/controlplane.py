@@ -134,6 +134,7 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE tenants ADD COLUMN catalogue TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE api_keys ADD COLUMN items TEXT;
+    CREATE TABLE plan_policies (plan TEXT PRIMARY KEY, catalogue TEXT NOT NULL DEFAULT '{}');
     """,
 )
 
@@ -236,6 +237,7 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE tenants ADD COLUMN catalogue TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE api_keys ADD COLUMN items TEXT;
+    CREATE TABLE plan_policies (plan TEXT PRIMARY KEY, catalogue TEXT NOT NULL DEFAULT '{}');
     """,
 )
 
@@ -284,6 +286,18 @@ class AuditEvent:
 
 
 ItemState = Literal["enabled", "disabled", "default"]
+
+
+def _with_item(catalogue: str, key: str, state: ItemState) -> str:
+    policy = json.loads(catalogue or "{}")
+    enabled, disabled = set(policy.get("enabled", ())) - {key}, set(policy.get("disabled", ())) - {key}
+    if state == "enabled":
+        enabled.add(key)
+    elif state == "disabled":
+        disabled.add(key)
+    return json.dumps({"enabled": sorted(enabled), "disabled": sorted(disabled)})
+
+
 ITEM_KINDS = ("tool", "prompt", "resource", "template")
 
 
@@ -299,8 +313,16 @@ def item_key(item: str) -> str:
     return f"{kind}:{name}"
 
 
+# A tenant with its plan's catalogue defaults, which its own policy overrides item by item.
+_TENANTS = (
+    "SELECT t.*, p.catalogue AS plan_catalogue FROM tenants t LEFT JOIN plan_policies p ON p.plan = t.plan"
+)
+
+
 def _tenant(row: Mapping[str, Any]) -> Tenant:
-    policy = json.loads(row.get("catalogue") or "{}")
+    own = json.loads(row.get("catalogue") or "{}")
+    plan = json.loads(row.get("plan_catalogue") or "{}")
+    enabled, disabled = set(own.get("enabled", ())), set(own.get("disabled", ()))
     return Tenant(
         id=row["id"],
         slug=row["slug"],
@@ -309,8 +331,8 @@ def _tenant(row: Mapping[str, Any]) -> Tenant:
         status=row["status"],
         metadata=json.loads(row["metadata"]),
         created_at=row["created_at"],
-        disabled=frozenset(policy.get("disabled", ())),
-        enabled=frozenset(policy.get("enabled", ())),
+        disabled=frozenset((set(plan.get("disabled", ())) - enabled) | disabled),
+        enabled=frozenset((set(plan.get("enabled", ())) - disabled) | enabled),
     )
 
 
@@ -438,11 +460,11 @@ class ControlPlane:
         return tenant
 
     async def tenant_by_slug(self, slug: str) -> Tenant | None:
-        row = await self.db.fetch_one("SELECT * FROM tenants WHERE slug = ?", (slug,))
+        row = await self.db.fetch_one(f"{_TENANTS} WHERE t.slug = ?", (slug,))
         return _tenant(row) if row else None
 
     async def tenant_by_id(self, tenant_id: str) -> Tenant | None:
-        row = await self.db.fetch_one("SELECT * FROM tenants WHERE id = ?", (tenant_id,))
+        row = await self.db.fetch_one(f"{_TENANTS} WHERE t.id = ?", (tenant_id,))
         return _tenant(row) if row else None
 
     async def require_tenant(self, slug: str) -> Tenant:
@@ -452,7 +474,7 @@ class ControlPlane:
         return tenant
 
     async def list_tenants(self) -> list[Tenant]:
-        return [_tenant(row) for row in await self.db.fetch_all("SELECT * FROM tenants ORDER BY slug")]
+        return [_tenant(row) for row in await self.db.fetch_all(f"{_TENANTS} ORDER BY t.slug")]
 
     async def set_status(self, slug: str, status: TenantStatus) -> Tenant:
         await self.require_tenant(slug)
@@ -523,25 +545,26 @@ class ControlPlane:
         return record, new.key
 
     async def set_item_policy(self, tenant_slug: str, item: str, state: ItemState) -> Tenant:
-        """Enable or disable an item for one tenant, or return it to what code says ("default")."""
-        key = item_key(item)
+        """Enable or disable an item for one tenant, or return it to its plan's and code's say."""
+        tenant = await self.require_tenant(tenant_slug)
         async with self.db.transaction() as tx:
-            row = await tx.fetch_one("SELECT * FROM tenants WHERE slug = ?", (tenant_slug,))
-            if row is None:
-                raise NotFoundError(f"no tenant {tenant_slug!r}")
-            policy = json.loads(row.get("catalogue") or "{}")
-            enabled, disabled = set(policy.get("enabled", ())), set(policy.get("disabled", ()))
-            enabled.discard(key)
-            disabled.discard(key)
-            if state == "enabled":
-                enabled.add(key)
-            elif state == "disabled":
-                disabled.add(key)
-            text = json.dumps({"enabled": sorted(enabled), "disabled": sorted(disabled)})
-            await tx.execute("UPDATE tenants SET catalogue = ? WHERE id = ?", (text, row["id"]))
-        tenant = await self.tenant_by_slug(tenant_slug)
-        assert tenant is not None
-        return tenant
+            row = await tx.fetch_one("SELECT catalogue FROM tenants WHERE id = ?", (tenant.id,))
+            text = _with_item(row["catalogue"] if row else "{}", item_key(item), state)
+            await tx.execute("UPDATE tenants SET catalogue = ? WHERE id = ?", (text, tenant.id))
+        return await self.require_tenant(tenant_slug)
+
+    async def set_plan_item_policy(self, plan: str, item: str, state: ItemState) -> None:
+        """The default for every tenant on `plan` (a tenant's own policy of the item wins)."""
+        if not plan or len(plan) > 100:
+            raise TenantMCPError("a plan name has 1 to 100 characters")
+        async with self.db.transaction() as tx:
+            row = await tx.fetch_one("SELECT catalogue FROM plan_policies WHERE plan = ?", (plan,))
+            text = _with_item(row["catalogue"] if row else "{}", item_key(item), state)
+            await tx.execute(
+                "INSERT INTO plan_policies (plan, catalogue) VALUES (?, ?)"
+                " ON CONFLICT (plan) DO UPDATE SET catalogue = excluded.catalogue",
+                (plan, text),
+            )
 
     async def key(self, key_id: str) -> KeyRecord | None:
         row = await self.db.fetch_one("SELECT * FROM api_keys WHERE key_id = ?", (key_id,))

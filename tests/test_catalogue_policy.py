@@ -102,3 +102,35 @@ def test_tool_list_says_why_and_bad_items_are_clear_errors(served: Any) -> None:
     assert bad.returncode != 0 and "invalid item" in bad.stderr and "Traceback" not in bad.stderr
     missing = _cli(t, "tool", "disable", "nobody", "whoami")
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
+
+
+async def test_plan_defaults_and_other_kinds_answer_like_missing(served: Any) -> None:
+    server, t = served
+    # Every free tenant loses raw_sql; globex (free) takes it back for itself; acme (pro) is untouched.
+    assert _cli(t, "plan", "set-default", "free", "raw_sql", "disabled").returncode == 0
+    t.create("initech", plan="free")
+    t.key("initech")
+    assert _cli(t, "tool", "enable", "globex", "raw_sql").returncode == 0
+    assert _cli(t, "tool", "disable", "acme", "prompt:pro_prompt").returncode == 0
+    assert _cli(t, "tool", "disable", "acme", "template:items://{item_id}").returncode == 0
+    await anyio.sleep(1.2)
+    async with mcp_client(server.url, t.keys["initech"]) as i, mcp_client(server.url, t.keys["globex"]) as g:
+        assert "raw_sql" not in await _names(i) and "raw_sql" in await _names(g)
+    async with mcp_client(server.url, t.keys["acme"]) as a:
+        assert "raw_sql" in await _names(a)
+        assert "pro_prompt" not in {p.name for p in (await a.list_prompts()).prompts}
+        with pytest.raises(MCPError) as hidden:
+            await a.get_prompt("pro_prompt", {"topic": "x"})
+        with pytest.raises(MCPError) as missing:
+            await a.get_prompt("no_such_prompt", {"topic": "x"})
+        assert hidden.value.error.message.replace("pro_prompt", "N") == missing.value.error.message.replace(
+            "no_such_prompt", "N"
+        )
+        assert not (await a.list_resource_templates()).resource_templates
+        item = (await a.call_tool("add_item", {"value": "v"})).structured_content
+        assert item is not None
+        with pytest.raises(MCPError) as read:
+            await a.read_resource(f"items://{item['result']}")
+        with pytest.raises(MCPError) as unknown:
+            await a.read_resource("nothing://here")
+        assert read.value.error.code == unknown.value.error.code
