@@ -405,7 +405,7 @@ def _serve(args: argparse.Namespace) -> None:
     if args.transport == "stdio":
         asyncio.run(stdio.serve(app, jwt=options.jwt))
     elif args.transport == "streamable-http":
-        asyncio.run(http.serve(app, options, log_level=args.log_level))
+        asyncio.run(http.serve(app, options, log_level=args.log_level, access_log=args.access_log))
     else:
         raise _UsageError(f"unknown transport {args.transport!r}: use streamable-http or stdio")
 
@@ -691,6 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="delete audit events older than this, hourly (e.g. 90d; default: keep all)")  # fmt: skip
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                        choices=["critical", "error", "warning", "info", "debug"])  # fmt: skip
+    serve.add_argument("--access-log", action="store_true", default=_flag("ACCESS_LOG"),
+                       help="one uvicorn access line per HTTP request (off: the audit trail has them)")  # fmt: skip
     serve.set_defaults(handler=None, run=_serve)
 
     p = commands.add_parser(

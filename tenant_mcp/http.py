@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import re
 import time
@@ -477,7 +478,9 @@ def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
     return starlette
 
 
-async def serve(app: TenantMCP, options: HTTPOptions, *, log_level: str = "info") -> None:
+async def serve(
+    app: TenantMCP, options: HTTPOptions, *, log_level: str = "info", access_log: bool = False
+) -> None:
     """Serve until interrupted; on shutdown in-flight requests finish and the audit is flushed."""
     import uvicorn
 
@@ -498,11 +501,14 @@ async def serve(app: TenantMCP, options: HTTPOptions, *, log_level: str = "info"
         host=options.host,
         port=options.port,
         log_level=log_level,
-        # The JSON request log says per request what the access log would, with the tenant.
-        access_log=app.telemetry.log_format != "json",
+        # Off by default: the audit trail (and the JSON request log) already say per request what
+        # an access line would, with the tenant; a line per request costs CPU at capacity.
+        access_log=access_log and app.telemetry.log_format != "json",
         timeout_graceful_shutdown=15,
         lifespan="on",
     )
+    if log_level != "debug":  # the SDK's "Terminating session" line, once per stateless request
+        logging.getLogger("mcp.server.streamable_http_manager").setLevel(logging.WARNING)
     # What exists now (the SDK, the app, its catalogue) lives as long as the process. Frozen, the
     # collector's full passes stop walking it again and again under load: a few per cent of CPU
     # with a small catalogue, more with many per-tenant tools.
