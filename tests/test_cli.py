@@ -335,7 +335,8 @@ def test_database_url_from_the_environment(cli: ForkRunner, db: DB) -> None:
 def test_key_create_json_has_exactly_the_documented_fields(cli: ForkRunner, db: DB) -> None:
     cli("tenant", "create", "acme", "--db", db.url).ok()
     data = cli("key", "create", "acme", "--scopes", "a,b", "--label", "L", "--json", "--db", db.url).json()
-    assert set(data) == {"tenant", "key_id", "key", "scopes"}, data
+    assert set(data) == {"tenant", "key_id", "key", "scopes", "items"}, data
+    assert data["items"] is None, "no allow-list unless --tools is given"
     assert data["tenant"] == "acme" and data["scopes"] == ["a", "b"], data
     assert data["key"].startswith("tmk_"), data
     assert data["key"].startswith(f"tmk_{data['key_id']}_"), "the key id is the public part of the key"
