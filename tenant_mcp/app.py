@@ -34,7 +34,7 @@ from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, POSTGRES_MIGRATIONS, C
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.leakguard import LeakGuard, MarkerSync, Policy
 from tenant_mcp.server import ScopedServer
-from tenant_mcp.storage import DataStore, is_postgres, migration_sql, open_store
+from tenant_mcp.storage import DEFAULT_HOLD_SECONDS, DataStore, is_postgres, migration_sql, open_store
 from tenant_mcp.tenancy import _norm
 
 if TYPE_CHECKING:
@@ -199,6 +199,7 @@ class TenantMCP:
         audit_argument_values: bool = False,
         max_open_databases: int = 64,
         credential_cache_seconds: float = 1.0,
+        db_hold_seconds: float | None = None,
         leak_guard: Policy | None = "block",
         migration_url: str | None = None,
         redis_url: str | None = None,
@@ -213,6 +214,10 @@ class TenantMCP:
         self.audit_argument_values = audit_argument_values
         self.max_open_databases = max_open_databases
         self.credential_cache_seconds = credential_cache_seconds
+        # How long one call may hold its database connection before it is rolled back and released.
+        self.db_hold_seconds = db_hold_seconds or float(
+            os.environ.get("TENANT_MCP_DB_HOLD_SECONDS") or DEFAULT_HOLD_SECONDS
+        )
         self.leak_guard = leak_guard
         # Several replicas share revocations, notifications and stream replay through Redis;
         # without it everything stays in this process.
@@ -406,15 +411,21 @@ class TenantMCP:
         if self.migration_url and is_postgres(self.database_url):
             await self.migrate(self.migration_url)
         async with ControlPlane(self.database_url) as control_plane:
-            store = await open_store(self.database_url, self._migrations, max_open=self.max_open_databases)
-            audit = AuditLog(
-                control_plane, keep_argument_values=self.audit_argument_values, every_request=self.audit
-            )
             authenticator = Authenticator(
                 control_plane,
                 jwt=JWTVerifier(jwt) if jwt else None,
                 oauth=oauth,
                 cache_seconds=self.credential_cache_seconds,
+            )
+            store = await open_store(
+                self.database_url,
+                self._migrations,
+                max_open=self.max_open_databases,
+                hold_seconds=self.db_hold_seconds,
+                admit=authenticator.require_active,
+            )
+            audit = AuditLog(
+                control_plane, keep_argument_values=self.audit_argument_values, every_request=self.audit
             )
             try:
                 async with anyio.create_task_group() as tg:

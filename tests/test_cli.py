@@ -541,6 +541,15 @@ MISTAKES: list[Any] = [
     pytest.param(["tenant", "create", "Acme"], "slug", id="uppercase-slug"),
     pytest.param(["tenant", "create", "-acme"], None, id="leading-hyphen"),
     pytest.param(["tenant", "create", "x", "--plan", ""], "plan", id="empty-plan"),
+    # `$` matches before a trailing newline: a second "acme" that the leak guard would merge.
+    pytest.param(["tenant", "create", "acme\n"], "slug", id="slug-trailing-newline"),
+    pytest.param(["tenant", "create", "\nacme"], "slug", id="slug-leading-newline"),
+    pytest.param(["tenant", "create", "acme\t"], "slug", id="slug-trailing-tab"),
+    # Names are leak-guard markers too: one that normalises to another tenant's slug or name.
+    pytest.param(["tenant", "create", "other", "--name", "ACME"], "name", id="name-is-another-slug"),
+    pytest.param(["tenant", "create", "other", "--name", " acme\n"], "name", id="name-padded"),
+    pytest.param(["tenant", "create", "other", "--name", "a\x00b\x1bc"], "name", id="name-control-chars"),
+    pytest.param(["key", "create", "acme", "--label", "laptop\n"], "label", id="label-newline"),
     pytest.param(["key", "create", "acme", "--scopes", "a b"], "scope", id="scope-with-space"),
     pytest.param(["key", "revoke", "0123456789ab"], "0123456789ab", id="unknown-key-id"),
     pytest.param(["serve", "nomodule:app"], "nomodule", id="serve-no-module"),

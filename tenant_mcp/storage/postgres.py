@@ -21,6 +21,7 @@ every table of tenant data to the shape above.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -30,7 +31,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
-from tenant_mcp.storage.database import Result, TenantDatabase
+from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, Admit, Result, TenantDatabase
 from tenant_mcp.storage.sql import Connection, ConstraintError, GatewayRefusal, Params, to_postgres, tokens
 
 CONTROL_SCHEMA = "tenant_mcp"
@@ -204,49 +205,129 @@ class PostgresDatabase(_Connection):
             yield _Connection(conn)
 
 
-class _Unit:
-    """One call's transaction: a pooled connection with the tenant set for this transaction only."""
+_BUSY_AT_END = (
+    "ctx.db was still in use by a task of the call when the call ended; the call's work was rolled back"
+)
 
-    def __init__(self, pool: asyncpg.Pool, tenant_id: str) -> None:
-        self._pool = pool
+
+def drain_lock_key(tenant_id: str) -> int:
+    """The advisory lock every call holds (shared) on its tenant while it has a connection, and that
+    deleting the tenant takes exclusively: the deletion waits for calls in flight and none begins
+    meanwhile. Collisions between tenants only make one deletion wait for another's calls."""
+    return int(hashlib.sha256(tenant_id.encode()).hexdigest()[:15], 16)
+
+
+class _Unit:
+    """One call's transaction: a pooled connection with the tenant set for this transaction only.
+
+    The call owns the connection: once the call has ended (or held it past `hold_seconds`), every
+    use is an error, also one that was waiting for the pool when the call ended (it releases what it
+    got); a statement still running then is cut off by closing the connection, and the work rolled
+    back. A tenant's stray tasks therefore never keep pool connections from the other tenants.
+    """
+
+    def __init__(self, store: PostgresStore, tenant_id: str) -> None:
+        self._store = store
+        self._pool = store._pool
         self._tenant_id = tenant_id
         self._conn: PoolConnectionProxy | None = None
         self._tx: Any = None
+        self._acquiring = asyncio.Lock()
+        self._busy = 0
+        self._ended: str | None = None
+        self._expired = False
+        self._expiry: asyncio.TimerHandle | None = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    def _check_open(self) -> None:
+        if self._ended is not None:
+            raise TenantMCPError(self._ended)
+
+    async def _admit(self) -> None:
+        if self._store.admit is not None:
+            await self._store.admit(self._tenant_id)
 
     async def _connection(self) -> PoolConnectionProxy:
-        if self._conn is None:
+        self._check_open()
+        if self._conn is not None:
+            return self._conn
+        async with self._acquiring:  # two tasks of one call must not take two connections
+            if self._conn is not None:
+                return self._conn
+            await self._admit()
             conn = await self._pool.acquire()
             try:
                 tx = conn.transaction()
                 await tx.start()
                 await conn.execute("SELECT set_config($1, $2, true)", TENANT_SETTING, self._tenant_id)
+                await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", drain_lock_key(self._tenant_id))
+                await self._admit()  # a deletion that began meanwhile has suspended the tenant first
+                # The call may have ended while this waited: `finish` found no connection to
+                # release then, so this one must not be kept (no await between check and store).
+                self._check_open()
             except BaseException:
                 await self._pool.release(conn)
                 raise
             self._conn, self._tx = conn, tx
-        return self._conn
+            self._expiry = asyncio.get_running_loop().call_later(self._store.hold_seconds, self._expire)
+            return conn
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._ended = (
+            f"ctx.db held its database connection longer than {self._store.hold_seconds:g} s;"
+            " the call's work was rolled back"
+        )
+        self._reaper = asyncio.ensure_future(self._end(commit=False))
 
     async def finish(self, *, commit: bool) -> None:
+        if self._ended is None:
+            self._ended = "ctx.db was used after its call ended"
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._reaper is not None:
+            await self._reaper
+        await self._end(commit=commit)
+        if commit and self._expired:
+            raise TenantMCPError(self._ended)
+
+    async def _end(self, *, commit: bool) -> None:
         if self._conn is None:
-            return
+            return  # nothing held; a use still waiting for the pool releases what it gets itself
         conn, tx, self._conn = self._conn, self._tx, None
+        if self._busy:
+            # A task of the call is still running a statement: closing the connection is the only
+            # way to stop it; the server rolls the transaction back and the pool opens a new one.
+            conn.terminate()
+            await self._pool.release(conn)
+            if commit:
+                raise TenantMCPError(_BUSY_AT_END)
+            return
         try:
             await (tx.commit() if commit else tx.rollback())
         finally:
             await self._pool.release(conn)
 
+    @asynccontextmanager
+    async def _use(self) -> AsyncIterator[PoolConnectionProxy]:
+        conn = await self._connection()
+        self._busy += 1
+        try:
+            with _constraints():
+                yield conn
+        finally:
+            self._busy -= 1
+
     async def _fetch(self, sql: str, params: Params) -> list[asyncpg.Record]:
         _check(sql)
         text, args = to_postgres(sql, params)
-        conn = await self._connection()
-        with _constraints():
+        async with self._use() as conn:
             return await conn.fetch(text, *args)  # prepared once per connection (asyncpg's cache)
 
     async def execute(self, sql: str, params: Params) -> Result:
         _check(sql)  # also what keeps a parameterless execute, sent as a simple query, to one statement
         text, args = to_postgres(sql, params)
-        conn = await self._connection()
-        with _constraints():
+        async with self._use() as conn:
             status = await conn.execute(text, *args)
         return Result(rowcount=_rowcount(status), lastrowid=None)
 
@@ -255,8 +336,7 @@ class _Unit:
         converted = [to_postgres(sql, row) for row in rows]
         if not converted:
             return 0
-        conn = await self._connection()
-        with _constraints():
+        async with self._use() as conn:
             await conn.executemany(converted[0][0], [args for _, args in converted])
         return len(converted)
 
@@ -274,18 +354,29 @@ class _Unit:
         return int(rows[0]["id"])
 
     async def control(self, statement: str) -> None:
-        conn = await self._connection()
-        await conn.execute(statement)
+        async with self._use() as conn:
+            await conn.execute(statement)
 
 
 class PostgresStore:
     """Tenant data in PostgreSQL: what `ctx.db`, the CLI and the test kit use across replicas."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, hold_seconds: float = DEFAULT_HOLD_SECONDS, admit: Admit | None = None
+    ) -> None:
         self._pool = pool
+        self.hold_seconds = hold_seconds
+        self.admit = admit
 
     @classmethod
-    async def open(cls, url: str, migrations: Sequence[Any] | None = None) -> PostgresStore:
+    async def open(
+        cls,
+        url: str,
+        migrations: Sequence[Any] | None = None,
+        *,
+        hold_seconds: float = DEFAULT_HOLD_SECONDS,
+        admit: Admit | None = None,
+    ) -> PostgresStore:
         """Connect for tenant data. With `migrations` (a serving app), also refuse a role that
         could bypass row-level security and a schema older than the app."""
         pool = await connect_pool(url, search_path=DATA_SCHEMA)
@@ -296,10 +387,10 @@ class PostgresStore:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool)
+        return cls(pool, hold_seconds=hold_seconds, admit=admit)
 
     def database(self, tenant_id: str) -> TenantDatabase:
-        return TenantDatabase(_Unit(self._pool, tenant_id))
+        return TenantDatabase(_Unit(self, tenant_id))
 
     async def aclose(self) -> None:
         await _close(self._pool)
@@ -336,8 +427,13 @@ class PostgresStore:
         return order
 
     async def drop(self, tenant_id: str) -> None:
-        """Delete every row of the tenant, in all tables, in one transaction."""
+        """Delete every row of the tenant, in all tables, in one transaction.
+
+        It first waits for the tenant's calls in flight to end (each holds the tenant's drain lock,
+        at most `hold_seconds`); calls that begin meanwhile wait, then see the tenant suspended or
+        gone (`tenant delete` suspends it first) and write nothing."""
         async with self._as_tenant(tenant_id) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", drain_lock_key(tenant_id))
             for table in await self._tables(conn, children_first=True):
                 await conn.execute(f'DELETE FROM "{table}" WHERE tenant_id = $1', tenant_id)
 
