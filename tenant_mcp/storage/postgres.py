@@ -217,6 +217,18 @@ def drain_lock_key(tenant_id: str) -> int:
     return int(hashlib.sha256(tenant_id.encode()).hexdigest()[:15], 16)
 
 
+async def _abandon(pool: asyncpg.Pool, conn: PoolConnectionProxy) -> None:
+    """Give a connection back whatever state its transaction is in (closed if it cannot say)."""
+    try:
+        if conn.is_in_transaction():
+            await conn.execute("ROLLBACK")
+    except BaseException:
+        conn.terminate()
+        raise
+    finally:
+        await pool.release(conn)
+
+
 class _Unit:
     """One call's transaction: a pooled connection with the tenant set for this transaction only.
 
@@ -231,7 +243,6 @@ class _Unit:
         self._pool = store._pool
         self._tenant_id = tenant_id
         self._conn: PoolConnectionProxy | None = None
-        self._tx: Any = None
         self._acquiring = asyncio.Lock()
         self._busy = 0
         self._ended: str | None = None
@@ -257,18 +268,20 @@ class _Unit:
             await self._admit()
             conn = await self._pool.acquire()
             try:
-                tx = conn.transaction()
-                await tx.start()
+                # One round trip (a simple query): the transaction and the tenant's drain lock,
+                # which `PostgresStore.drop` takes exclusively. The key is an integer we computed.
+                await conn.execute(
+                    f"BEGIN; SELECT pg_advisory_xact_lock_shared({drain_lock_key(self._tenant_id)})"
+                )
                 await conn.execute("SELECT set_config($1, $2, true)", TENANT_SETTING, self._tenant_id)
-                await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", drain_lock_key(self._tenant_id))
                 await self._admit()  # a deletion that began meanwhile has suspended the tenant first
                 # The call may have ended while this waited: `finish` found no connection to
                 # release then, so this one must not be kept (no await between check and store).
                 self._check_open()
             except BaseException:
-                await self._pool.release(conn)
+                await _abandon(self._pool, conn)
                 raise
-            self._conn, self._tx = conn, tx
+            self._conn = conn
             self._expiry = asyncio.get_running_loop().call_later(self._store.hold_seconds, self._expire)
             return conn
 
@@ -294,7 +307,7 @@ class _Unit:
     async def _end(self, *, commit: bool) -> None:
         if self._conn is None:
             return  # nothing held; a use still waiting for the pool releases what it gets itself
-        conn, tx, self._conn = self._conn, self._tx, None
+        conn, self._conn = self._conn, None
         if self._busy:
             # A task of the call is still running a statement: closing the connection is the only
             # way to stop it; the server rolls the transaction back and the pool opens a new one.
@@ -304,9 +317,11 @@ class _Unit:
                 raise TenantMCPError(_BUSY_AT_END)
             return
         try:
-            await (tx.commit() if commit else tx.rollback())
-        finally:
-            await self._pool.release(conn)
+            await conn.execute("COMMIT" if commit else "ROLLBACK")
+        except BaseException:
+            await _abandon(self._pool, conn)
+            raise
+        await self._pool.release(conn)
 
     @asynccontextmanager
     async def _use(self) -> AsyncIterator[PoolConnectionProxy]:
