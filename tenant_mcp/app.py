@@ -34,7 +34,9 @@ from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, POSTGRES_MIGRATIONS, C
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.leakguard import LeakGuard, MarkerSync, Policy
 from tenant_mcp.server import ScopedServer
-from tenant_mcp.storage import DEFAULT_HOLD_SECONDS, DataStore, is_postgres, migration_sql, open_store
+from tenant_mcp.storage import DEFAULT_HOLD_SECONDS, Admit, DataStore, is_postgres, migration_sql, open_store
+from tenant_mcp.storage.gateway import SQLAllowList
+from tenant_mcp.telemetry import Telemetry, TelemetrySettings
 from tenant_mcp.tenancy import _norm
 
 if TYPE_CHECKING:
@@ -56,6 +58,7 @@ class Runtime:
     audit: AuditLog
     store: DataStore
     leak_guard: LeakGuard | None
+    telemetry: Telemetry
     broker: Broker | None = None  # with Redis: what this replica shares with the others
 
 
@@ -186,6 +189,10 @@ class TenantMCP:
 
     `audit=False` turns off the routine audit event of every request (on by default); refusals
     and leak events are still recorded, see `tenant_mcp.audit`.
+
+    `max_subscriptions_per_session` and `max_subscriptions_per_tenant` bound what clients can make
+    the process hold: `resources/subscribe` entries (per session and per tenant) and open
+    `subscriptions/listen` streams (per tenant); past a cap the request gets a clear error.
     """
 
     def __init__(
@@ -201,15 +208,24 @@ class TenantMCP:
         credential_cache_seconds: float = 1.0,
         db_hold_seconds: float | None = None,
         leak_guard: Policy | None = "block",
+        telemetry: TelemetrySettings | None = None,
         migration_url: str | None = None,
+        data_url: str | None = None,
+        sql_allow: SQLAllowList | None = None,
         redis_url: str | None = None,
         redis_prefix: str | None = None,
+        max_subscriptions_per_session: int = 1000,
+        max_subscriptions_per_tenant: int = 10_000,
     ) -> None:
         self.name = name
         self.database_url = database_url or os.environ.get("TENANT_MCP_DATABASE_URL") or DEFAULT_DATABASE_URL
         # PostgreSQL only: the tables' owner. When set, the server migrates before serving (under
         # an advisory lock, so replicas starting together are safe); otherwise run `tenant-mcp migrate`.
         self.migration_url = migration_url or os.environ.get("TENANT_MCP_MIGRATION_URL")
+        # PostgreSQL only: `ctx.db` logs in as its own role, which cannot reach the control plane.
+        self.data_url = data_url or os.environ.get("TENANT_MCP_DATA_URL")
+        # PostgreSQL only: functions and types tool SQL may use beyond the gateway's defaults.
+        self.sql_allow = sql_allow
         self.audit = audit
         self.audit_argument_values = audit_argument_values
         self.max_open_databases = max_open_databases
@@ -219,6 +235,7 @@ class TenantMCP:
             os.environ.get("TENANT_MCP_DB_HOLD_SECONDS") or DEFAULT_HOLD_SECONDS
         )
         self.leak_guard = leak_guard
+        self.telemetry = telemetry or TelemetrySettings()
         # Several replicas share revocations, notifications and stream replay through Redis;
         # without it everything stays in this process.
         self.redis_url = redis_url or os.environ.get("TENANT_MCP_REDIS_URL") or None
@@ -234,6 +251,7 @@ class TenantMCP:
             runtime=lambda: self._runtime,
             instructions=instructions,
             version=version,
+            max_subscriptions=(max_subscriptions_per_session, max_subscriptions_per_tenant),
         )
 
     # -- registration --------------------------------------------------------------------------
@@ -350,12 +368,15 @@ class TenantMCP:
                     )
         self._migrations.extend(scripts)
 
-    async def migrate(self, url: str | None = None, *, app_role: str | None = None) -> dict[str, int]:
+    async def migrate(
+        self, url: str | None = None, *, app_role: str | None = None, data_role: str | None = None
+    ) -> dict[str, int]:
         """Apply the control-plane and tenant-data migrations to PostgreSQL as the tables' owner.
 
         `url` defaults to `migration_url`, then `database_url`. `app_role` (default: the role of
-        `database_url`) is granted row access and nothing more; the server connects as that role.
-        Returns the number of steps applied per component.
+        `database_url`) is granted the control plane; `data_role` (default: the role of
+        `data_url`) row access to tenant tables and nothing else, for `ctx.db`. Returns the
+        number of steps applied per component.
         SQLite needs none of this: it migrates itself when opened.
         """
         from tenant_mcp.storage.postgres import current_role, migrate  # asyncpg is an optional extra
@@ -365,11 +386,14 @@ class TenantMCP:
             raise ConfigurationError("migrate is for PostgreSQL; SQLite databases migrate themselves on open")
         if app_role is None and is_postgres(self.database_url) and self.database_url != target:
             app_role = await current_role(self.database_url)
+        if data_role is None and self.data_url and is_postgres(self.data_url):
+            data_role = await current_role(self.data_url)
         return await migrate(
             target,
             control=POSTGRES_MIGRATIONS,
             data=[migration_sql("postgresql", m) for m in self._migrations],
             app_role=app_role,
+            data_role=data_role,
         )
 
     def tenant(self, slug: str) -> TenantScope:
@@ -398,6 +422,40 @@ class TenantMCP:
             raise TenantMCPError("the server is not running")
         return self._runtime
 
+    async def _open_store(self, control_plane: ControlPlane, *, admit: Admit | None = None) -> DataStore:
+        if not is_postgres(self.database_url):
+            return await open_store(
+                self.database_url,
+                self._migrations,
+                max_open=self.max_open_databases,
+                hold_seconds=self.db_hold_seconds,
+                admit=admit,
+            )
+        from tenant_mcp.storage.postgres import (  # asyncpg is an optional extra
+            PostgresStore,
+            check_control_role,
+            check_version,
+            read_binding_key,
+        )
+
+        if not self.data_url or not is_postgres(self.data_url):
+            raise ConfigurationError(
+                "on PostgreSQL, ctx.db needs a role of its own that cannot reach the control plane: set "
+                "TENANT_MCP_DATA_URL (or --data-db) to postgresql://DATA_ROLE@HOST/DB, set up by "
+                "`tenant-mcp migrate --data-role DATA_ROLE`"
+            )
+        db = control_plane.db
+        await check_control_role(db)
+        await check_version(db, "data", len(self._migrations))
+        return await PostgresStore.open(
+            self.data_url,
+            self._migrations,
+            binding_key=await read_binding_key(db),
+            allow=self.sql_allow,
+            hold_seconds=self.db_hold_seconds,
+            admit=admit,
+        )
+
     @asynccontextmanager
     async def running(
         self, *, jwt: JWTSettings | None = None, oauth: OAuthServer | None = None
@@ -417,13 +475,7 @@ class TenantMCP:
                 oauth=oauth,
                 cache_seconds=self.credential_cache_seconds,
             )
-            store = await open_store(
-                self.database_url,
-                self._migrations,
-                max_open=self.max_open_databases,
-                hold_seconds=self.db_hold_seconds,
-                admit=authenticator.require_active,
-            )
+            store = await self._open_store(control_plane, admit=authenticator.require_active)
             audit = AuditLog(
                 control_plane, keep_argument_values=self.audit_argument_values, every_request=self.audit
             )
@@ -434,10 +486,15 @@ class TenantMCP:
                     if guard is not None:
                         await tg.start(MarkerSync(guard, control_plane).run)
                     broker = await self._start_broker(tg, authenticator)
-                    self._runtime = Runtime(control_plane, authenticator, audit, store, guard, broker)
+                    telemetry = Telemetry(self.telemetry)
+                    telemetry.start(audit_depth=lambda: audit.depth)
+                    self._runtime = Runtime(
+                        control_plane, authenticator, audit, store, guard, telemetry, broker
+                    )
                     try:
                         yield self._runtime
                     finally:
+                        telemetry.stop()
                         self._runtime = None
                         self._server.tenant_bus.relay = None
                         await audit.aclose()

@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import anyio
 
@@ -32,6 +32,17 @@ logger = logging.getLogger("tenant_mcp.audit")
 
 # Outcomes recorded also when routine events are off.
 SECURITY_OUTCOMES = frozenset({"denied", "leak"})
+# Longest principal, method, target or reason stored. They can carry client text (a tool name, a
+# URI, an error that quotes them), and a client must not be able to grow anyone's trail at will.
+MAX_FIELD = 200
+
+
+@overload
+def _bounded(value: str) -> str: ...
+@overload
+def _bounded(value: None) -> None: ...
+def _bounded(value: str | None) -> str | None:
+    return value if value is None or len(value) <= MAX_FIELD else value[: MAX_FIELD - 1] + "…"
 
 
 def _now() -> str:
@@ -139,6 +150,11 @@ class AuditLog:
         self._direct: _DirectWriter | None = None  # while `run` runs
         self.dropped = 0
 
+    @property
+    def depth(self) -> int:
+        """Events waiting to be written."""
+        return len(self._pending)
+
     def record(
         self,
         *,
@@ -163,11 +179,11 @@ class AuditLog:
             AuditEvent(
                 at=_now(),
                 tenant_id=tenant_id,
-                principal=principal,
-                method=method,
-                target=target,
+                principal=_bounded(principal),
+                method=_bounded(method),
+                target=_bounded(target),
                 outcome=outcome,
-                reason=reason,
+                reason=_bounded(reason),
                 duration_ms=round(duration_ms, 3),
                 arguments=summarise_arguments(arguments, keep_values=self.keep_argument_values),
             )

@@ -34,6 +34,7 @@ from tenant_mcp.http import HTTPOptions
 from tenant_mcp.leakguard import plant_canary
 from tenant_mcp.models import Tenant
 from tenant_mcp.storage import is_postgres, open_store
+from tenant_mcp.telemetry import TelemetrySettings, configure_tracing
 
 
 class _UsageError(Exception):
@@ -255,6 +256,7 @@ def _http_options(args: argparse.Namespace) -> HTTPOptions:
         allowed_origins=_csv(args.allowed_origins),
         required_scopes=_csv(args.required_scopes),
         oauth_issuer=args.oauth_issuer,
+        public_url=args.public_url,
     )
     options.jwt = _jwt_settings(args, options.resource_url)
     return options
@@ -268,6 +270,14 @@ def _serve(args: argparse.Namespace) -> None:
         app.database_url = args.db
     if args.migration_url:
         app.migration_url = args.migration_url
+    app.data_url = args.data_db or app.data_url
+    app.telemetry = TelemetrySettings(
+        metrics_address=args.metrics_address or app.telemetry.metrics_address,
+        metrics_tenants=frozenset(_csv(args.metrics_tenants)) or app.telemetry.metrics_tenants,
+        log_format="json" if args.log_format == "json" else app.telemetry.log_format,
+        enduser_id=app.telemetry.enduser_id,
+    )
+    configure_tracing()
     app.redis_url = args.redis_url or app.redis_url
     app.redis_prefix = args.redis_prefix or app.redis_prefix
     options = _http_options(args)
@@ -289,7 +299,8 @@ def _migrate(args: argparse.Namespace) -> None:
             "migrate is for PostgreSQL (give --migration-url postgresql://OWNER@HOST/DB); "
             "SQLite databases migrate themselves when opened"
         )
-    applied = asyncio.run(app.migrate(owner, app_role=args.app_role))
+    app.data_url = args.data_db or app.data_url
+    applied = asyncio.run(app.migrate(owner, app_role=args.app_role, data_role=args.data_role))
     text = ", ".join(f"{n} {component} step(s)" for component, n in applied.items())
     _print(args, {"applied": applied}, f"applied {text}" if any(applied.values()) else "already up to date")
 
@@ -461,15 +472,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--jwt-issuer", default=_env("JWT_ISSUER"), help="required iss (comma-separated list)")
     serve.add_argument("--jwt-audience", default=_env("JWT_AUDIENCE"),
-                       help="required aud: this server's resource URL (default http://HOST:PORT/mcp)")  # fmt: skip
+                       help="required aud (default: the resource URL, PUBLIC_URL/mcp)")  # fmt: skip
     serve.add_argument("--jwt-tenant-claim", default=_env("JWT_TENANT_CLAIM", "tenant"),
                        help="claim holding the tenant slug (default: tenant)")  # fmt: skip
     serve.add_argument("--oauth-issuer", default=_env("OAUTH_ISSUER"),
                        help="turn on the built-in OAuth authorization server at this public base URL, "
                        "e.g. http://127.0.0.1:8000 (for clients that only speak OAuth)")  # fmt: skip
+    serve.add_argument("--public-url", default=_env("PUBLIC_URL"),
+                       help="where clients reach this server, e.g. https://mcp.example.com behind a proxy: "
+                       "names the resource, the JWT audience and every advertised address")  # fmt: skip
     serve.add_argument("--migration-url", default=_env("MIGRATION_URL"),
                        help="PostgreSQL URL of the tables' owner: migrate before serving (safe when "
                        "replicas start together)")  # fmt: skip
+    serve.add_argument("--data-db", default=_env("DATA_URL"),
+                       help="PostgreSQL URL of ctx.db's own role (env TENANT_MCP_DATA_URL; required "
+                       "on PostgreSQL: that role cannot reach the control plane)")  # fmt: skip
+    serve.add_argument("--metrics-address", default=_env("METRICS_ADDRESS"),
+                       help="serve Prometheus metrics at HOST:PORT, e.g. 127.0.0.1:9464 (never on the MCP "
+                       "port; needs the [metrics] extra)")  # fmt: skip
+    serve.add_argument("--metrics-tenants", default=_env("METRICS_TENANTS"),
+                       help="comma-separated tenant slugs that get a metrics label of their own "
+                       "(everyone else is 'other')")  # fmt: skip
+    serve.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"],
+                       help="json: one structured line per request on stderr, no access log")  # fmt: skip
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                        choices=["critical", "error", "warning", "info", "debug"])  # fmt: skip
     serve.set_defaults(handler=None, run=_serve)
@@ -479,13 +504,18 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="apply migrations to PostgreSQL as the tables' owner",
         description="Create or upgrade the control-plane and tenant-data tables in PostgreSQL, add "
-        "tenant columns, keys and row-level security policies, and grant the server's role (the "
-        "role of --db) row access. Runs once even when several processes start together.",
+        "tenant columns, keys and row-level security policies, and grant the server's two roles "
+        "their access: the control-plane role (of --db) and the data role of ctx.db (of --data-db), "
+        "which gets row access to tenant tables and nothing else. Runs once even when several "
+        "processes start together.",
     )
     p.add_argument("app", help="MODULE:ATTR of the TenantMCP whose migrations to apply")
     p.add_argument("--migration-url", default=_env("MIGRATION_URL"),
                    help="owner's PostgreSQL URL (env TENANT_MCP_MIGRATION_URL; default: --db)")  # fmt: skip
-    p.add_argument("--app-role", help="role to grant row access (default: the role of --db)")
+    p.add_argument("--app-role", help="control-plane role (default: the role of --db)")
+    p.add_argument("--data-role", help="ctx.db's role: row access only (default: the role of --data-db)")
+    p.add_argument("--data-db", default=_env("DATA_URL"),
+                   help="PostgreSQL URL of ctx.db's role (env TENANT_MCP_DATA_URL)")  # fmt: skip
     p.set_defaults(handler=None, run=_migrate)
 
     demo = commands.add_parser("demo", parents=[common], help="run the notes example with two demo tenants")

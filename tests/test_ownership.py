@@ -84,7 +84,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         import subprocess
 
         done = subprocess.run(
-            [sys.executable, "-m", "tenant_mcp.cli", "migrate", APP, "--db", pg.app, "--migration-url", pg.owner],
+            [sys.executable, "-m", "tenant_mcp.cli", "migrate", APP, "--db", pg.app, "--data-db", pg.data,
+             "--migration-url", pg.owner],
             cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
