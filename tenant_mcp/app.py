@@ -37,7 +37,7 @@ from tenant_mcp.leakguard import LeakGuard, MarkerSync, Policy
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.secrets import KeyRing, SecretStore
 from tenant_mcp.server import ScopedServer
-from tenant_mcp.storage import DataStore, is_postgres, migration_sql, open_store
+from tenant_mcp.storage import DEFAULT_HOLD_SECONDS, Admit, DataStore, is_postgres, migration_sql, open_store
 from tenant_mcp.storage.gateway import SQLAllowList
 from tenant_mcp.telemetry import Telemetry, TelemetrySettings
 from tenant_mcp.tenancy import _norm
@@ -212,6 +212,7 @@ class TenantMCP:
         audit_retain_days: float | None = None,
         max_open_databases: int = 64,
         credential_cache_seconds: float = 1.0,
+        db_hold_seconds: float | None = None,
         leak_guard: Policy | None = "block",
         telemetry: TelemetrySettings | None = None,
         migration_url: str | None = None,
@@ -238,6 +239,10 @@ class TenantMCP:
         self.audit_retain_days = audit_retain_days
         self.max_open_databases = max_open_databases
         self.credential_cache_seconds = credential_cache_seconds
+        # How long one call may hold its database connection before it is rolled back and released.
+        self.db_hold_seconds = db_hold_seconds or float(
+            os.environ.get("TENANT_MCP_DB_HOLD_SECONDS") or DEFAULT_HOLD_SECONDS
+        )
         self.leak_guard = leak_guard
         self.telemetry = telemetry or TelemetrySettings()
         # Several replicas share revocations, notifications and stream replay through Redis;
@@ -465,9 +470,15 @@ class TenantMCP:
             )
         return secrets
 
-    async def _open_store(self, control_plane: ControlPlane) -> DataStore:
+    async def _open_store(self, control_plane: ControlPlane, *, admit: Admit | None = None) -> DataStore:
         if not is_postgres(self.database_url):
-            return await open_store(self.database_url, self._migrations, max_open=self.max_open_databases)
+            return await open_store(
+                self.database_url,
+                self._migrations,
+                max_open=self.max_open_databases,
+                hold_seconds=self.db_hold_seconds,
+                admit=admit,
+            )
         from tenant_mcp.storage.postgres import (  # asyncpg is an optional extra
             PostgresStore,
             check_control_role,
@@ -485,7 +496,12 @@ class TenantMCP:
         await check_control_role(db)
         await check_version(db, "data", len(self._migrations))
         return await PostgresStore.open(
-            self.data_url, self._migrations, binding_key=await read_binding_key(db), allow=self.sql_allow
+            self.data_url,
+            self._migrations,
+            binding_key=await read_binding_key(db),
+            allow=self.sql_allow,
+            hold_seconds=self.db_hold_seconds,
+            admit=admit,
         )
 
     @asynccontextmanager
@@ -502,7 +518,13 @@ class TenantMCP:
             await self.migrate(self.migration_url)
         async with ControlPlane(self.database_url) as control_plane:
             secrets = await self._open_secrets(control_plane)
-            store = await self._open_store(control_plane)
+            authenticator = Authenticator(
+                control_plane,
+                jwt=JWTVerifier(jwt) if jwt else None,
+                oauth=oauth,
+                cache_seconds=self.credential_cache_seconds,
+            )
+            store = await self._open_store(control_plane, admit=authenticator.require_active)
             forwarder = Forwarder(self.audit_sinks) if self.audit_sinks else None
             audit = AuditLog(
                 control_plane,
@@ -510,12 +532,6 @@ class TenantMCP:
                 every_request=self.audit,
                 forwarder=forwarder,
                 retain_seconds=None if self.audit_retain_days is None else self.audit_retain_days * 86400,
-            )
-            authenticator = Authenticator(
-                control_plane,
-                jwt=JWTVerifier(jwt) if jwt else None,
-                oauth=oauth,
-                cache_seconds=self.credential_cache_seconds,
             )
             try:
                 async with anyio.create_task_group() as tg:

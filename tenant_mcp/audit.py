@@ -77,6 +77,19 @@ _INSERT = (
 )
 
 
+def _of_live_tenants(conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> Sequence[AuditEvent]:
+    """Drop events of tenants deleted meanwhile (as `ControlPlane.write_audit` does); inside the
+    write transaction, so a deletion is entirely before or after."""
+    ids = sorted({e.tenant_id for e in events if e.tenant_id is not None})
+    if not ids:
+        return events
+    marks = ", ".join("?" for _ in ids)
+    live = {row[0] for row in conn.execute(f"SELECT id FROM tenants WHERE id IN ({marks})", ids)}
+    return (
+        events if len(live) == len(ids) else [e for e in events if e.tenant_id in live or e.tenant_id is None]
+    )
+
+
 class _DirectWriter:
     """Writes a batch from the event loop's own thread, never waiting.
 
@@ -100,6 +113,7 @@ class _DirectWriter:
         except sqlite3.OperationalError:  # locked by another writer
             return False
         try:
+            events = _of_live_tenants(self._conn, events)
             self._conn.executemany(_INSERT, [
                 (e.at, e.tenant_id, e.principal, e.method, e.target, e.outcome, e.reason, e.duration_ms, e.arguments)
                 for e in events

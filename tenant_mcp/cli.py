@@ -114,13 +114,29 @@ async def _tenant_status(args: argparse.Namespace, cp: ControlPlane) -> None:
 async def _tenant_delete(args: argparse.Namespace, cp: ControlPlane) -> None:
     if not args.yes:
         raise _UsageError(f"deleting {args.slug!r} removes all of its data; repeat with --yes to confirm")
+    if args.drain_seconds < 0:
+        raise _UsageError("--drain-seconds must not be negative")
     tenant = await cp.require_tenant(args.slug)
+    # 1. Credentials stop: suspended, and with Redis every replica drops its cache at once. Servers
+    #    also refuse the tenant's calls in flight any new use of its data (checked on acquiring it).
+    if tenant.status != "suspended":
+        await cp.set_status(args.slug, "suspended")
+    await _broadcast(args, Invalidation(kind="tenant", id=tenant.id))
+    # 2. Drain: every server has noticed within its credential-cache window (1 s by default) and
+    #    has flushed the audit events of calls that ended; the data drop below waits for calls in
+    #    flight (PostgreSQL's drain lock; on SQLite their writes go to the deleted file).
+    await anyio.sleep(args.drain_seconds)
     store = await open_store(cp.url)
     try:
-        await store.drop(tenant.id)  # data first: a failure leaves the tenant there to retry
+        # 3. Data, then the control rows; a failure leaves the tenant (suspended) there to retry.
+        await store.drop(tenant.id)
+        await cp.purge_tenant(tenant.id)
+        # 4. A second sweep for what committed in between; later audit batches find no tenant.
+        await store.drop(tenant.id)
+        await cp.purge_tenant(tenant.id)
     finally:
         await store.aclose()
-    await cp.delete_tenant(args.slug)
+    # 5. Announce.
     await _broadcast(args, Invalidation(kind="tenant", id=tenant.id), deleted=True)
     _print(args, {"deleted": tenant.slug}, f"deleted tenant {tenant.slug} and all of its data")
 
@@ -529,6 +545,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = tenant_cmds.add_parser("delete", parents=[common, shared], help="delete a tenant and all of its data")
     p.add_argument("slug")
     p.add_argument("--yes", action="store_true", help="confirm the deletion")
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=2.0,
+        help="wait after suspending, for servers to stop the tenant's calls (default 2; at least the "
+        "servers' credential cache window)",
+    )
     p.set_defaults(handler=_tenant_delete)
     p = tenant_cmds.add_parser("export", parents=[common], help="write a tenant's data to a JSON file")
     p.add_argument("slug")

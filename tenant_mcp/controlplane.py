@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import unicodedata
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,10 +23,11 @@ from tenant_mcp.auth import apikeys
 from tenant_mcp.errors import ConfigurationError, NotFoundError, TenantMCPError
 from tenant_mcp.models import Tenant, TenantStatus
 from tenant_mcp.storage import data_dir, is_postgres, sqlite_path
-from tenant_mcp.storage.sql import ConstraintError, Database
+from tenant_mcp.storage.sql import Connection, ConstraintError, Database
 
 DEFAULT_DATABASE_URL = "sqlite:///./tenant_mcp.db"
-SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# Always fullmatch: `$` also matches before a trailing newline, which made "acme\n" a second acme.
+SLUG_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 _MIGRATIONS: tuple[str, ...] = (
     """
@@ -242,6 +244,19 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
 )
 
 
+def _check_text(what: str, value: str) -> None:
+    """Names people read: printable, no surrounding whitespace, at most 200 characters."""
+    if (
+        not value
+        or len(value) > 200
+        or value != value.strip()
+        or any(unicodedata.category(c).startswith("C") for c in value)
+    ):
+        raise TenantMCPError(
+            f"invalid {what} {value!r}: 1-200 printable characters without leading or trailing spaces"
+        )
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -427,16 +442,19 @@ class ControlPlane:
         plan: str = "free",
         metadata: dict[str, Any] | None = None,
     ) -> Tenant:
-        if not SLUG_RE.match(slug):
+        if not SLUG_RE.fullmatch(slug):
             raise TenantMCPError(
                 f"invalid tenant slug {slug!r}: use 1-63 lowercase letters, digits and inner hyphens"
             )
         if not plan or len(plan) > 64:
             raise TenantMCPError("a plan name is 1-64 characters")
+        name = slug if name is None else name
+        _check_text("tenant name", name)
+        await self._check_distinct(slug, name)
         tenant = Tenant(
             id=uuid.uuid4().hex,
             slug=slug,
-            name=name or slug,
+            name=name,
             plan=plan,
             status="active",
             metadata=metadata or {},
@@ -458,6 +476,17 @@ class ControlPlane:
         except ConstraintError:
             raise TenantMCPError(f"tenant {slug!r} already exists") from None
         return tenant
+
+    async def _check_distinct(self, slug: str, name: str) -> None:
+        """The slug and name are leak-guard markers: refuse one that, normalised as the guard does
+        (trimmed, lower case), equals another tenant's slug or name. Two tenants holding the same
+        marker would each be allowed to see it, which switches the guard off for that word."""
+        mine = {slug.strip().lower(), name.strip().lower()}
+        for row in await self.db.fetch_all("SELECT slug, name FROM tenants"):
+            if row["slug"] != slug and mine & {row["slug"].strip().lower(), row["name"].strip().lower()}:
+                raise TenantMCPError(
+                    f"tenant name {name!r} (or slug) is already another tenant's slug or name: choose a distinct one"
+                )
 
     async def tenant_by_slug(self, slug: str) -> Tenant | None:
         row = await self.db.fetch_one(f"{_TENANTS} WHERE t.slug = ?", (slug,))
@@ -484,20 +513,22 @@ class ControlPlane:
     async def delete_tenant(self, slug: str) -> Tenant:
         """Remove the tenant, its keys and its audit trail. Its data files are the caller's job."""
         tenant = await self.require_tenant(slug)
+        await self.purge_tenant(tenant.id)
+        return tenant
+
+    async def purge_tenant(self, tenant_id: str) -> None:
+        """Delete every control-plane row of a tenant id; harmless when there is none (a second sweep).
+
+        The tenant row goes first: an audit batch checks (on PostgreSQL: locks) it before writing,
+        so a batch either committed before (and its events are deleted below) or finds no tenant
+        and drops them."""
         async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,))
             # secrets and tenant_keys: the data key goes, so no copy of a ciphertext can be read again
             for table in (
-                "api_keys",
-                "oauth_codes",
-                "oauth_tokens",
-                "leak_markers",
-                "audit_events",
-                "secrets",
-                "tenant_keys",
-            ):
-                await tx.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (tenant.id,))
-            await tx.execute("DELETE FROM tenants WHERE id = ?", (tenant.id,))
-        return tenant
+                "api_keys", "oauth_codes", "oauth_tokens", "leak_markers", "audit_events", "secrets", "tenant_keys",
+            ):  # fmt: skip
+                await tx.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (tenant_id,))
 
     # -- API keys ----------------------------------------------------------------------------
 
@@ -517,6 +548,8 @@ class ControlPlane:
         bad = [s for s in scopes if not s or any(c.isspace() for c in s)]
         if bad:
             raise TenantMCPError(f"invalid scope {bad[0]!r}: scopes are non-empty and contain no spaces")
+        if label:
+            _check_text("key label", label)
         new = apikeys.generate()
         record = KeyRecord(
             key_id=new.key_id,
@@ -616,6 +649,7 @@ class ControlPlane:
     async def write_audit(self, events: Sequence[AuditEvent], used_keys: Iterable[str] = ()) -> None:
         """Write a batch in one transaction: one disk sync for many requests."""
         async with self.db.transaction() as tx:
+            events = await self._of_live_tenants(tx, events)
             await tx.execute_many(
                 "INSERT INTO audit_events (at, tenant_id, principal, method, target, outcome, reason,"
                 " duration_ms, arguments) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -651,6 +685,23 @@ class ControlPlane:
     async def prune_audit(self, before: str) -> int:
         """Delete audit events older than `before` (ISO time, UTC); returns how many."""
         return await self.db.execute("DELETE FROM audit_events WHERE at < ?", (before,))
+
+    async def _of_live_tenants(self, tx: Connection, events: Sequence[AuditEvent]) -> Sequence[AuditEvent]:
+        """Drop events of tenants deleted meanwhile (a deletion must leave nothing, and failing
+        the batch would lose the other tenants' events). On PostgreSQL the tenant rows are locked
+        until the batch commits, so a deletion in progress waits for it and then deletes its events."""
+        ids = sorted({e.tenant_id for e in events if e.tenant_id is not None})
+        if not ids:
+            return events
+        lock = " FOR KEY SHARE" if self.postgres else ""
+        marks = ", ".join("?" for _ in ids)
+        rows = await tx.fetch_all(f"SELECT id FROM tenants WHERE id IN ({marks}){lock}", ids)
+        live = {row["id"] for row in rows}
+        return (
+            events
+            if len(live) == len(ids)
+            else [e for e in events if e.tenant_id in live or e.tenant_id is None]
+        )
 
     async def audit_events(self, tenant_slug: str, limit: int = 50) -> list[dict[str, Any]]:
         tenant = await self.require_tenant(tenant_slug)

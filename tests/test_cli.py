@@ -492,6 +492,47 @@ def test_tenant_delete_needs_yes_then_removes_tenant_keys_and_data(cli: ForkRunn
     cli("tenant", "delete", "empty", "--yes", "--db", db.url).ok()
 
 
+def test_a_late_audit_batch_of_a_deleted_tenant_writes_nothing_and_fails_nothing(
+    cli: ForkRunner, db: DB
+) -> None:
+    """Events of a deleted tenant's last calls reach the writer after the deletion: they are
+    dropped, while the batch's other events are written (and no row of the tenant re-appears)."""
+    for slug in ("acme", "globex"):
+        cli("tenant", "create", slug, "--db", db.url).ok()
+    ids = {t["slug"]: t["id"] for t in cli("tenant", "list", "--db", db.url, "--json").json()}
+    cli("tenant", "delete", "acme", "--yes", "--drain-seconds", "0", "--db", db.url).ok()
+
+    def event(tenant_id: str | None) -> AuditEvent:
+        return AuditEvent(at="2025-01-01T00:00:00.000Z", tenant_id=tenant_id, principal=None, method="tools/call",
+                          target="t", outcome="ok", reason=None, duration_ms=1.0, arguments=None)  # fmt: skip
+
+    async def go() -> None:
+        async with ControlPlane(db.url) as cp:
+            await cp.write_audit([event(ids["acme"]), event(ids["globex"]), event(None)])
+
+    _run_async(go())
+    conn = sqlite3.connect(db.path)
+    try:
+        rows = conn.execute("SELECT tenant_id FROM audit_events").fetchall()
+    finally:
+        conn.close()
+    assert sorted(rows, key=str) == sorted([(ids["globex"],), (None,)], key=str), rows
+
+
+def test_names_match_their_pattern_in_full() -> None:
+    from tenant_mcp.auth.apikeys import generate, parse_key_id
+    from tenant_mcp.errors import TenantMCPError
+    from tenant_mcp.storage.database import check_identifier
+
+    key = generate()
+    assert parse_key_id(key.key) == key.key_id
+    assert parse_key_id(key.key + "\n") is None
+    assert check_identifier("notes") == "notes"
+    for bad in ("notes\n", "notes ", "\nnotes"):
+        with pytest.raises(TenantMCPError):
+            check_identifier(bad)
+
+
 def test_tenant_export(cli: ForkRunner, db: DB) -> None:
     cli("tenant", "create", "acme", "--name", "Acme Corp", "--plan", "pro", "--db", db.url).ok()
     cli("tenant", "create", "globex", "--db", db.url).ok()
@@ -542,6 +583,15 @@ MISTAKES: list[Any] = [
     pytest.param(["tenant", "create", "Acme"], "slug", id="uppercase-slug"),
     pytest.param(["tenant", "create", "-acme"], None, id="leading-hyphen"),
     pytest.param(["tenant", "create", "x", "--plan", ""], "plan", id="empty-plan"),
+    # `$` matches before a trailing newline: a second "acme" that the leak guard would merge.
+    pytest.param(["tenant", "create", "acme\n"], "slug", id="slug-trailing-newline"),
+    pytest.param(["tenant", "create", "\nacme"], "slug", id="slug-leading-newline"),
+    pytest.param(["tenant", "create", "acme\t"], "slug", id="slug-trailing-tab"),
+    # Names are leak-guard markers too: one that normalises to another tenant's slug or name.
+    pytest.param(["tenant", "create", "other", "--name", "ACME"], "name", id="name-is-another-slug"),
+    pytest.param(["tenant", "create", "other", "--name", " acme\n"], "name", id="name-padded"),
+    pytest.param(["tenant", "create", "other", "--name", "a\x00b\x1bc"], "name", id="name-control-chars"),
+    pytest.param(["key", "create", "acme", "--label", "laptop\n"], "label", id="label-newline"),
     pytest.param(["key", "create", "acme", "--scopes", "a b"], "scope", id="scope-with-space"),
     pytest.param(["key", "revoke", "0123456789ab"], "0123456789ab", id="unknown-key-id"),
     pytest.param(["serve", "nomodule:app"], "nomodule", id="serve-no-module"),

@@ -3,6 +3,7 @@ driven through a real server with the SDK client."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
@@ -13,6 +14,8 @@ from typing import Any
 import anyio
 import pytest
 
+from tenant_mcp.errors import TenantMCPError
+from tenant_mcp.storage.sql import GatewayRefusal
 from tenant_mcp.storage.sqlite import SQLiteStore
 from tests.conftest import ServerProcess, Tenants, mcp_client
 
@@ -168,3 +171,85 @@ async def test_pool_bounds_open_connections_and_threads(tmp_path: Path) -> None:
     finally:
         await pool.aclose()
     assert pool.open_count == 0
+
+
+# -- transaction control and connection ownership (issue 11, findings 7 and 9) ------------------
+
+TRANSACTION_CONTROL = [
+    "COMMIT",
+    "BEGIN",
+    "BEGIN IMMEDIATE",
+    "END",
+    "ROLLBACK",
+    "commit transaction",
+    "SAVEPOINT tenant_mcp_sp1",
+    "SAVEPOINT mine",
+    "RELEASE tenant_mcp_sp1",
+    "RELEASE SAVEPOINT tenant_mcp_sp1",
+    "ROLLBACK TO SAVEPOINT tenant_mcp_sp1",
+    "/* c */ COMMIT",
+]
+
+
+async def test_tool_sql_cannot_end_or_split_the_unit_of_work(tmp_path: Path) -> None:
+    """COMMIT from tool SQL would make a failing call's earlier writes permanent. Also the exact
+    texts the framework itself uses, which SQLite's statement cache would otherwise reuse unchecked."""
+    store = SQLiteStore(tmp_path, ["CREATE TABLE t (v TEXT)"])
+    tenant = "1" * 32
+    try:
+        db = store.database(tenant)
+        async with db.transaction():  # the framework's own savepoints work (and are now cached)
+            await db.execute("INSERT INTO t (v) VALUES ('inner')")
+        await db.execute("INSERT INTO t (v) VALUES ('before')")
+        for sql in TRANSACTION_CONTROL:
+            with pytest.raises(GatewayRefusal, match="transaction control"):
+                await db.execute(sql)
+            assert db.refusal is not None and "ctx.db.transaction()" in db.refusal
+        await db._finish(commit=False)  # the call fails: nothing of it may remain
+        db = store.database(tenant)
+        assert await db.fetch_all("SELECT v FROM t") == []
+        with pytest.raises(GatewayRefusal):
+            await db.execute("COMMIT")
+        await db._finish(commit=True)
+    finally:
+        await store.aclose()
+
+
+async def test_a_use_that_was_waiting_when_the_call_ended_releases_the_connection(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path, ["CREATE TABLE t (v TEXT)"])
+    tenant = "2" * 32
+    try:
+        holder = store.database(tenant)
+        await holder.execute("INSERT INTO t (v) VALUES ('holder')")  # holds the tenant's lease
+        call = store.database(tenant)
+        stray = asyncio.ensure_future(call.execute("INSERT INTO t (v) VALUES ('stray')"))
+        await asyncio.sleep(0.05)  # the stray task now waits for the lease
+        await call._finish(commit=True)  # the call returns meanwhile
+        await holder._finish(commit=True)
+        with pytest.raises(TenantMCPError, match="after its call ended"):
+            await stray
+        after = store.database(tenant)  # the lease is free again: this would hang before the fix
+        with anyio.fail_after(5):
+            assert await after.fetch_all("SELECT v FROM t") == [{"v": "holder"}]
+        await after._finish(commit=True)
+    finally:
+        await store.aclose()
+
+
+async def test_a_connection_held_too_long_is_rolled_back_and_released(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path, ["CREATE TABLE t (v TEXT)"], hold_seconds=0.3)
+    tenant = "3" * 32
+    try:
+        stuck = store.database(tenant)
+        await stuck.execute("INSERT INTO t (v) VALUES ('stuck')")
+        await asyncio.sleep(0.6)  # a tool awaiting something forever while holding its transaction
+        other = store.database(tenant)
+        with anyio.fail_after(5):
+            assert await other.fetch_all("SELECT v FROM t") == []
+        await other._finish(commit=True)
+        with pytest.raises(TenantMCPError, match=r"longer than 0\.3 s"):
+            await stuck.execute("INSERT INTO t (v) VALUES ('late')")
+        with pytest.raises(TenantMCPError, match="rolled back"):
+            await stuck._finish(commit=True)
+    finally:
+        await store.aclose()

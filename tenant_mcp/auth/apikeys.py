@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 
 PREFIX = "tmk"
-_KEY_RE = re.compile(r"^tmk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+_KEY_RE = re.compile(r"tmk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ def digest(key: str) -> str:
 
 def parse_key_id(key: str) -> str | None:
     """The key id of a well-formed key, or None. Lets us look up one row instead of scanning."""
-    match = _KEY_RE.match(key)
+    match = _KEY_RE.fullmatch(key)
     return match.group(1) if match else None
 
 

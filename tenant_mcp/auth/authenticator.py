@@ -100,6 +100,7 @@ class Authenticator:
         # (possibly stale) answer after it.
         self._generation = 0
         self._verified = _TTLCache(cache_seconds)
+        self._active = _TTLCache(cache_seconds)  # tenant id -> bool, for `require_active`
 
     async def authenticate(self, token: str) -> TenantAccessToken:
         hit = self._verified.get(token)
@@ -235,6 +236,21 @@ class Authenticator:
         )
         return self._token(token, tenant, principal, expires_at=int(claims["exp"]), verified_at=read_at)
 
+    async def require_active(self, tenant_id: str) -> None:
+        """Raise unless the tenant exists and is active, as of at most `cache_seconds` ago.
+
+        Asked when a call acquires its tenant's data: a call already running when its tenant was
+        suspended or deleted writes nothing once this process knows (at once with Redis)."""
+        active = self._active.get(tenant_id)
+        if active is None:
+            generation, read_at = self._generation, time.monotonic()
+            tenant = await self.control_plane.tenant_by_id(tenant_id)
+            active = tenant is not None and tenant.status == "active"
+            if generation == self._generation:
+                self._active.put(tenant_id, active, read_at=read_at)
+        if not active:
+            raise AuthenticationError("the tenant is suspended or deleted")
+
     def invalidate(self, invalidation: Invalidation) -> None:
         """Drop cached lookups that another process (the CLI, another replica) has made stale."""
         self._generation += 1
@@ -246,6 +262,7 @@ class Authenticator:
             self._keys.discard_where(lambda hit: hit[0] is not None and hit[0].tenant_id == ident)
             self._tenants.discard_where(lambda tenant: tenant.id == ident)
             self._verified.discard_where(lambda token: token.tenant.id == ident)
+            self._active.discard(ident)
         elif kind == "oauth":
             self._grants.clear()  # grants are cached by token, which no message may carry
             self._verified.discard_where(lambda token: token.principal.auth_method == "oauth")
@@ -254,6 +271,7 @@ class Authenticator:
             self._tenants.clear()
             self._grants.clear()
             self._verified.clear()
+            self._active.clear()
 
     @staticmethod
     def _token(

@@ -13,10 +13,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tenant_mcp.errors import ConfigurationError
-from tenant_mcp.storage.database import Result, TenantDatabase, new_id
+from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, Admit, Result, TenantDatabase, new_id
 from tenant_mcp.storage.sql import ConstraintError
 
-__all__ = ["ConstraintError", "DataStore", "Result", "TenantDatabase", "is_postgres", "new_id", "open_store"]
+__all__ = [
+    "DEFAULT_HOLD_SECONDS",
+    "Admit",
+    "ConstraintError",
+    "DataStore",
+    "Result",
+    "TenantDatabase",
+    "is_postgres",
+    "new_id",
+    "open_store",
+]
 
 
 class DataStore(Protocol):
@@ -48,21 +58,34 @@ def data_dir(url: str) -> Path:
     return path.with_name(path.stem + "_data")
 
 
-async def open_store(url: str, migrations: Sequence[Any] | None = None, *, max_open: int = 64) -> DataStore:
+async def open_store(
+    url: str,
+    migrations: Sequence[Any] | None = None,
+    *,
+    max_open: int = 64,
+    hold_seconds: float = DEFAULT_HOLD_SECONDS,
+    admit: Admit | None = None,
+) -> DataStore:
     """The data store for a database URL.
 
     `migrations` is given by a serving app: SQLite then migrates each tenant's file on first
     open; PostgreSQL checks that the schema is current and that the role cannot bypass row-level
-    security. Without it (the CLI), the store only reads, exports and deletes.
+    security. Without it (the CLI), the store only reads, exports and deletes. A call may hold its
+    connection `hold_seconds` at most; `admit` is asked, when a call acquires it, whether the
+    tenant may still use its data (a suspended or deleted one may not).
     """
     if is_postgres(url):
         from tenant_mcp.storage.postgres import PostgresStore
 
-        return await PostgresStore.open(url, migrations)
+        return await PostgresStore.open(url, migrations, hold_seconds=hold_seconds, admit=admit)
     from tenant_mcp.storage.sqlite import SQLiteStore
 
     return SQLiteStore(
-        data_dir(url), [migration_sql("sqlite", m) for m in migrations or ()], max_open=max_open
+        data_dir(url),
+        [migration_sql("sqlite", m) for m in migrations or ()],
+        max_open=max_open,
+        hold_seconds=hold_seconds,
+        admit=admit,
     )
 
 

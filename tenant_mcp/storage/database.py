@@ -13,7 +13,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -25,8 +25,16 @@ from tenant_mcp.storage.sql import GatewayRefusal, Params
 
 T = TypeVar("T")
 
+# How long one call may hold its database connection (a pooled PostgreSQL connection, or the
+# tenant's SQLite file) before it is rolled back and released: a stuck or stray task of one tenant
+# must not starve the others. `TenantMCP(db_hold_seconds=...)` changes it.
+DEFAULT_HOLD_SECONDS = 30.0
+
+Admit = Callable[[str], Awaitable[None]]
+"""Raises unless the tenant (by id) may still use its data: checked when a call acquires it."""
+
 _tracer = trace.get_tracer("tenant_mcp.db")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _EPOCH_MS = 1_704_067_200_000  # 2024-01-01
 _id_lock = threading.Lock()
 _last_id = 0
@@ -54,7 +62,7 @@ def _verb(sql: str) -> str:
 
 
 def check_identifier(name: str) -> str:
-    if not _IDENT.match(name):
+    if not _IDENT.fullmatch(name):
         raise TenantMCPError(f"invalid SQL identifier {name!r}")
     return name
 

@@ -42,7 +42,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
-from tenant_mcp.storage.database import Result, TenantDatabase
+from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, Admit, Result, TenantDatabase
 from tenant_mcp.storage.gateway import SQLAllowList, check
 from tenant_mcp.storage.sql import Connection, ConstraintError, Params, to_postgres
 
@@ -162,37 +162,133 @@ class PostgresDatabase(_Connection):
             yield _Connection(conn)
 
 
+_BUSY_AT_END = (
+    "ctx.db was still in use by a task of the call when the call ended; the call's work was rolled back"
+)
+
+
+def drain_lock_key(tenant_id: str) -> int:
+    """The advisory lock every call holds (shared) on its tenant while it has a connection, and that
+    deleting the tenant takes exclusively: the deletion waits for calls in flight and none begins
+    meanwhile. Collisions between tenants only make one deletion wait for another's calls."""
+    return int(hashlib.sha256(tenant_id.encode()).hexdigest()[:15], 16)
+
+
+async def _abandon(pool: asyncpg.Pool, conn: PoolConnectionProxy) -> None:
+    """Give a connection back whatever state its transaction is in (closed if it cannot say)."""
+    try:
+        if conn.is_in_transaction():
+            await conn.execute("ROLLBACK")
+    except BaseException:
+        conn.terminate()
+        raise
+    finally:
+        await pool.release(conn)
+
+
 class _Unit:
-    """One call's transaction: a pooled connection bound to the tenant for this transaction only."""
+    """One call's transaction: a pooled connection bound to the tenant for this transaction only.
+
+    The call owns the connection: once the call has ended (or held it past `hold_seconds`), every
+    use is an error, also one that was waiting for the pool when the call ended (it releases what it
+    got); a statement still running then is cut off by closing the connection, and the work rolled
+    back. A tenant's stray tasks therefore never keep pool connections from the other tenants.
+    """
 
     def __init__(self, store: PostgresStore, tenant_id: str) -> None:
         self._store = store
         self._pool = store._pool
         self._tenant_id = tenant_id
         self._conn: PoolConnectionProxy | None = None
-        self._tx: Any = None
+        self._acquiring = asyncio.Lock()
+        self._busy = 0
+        self._ended: str | None = None
+        self._expired = False
+        self._expiry: asyncio.TimerHandle | None = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    def _check_open(self) -> None:
+        if self._ended is not None:
+            raise TenantMCPError(self._ended)
+
+    async def _admit(self) -> None:
+        if self._store.admit is not None:
+            await self._store.admit(self._tenant_id)
 
     async def _connection(self) -> PoolConnectionProxy:
-        if self._conn is None:
+        self._check_open()
+        if self._conn is not None:
+            return self._conn
+        async with self._acquiring:  # two tasks of one call must not take two connections
+            if self._conn is not None:
+                return self._conn
+            await self._admit()
             conn = await self._pool.acquire()
             try:
-                tx = conn.transaction()
-                await tx.start()
+                # One round trip (a simple query): the transaction and the tenant's drain lock,
+                # which `PostgresStore.drop` takes exclusively. The key is an integer we computed.
+                await conn.execute(
+                    f"BEGIN; SELECT pg_advisory_xact_lock_shared({drain_lock_key(self._tenant_id)})"
+                )
                 await conn.execute(_BIND, self._store._binding(self._tenant_id, conn))
+                await self._admit()  # a deletion that began meanwhile has suspended the tenant first
+                # The call may have ended while this waited: `finish` found no connection to
+                # release then, so this one must not be kept (no await between check and store).
+                self._check_open()
             except BaseException:
-                await self._pool.release(conn)
+                await _abandon(self._pool, conn)
                 raise
-            self._conn, self._tx = conn, tx
-        return self._conn
+            self._conn = conn
+            self._expiry = asyncio.get_running_loop().call_later(self._store.hold_seconds, self._expire)
+            return conn
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._ended = (
+            f"ctx.db held its database connection longer than {self._store.hold_seconds:g} s;"
+            " the call's work was rolled back"
+        )
+        self._reaper = asyncio.ensure_future(self._end(commit=False))
 
     async def finish(self, *, commit: bool) -> None:
+        if self._ended is None:
+            self._ended = "ctx.db was used after its call ended"
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._reaper is not None:
+            await self._reaper
+        await self._end(commit=commit)
+        if commit and self._expired:
+            raise TenantMCPError(self._ended)
+
+    async def _end(self, *, commit: bool) -> None:
         if self._conn is None:
-            return
-        conn, tx, self._conn = self._conn, self._tx, None
-        try:
-            await (tx.commit() if commit else tx.rollback())
-        finally:
+            return  # nothing held; a use still waiting for the pool releases what it gets itself
+        conn, self._conn = self._conn, None
+        if self._busy:
+            # A task of the call is still running a statement: closing the connection is the only
+            # way to stop it; the server rolls the transaction back and the pool opens a new one.
+            conn.terminate()
             await self._pool.release(conn)
+            if commit:
+                raise TenantMCPError(_BUSY_AT_END)
+            return
+        try:
+            await conn.execute("COMMIT" if commit else "ROLLBACK")
+        except BaseException:
+            await _abandon(self._pool, conn)
+            raise
+        await self._pool.release(conn)
+
+    @asynccontextmanager
+    async def _use(self) -> AsyncIterator[PoolConnectionProxy]:
+        conn = await self._connection()
+        self._busy += 1
+        try:
+            with _constraints():
+                yield conn
+        finally:
+            self._busy -= 1
 
     def _checked(self, sql: str, params: Params) -> tuple[str, list[Any]]:
         """The statement as PostgreSQL will receive it, after the gateway has read that text."""
@@ -202,15 +298,13 @@ class _Unit:
 
     async def _fetch(self, sql: str, params: Params) -> list[asyncpg.Record]:
         text, args = self._checked(sql, params)
-        conn = await self._connection()
-        with _constraints():
+        async with self._use() as conn:
             return await conn.fetch(text, *args)  # prepared once per connection (asyncpg's cache)
 
     async def execute(self, sql: str, params: Params) -> Result:
         # The gateway also keeps a parameterless execute, sent as a simple query, to one statement.
         text, args = self._checked(sql, params)
-        conn = await self._connection()
-        with _constraints():
+        async with self._use() as conn:
             status = await conn.execute(text, *args)
         return Result(rowcount=_rowcount(status), lastrowid=None)
 
@@ -219,8 +313,7 @@ class _Unit:
         if not converted:
             return 0
         check(converted[0][0], self._store._allow)
-        conn = await self._connection()
-        with _constraints():
+        async with self._use() as conn:
             await conn.executemany(converted[0][0], [args for _, args in converted])
         return len(converted)
 
@@ -238,17 +331,27 @@ class _Unit:
         return int(rows[0]["id"])
 
     async def control(self, statement: str) -> None:
-        conn = await self._connection()
-        await conn.execute(statement)
+        async with self._use() as conn:
+            await conn.execute(statement)
 
 
 class PostgresStore:
     """Tenant data in PostgreSQL: what `ctx.db`, the CLI and the test kit use across replicas."""
 
-    def __init__(self, pool: asyncpg.Pool, key: bytes, allow: SQLAllowList | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        key: bytes,
+        allow: SQLAllowList | None = None,
+        *,
+        hold_seconds: float = DEFAULT_HOLD_SECONDS,
+        admit: Admit | None = None,
+    ) -> None:
         self._pool = pool
         self._key = key
         self._allow = allow or SQLAllowList()
+        self.hold_seconds = hold_seconds
+        self.admit = admit
 
     @classmethod
     async def open(
@@ -259,6 +362,8 @@ class PostgresStore:
         binding_key: bytes | None = None,
         allow: SQLAllowList | None = None,
         max_size: int = 10,
+        hold_seconds: float = DEFAULT_HOLD_SECONDS,
+        admit: Admit | None = None,
     ) -> PostgresStore:
         """Connect for tenant data.
 
@@ -274,7 +379,7 @@ class PostgresStore:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, key, allow)
+        return cls(pool, key, allow, hold_seconds=hold_seconds, admit=admit)
 
     def database(self, tenant_id: str) -> TenantDatabase:
         return TenantDatabase(_Unit(self, tenant_id))
@@ -317,8 +422,13 @@ class PostgresStore:
         return order
 
     async def drop(self, tenant_id: str) -> None:
-        """Delete every row of the tenant, in all tables, in one transaction."""
+        """Delete every row of the tenant, in all tables, in one transaction.
+
+        It first waits for the tenant's calls in flight to end (each holds the tenant's drain lock,
+        at most `hold_seconds`); calls that begin meanwhile wait, then see the tenant suspended or
+        gone (`tenant delete` suspends it first) and write nothing."""
         async with self._as_tenant(tenant_id) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", drain_lock_key(tenant_id))
             for table in await self._tables(conn, children_first=True):
                 await conn.execute(f'DELETE FROM "{table}" WHERE tenant_id = $1', tenant_id)
 

@@ -9,8 +9,10 @@ first), opened lazily and migrated on first open, so an idle tenant costs nothin
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
+import secrets
 import sqlite3
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
@@ -22,20 +24,32 @@ import aiosqlite
 import anyio
 
 from tenant_mcp.errors import TenantMCPError
-from tenant_mcp.storage.database import Result, TenantDatabase
-from tenant_mcp.storage.sql import ConstraintError, Params
+from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, Admit, Result, TenantDatabase
+from tenant_mcp.storage.sql import ConstraintError, GatewayRefusal, Params
 
 # Read-only introspection is harmless; every other pragma could change durability or the
 # migration version, so tool code may not run it.
 _ALLOWED_PRAGMAS = frozenset({"table_info", "table_xinfo", "index_list", "index_info", "foreign_key_list"})
 
 
+# Python's sqlite3 reuses a prepared statement of the same text without asking the authorizer
+# again, so the framework's own transaction statements carry a text tool code cannot guess:
+# otherwise a tool's "COMMIT" would reuse the framework's authorized one.
+_NONCE = secrets.token_hex(8)
+
+
+def _own(statement: str) -> str:
+    return f"{statement} /* tenant_mcp {_NONCE} */"
+
+
 class _Handle:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self.conn = conn
-        self.lock = anyio.Lock()
+        # Not a Lock: a call's connection can be released by another task (the hold-time reaper).
+        self.lock = anyio.Semaphore(1)
         self.leases = 0
-        self.trusted = False  # True while the framework itself runs pragmas/migrations
+        self.trusted = False  # True while the framework itself runs pragmas/migrations/transactions
+        self.refused: str | None = None  # why the authorizer refused the last statement
 
 
 def _authorizer(handle: _Handle) -> Any:
@@ -44,6 +58,14 @@ def _authorizer(handle: _Handle) -> Any:
     ) -> int:
         if handle.trusted:
             return sqlite3.SQLITE_OK
+        if action in (sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT):
+            # BEGIN/COMMIT/ROLLBACK/SAVEPOINT/RELEASE from tool SQL would end the call's unit of
+            # work early or split it; ctx.db.transaction() issues the framework's own savepoints.
+            handle.refused = (
+                f"transaction control ({(arg1 or '').upper()}) is not allowed in ctx.db: each call is one"
+                " unit of work; use `async with ctx.db.transaction():` for an all-or-nothing block"
+            )
+            return sqlite3.SQLITE_DENY
         if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
             return sqlite3.SQLITE_DENY
         if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() not in _ALLOWED_PRAGMAS:
@@ -56,10 +78,20 @@ def _authorizer(handle: _Handle) -> Any:
 class DatabasePool:
     """Open connections to per-tenant databases, at most `max_open` idle ones at a time."""
 
-    def __init__(self, data_dir: Path, migrations: Sequence[str] = (), *, max_open: int = 64) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        migrations: Sequence[str] = (),
+        *,
+        max_open: int = 64,
+        hold_seconds: float = DEFAULT_HOLD_SECONDS,
+        admit: Admit | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.migrations = tuple(migrations)
         self.max_open = max_open
+        self.hold_seconds = hold_seconds
+        self.admit = admit
         self._handles: OrderedDict[str, _Handle] = OrderedDict()
         self._open_lock = anyio.Lock()
 
@@ -91,7 +123,7 @@ class DatabasePool:
             if len(self._handles) <= keep:
                 return
             handle = self._handles[tenant_id]
-            if handle.leases == 0 and not handle.lock.locked():
+            if handle.leases == 0 and handle.lock.value:
                 del self._handles[tenant_id]
                 await handle.conn.close()
 
@@ -122,7 +154,7 @@ class DatabasePool:
         version = row[0] if row else 0
         if version >= len(self.migrations):
             return
-        await conn.execute("BEGIN IMMEDIATE")
+        await conn.execute(_own("BEGIN IMMEDIATE"))
         try:
             async with conn.execute("PRAGMA user_version") as cur:  # another process may have won
                 row = await cur.fetchone()
@@ -130,10 +162,10 @@ class DatabasePool:
             for number, script in enumerate(self.migrations[version:], start=version + 1):
                 for statement in _split(script):
                     await conn.execute(statement)
-                await conn.execute(f"PRAGMA user_version = {int(number)}")
-            await conn.execute("COMMIT")
+                await conn.execute(_own(f"PRAGMA user_version = {int(number)}"))
+            await conn.execute(_own("COMMIT"))
         except BaseException:
-            await conn.execute("ROLLBACK")
+            await conn.execute(_own("ROLLBACK"))
             raise
 
     @asynccontextmanager
@@ -189,58 +221,128 @@ def remove_files(path: Path) -> None:
         path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
+_BUSY_AT_END = (
+    "ctx.db was still in use by a task of the call when the call ended; the call's work was rolled back"
+)
+
+
 class _Unit:
-    """One call's transaction on the tenant's file, holding the tenant's connection while it lasts."""
+    """One call's transaction on the tenant's file, holding the tenant's connection while it lasts.
+
+    The call owns it: statements run one at a time; once the call has ended (or the connection was
+    held past `hold_seconds`), every use is an error, also one that was waiting for the connection
+    when the call ended; a statement still running then is interrupted and the work rolled back.
+    """
 
     def __init__(self, pool: DatabasePool, tenant_id: str) -> None:
         self._pool = pool
         self._tenant_id = tenant_id
         self._stack = AsyncExitStack()
         self._handle: _Handle | None = None
+        self._lock = anyio.Lock()
+        self._busy = 0
+        self._ended: str | None = None  # why ctx.db may no longer be used
+        self._expiry: asyncio.TimerHandle | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._expired = False
 
-    async def _conn(self) -> aiosqlite.Connection:
-        if self._handle is None:
-            handle = await self._stack.enter_async_context(self._pool.lease(self._tenant_id))
+    def _check_open(self) -> None:
+        if self._ended is not None:
+            raise TenantMCPError(self._ended)
+
+    async def _admit(self) -> None:
+        if self._pool.admit is not None:
+            await self._pool.admit(self._tenant_id)
+
+    @asynccontextmanager
+    async def _use(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            self._check_open()
+            if self._handle is None:
+                await self._admit()  # before the lease, so a deleted tenant's file is not re-created
+                handle = await self._stack.enter_async_context(self._pool.lease(self._tenant_id))
+                try:
+                    await self._admit()
+                    await _trusted(handle, _own("BEGIN"))
+                    # The call may have ended while this waited: `finish` found no connection to
+                    # release then, so this one must not be kept (no await between check and store).
+                    self._check_open()
+                except BaseException:
+                    if handle.conn.in_transaction:
+                        await _trusted(handle, _own("ROLLBACK"))
+                    await self._stack.aclose()
+                    raise
+                self._handle = handle
+                loop = asyncio.get_running_loop()
+                self._expiry = loop.call_later(self._pool.hold_seconds, self._expire)
+            handle = self._handle
+            handle.refused = None
+            self._busy += 1
             try:
-                await handle.conn.execute("BEGIN")
-            except BaseException:
-                await self._stack.aclose()
+                with _constraints():
+                    yield handle.conn
+            except sqlite3.DatabaseError:
+                if handle.refused is not None:
+                    raise GatewayRefusal(handle.refused) from None
                 raise
-            self._handle = handle
-        return self._handle.conn
+            finally:
+                self._busy -= 1
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._ended = (
+            f"ctx.db held its database connection longer than {self._pool.hold_seconds:g} s;"
+            " the call's work was rolled back"
+        )
+        self._reaper = asyncio.ensure_future(self._end(commit=False))
 
     async def finish(self, *, commit: bool) -> None:
+        if self._ended is None:
+            self._ended = "ctx.db was used after its call ended"
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._reaper is not None:
+            await self._reaper
+        await self._end(commit=commit)
+        if commit and self._expired:
+            raise TenantMCPError(self._ended)
+
+    async def _end(self, *, commit: bool) -> None:
         if self._handle is None:
-            return
-        conn, self._handle = self._handle.conn, None
-        async with self._stack:
-            try:
-                await conn.execute("COMMIT" if commit else "ROLLBACK")
-            except BaseException:
-                if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
-                raise
+            return  # nothing held; a use still waiting for the lease releases it itself
+        interrupted = self._busy > 0
+        if interrupted:
+            await self._handle.conn.interrupt()  # a task of the call is still running a statement
+        async with self._lock:
+            handle, self._handle = self._handle, None
+            if handle is None:
+                return
+            async with self._stack:
+                statement = "COMMIT" if commit and not interrupted else "ROLLBACK"
+                try:
+                    if statement == "COMMIT" or handle.conn.in_transaction:
+                        await _trusted(handle, _own(statement))
+                except BaseException:
+                    if handle.conn.in_transaction:
+                        await _trusted(handle, _own("ROLLBACK"))
+                    raise
+        if interrupted and commit:
+            raise TenantMCPError(_BUSY_AT_END)
 
     async def execute(self, sql: str, params: Params) -> Result:
-        conn = await self._conn()
-        with _constraints():
-            async with conn.execute(sql, params) as cur:
-                return Result(rowcount=cur.rowcount, lastrowid=cur.lastrowid)
+        async with self._use() as conn, conn.execute(sql, params) as cur:
+            return Result(rowcount=cur.rowcount, lastrowid=cur.lastrowid)
 
     async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
-        conn = await self._conn()
-        with _constraints():
-            async with conn.executemany(sql, rows) as cur:
-                return cur.rowcount
+        async with self._use() as conn, conn.executemany(sql, rows) as cur:
+            return cur.rowcount
 
     async def fetch_all(self, sql: str, params: Params) -> list[dict[str, Any]]:
-        conn = await self._conn()
-        async with conn.execute(sql, params) as cur:
+        async with self._use() as conn, conn.execute(sql, params) as cur:
             return [dict(row) for row in await cur.fetchall()]
 
     async def fetch_one(self, sql: str, params: Params) -> dict[str, Any] | None:
-        conn = await self._conn()
-        async with conn.execute(sql, params) as cur:
+        async with self._use() as conn, conn.execute(sql, params) as cur:
             row = await cur.fetchone()
         return dict(row) if row is not None else None
 
@@ -252,8 +354,18 @@ class _Unit:
         return result.lastrowid
 
     async def control(self, statement: str) -> None:
-        conn = await self._conn()
-        await conn.execute(statement)
+        async with self._use():
+            assert self._handle is not None
+            await _trusted(self._handle, _own(statement))
+
+
+async def _trusted(handle: _Handle, statement: str) -> None:
+    """Run one of the framework's own statements, which the authorizer refuses from tool code."""
+    handle.trusted = True
+    try:
+        await handle.conn.execute(statement)
+    finally:
+        handle.trusted = False
 
 
 class SQLiteStore(DatabasePool):
