@@ -28,11 +28,13 @@ from mcp_types import ToolAnnotations
 from tenant_mcp.audit import AuditLog
 from tenant_mcp.auth.authenticator import Authenticator
 from tenant_mcp.auth.jwt import JWTSettings, JWTVerifier
-from tenant_mcp.broker import DEFAULT_PREFIX, Broker
+from tenant_mcp.broker import DEFAULT_PREFIX, Broker, Invalidation
 from tenant_mcp.catalogue import Catalogue, Entry, Section, StaticResource, Visibility
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, POSTGRES_MIGRATIONS, ControlPlane
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.leakguard import LeakGuard, MarkerSync, Policy
+from tenant_mcp.limits import Limiter, Limits, OnRedisError, parse_rate
+from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.server import ScopedServer
 from tenant_mcp.storage import DataStore, is_postgres, migration_sql, open_store
 from tenant_mcp.tenancy import _norm
@@ -56,6 +58,7 @@ class Runtime:
     audit: AuditLog
     store: DataStore
     leak_guard: LeakGuard | None
+    limiter: Limiter  # per-tenant rates, concurrency, sessions and quotas
     broker: Broker | None = None  # with Redis: what this replica shares with the others
 
 
@@ -85,10 +88,13 @@ def _tool_entry(
     structured_output: bool | None,
     visibility: Visibility,
     templates: dict[Hashable, Tool] | None = None,
+    rate: str | None = None,
 ) -> Entry[Tool, MCPTool]:
     """The catalogue entry for a tool. With `templates`, a function registered before (for another
     tenant, say) reuses that build: the SDK makes two pydantic models per `Tool.from_function`, about
     1 ms and 25 KiB, which for the same function per tenant would be paid once per tenant."""
+    if rate is not None:
+        parse_rate(rate)
     key = (fn, title, description, structured_output, annotations.model_dump_json() if annotations else None)
     template = templates.get(key) if templates is not None and meta is None else None
     if template is None:
@@ -118,7 +124,7 @@ def _tool_entry(
         annotations=tool.annotations,
         _meta=tool.meta,
     )
-    return Entry(tool.name, tool, wire, visibility)
+    return Entry(tool.name, tool, wire, visibility, rate)
 
 
 def _prompt_entry(
@@ -186,6 +192,11 @@ class TenantMCP:
 
     `audit=False` turns off the routine audit event of every request (on by default); refusals
     and leak events are still recorded, see `tenant_mcp.audit`.
+
+    `limits` maps plan names to their default `Limits` ("*" for any other plan); overrides per
+    tenant are set with `tenant-mcp limits set`. `on_redis_error` says what rate limits do while
+    Redis is unreachable: "fail_closed" (refuse) or "local" (limit in this process), see
+    `tenant_mcp.limits`.
     """
 
     def __init__(
@@ -203,6 +214,8 @@ class TenantMCP:
         migration_url: str | None = None,
         redis_url: str | None = None,
         redis_prefix: str | None = None,
+        limits: Mapping[str, Limits] | None = None,
+        on_redis_error: OnRedisError = "fail_closed",
     ) -> None:
         self.name = name
         self.database_url = database_url or os.environ.get("TENANT_MCP_DATABASE_URL") or DEFAULT_DATABASE_URL
@@ -218,6 +231,14 @@ class TenantMCP:
         # without it everything stays in this process.
         self.redis_url = redis_url or os.environ.get("TENANT_MCP_REDIS_URL") or None
         self.redis_prefix = redis_prefix or os.environ.get("TENANT_MCP_REDIS_PREFIX") or DEFAULT_PREFIX
+        if isinstance(limits, Limits) or not all(isinstance(v, Limits) for v in (limits or {}).values()):
+            raise TypeError(
+                'limits maps plan names to Limits, e.g. limits={"free": Limits(rate="60/minute")}'
+            )
+        if on_redis_error not in ("fail_closed", "local"):
+            raise ConfigurationError('on_redis_error is "fail_closed" or "local"')
+        self.limits = dict(limits or {})
+        self.on_redis_error: OnRedisError = on_redis_error
         self._catalogue = Catalogue()
         self._tool_templates: dict[Hashable, Tool] = {}  # per-tenant tools built once per function
         self._migrations: list[Migration] = []
@@ -244,8 +265,11 @@ class TenantMCP:
         structured_output: bool | None = None,
         scopes: Sequence[str] = (),
         plans: Sequence[str] | None = None,
+        rate: str | None = None,
     ) -> Callable[[F], F]:
-        """Register a tool every tenant may see, limited by `scopes` and `plans` when given."""
+        """Register a tool every tenant may see, limited by `scopes` and `plans` when given.
+
+        `rate` ("10/minute") limits calls of this tool per tenant, on top of the tenant's limits."""
         if callable(name):
             raise TypeError("use @app.tool() with parentheses")
 
@@ -259,6 +283,7 @@ class TenantMCP:
                 meta=meta,
                 structured_output=structured_output,
                 visibility=_visibility(scopes, plans),
+                rate=rate,
             )
             self._catalogue.tools.add_shared(entry)
             return fn
@@ -422,8 +447,16 @@ class TenantMCP:
                     guard = LeakGuard(self.leak_guard) if self.leak_guard else None
                     if guard is not None:
                         await tg.start(MarkerSync(guard, control_plane).run)
-                    broker = await self._start_broker(tg, authenticator)
-                    self._runtime = Runtime(control_plane, authenticator, audit, store, guard, broker)
+                    limiter = Limiter(
+                        control_plane, audit, plans=self.limits, tool_rate=self._tool_rate,
+                        redis_url=self.redis_url, redis_prefix=self.redis_prefix,
+                        on_redis_error=self.on_redis_error, cache_seconds=self.credential_cache_seconds,
+                    )  # fmt: skip
+                    await tg.start(limiter.run)
+                    broker = await self._start_broker(tg, authenticator, limiter)
+                    self._runtime = Runtime(
+                        control_plane, authenticator, audit, store, guard, limiter, broker
+                    )
                     try:
                         yield self._runtime
                     finally:
@@ -439,11 +472,22 @@ class TenantMCP:
             finally:
                 await store.aclose()
 
-    async def _start_broker(self, tg: TaskGroup, authenticator: Authenticator) -> Broker | None:
+    def _tool_rate(self, name: str, tenant: Tenant, principal: Principal) -> str | None:
+        entry = self._catalogue.tools.visible(name, tenant, principal)
+        return entry.rate if entry is not None else None
+
+    async def _start_broker(
+        self, tg: TaskGroup, authenticator: Authenticator, limiter: Limiter
+    ) -> Broker | None:
         if self.redis_url is None:
             return None
         bus = self._server.tenant_bus
-        broker = Broker(self.redis_url, prefix=self.redis_prefix, invalidated=authenticator.invalidate,
+
+        def invalidated(invalidation: Invalidation) -> None:
+            authenticator.invalidate(invalidation)
+            limiter.invalidate(invalidation)
+
+        broker = Broker(self.redis_url, prefix=self.redis_prefix, invalidated=invalidated,
                         deliver=bus.deliver)  # fmt: skip
         await tg.start(broker.run)
         bus.relay = broker
@@ -474,11 +518,12 @@ class TenantScope:
         annotations: ToolAnnotations | None = None,
         structured_output: bool | None = None,
         scopes: Sequence[str] = (),
+        rate: str | None = None,
     ) -> None:
         entry = _tool_entry(
             fn, name=name, title=title, description=description, annotations=annotations, meta=None,
             structured_output=structured_output, visibility=_visibility(scopes, None),
-            templates=self._app._tool_templates,
+            templates=self._app._tool_templates, rate=rate,
         )  # fmt: skip
         self._app._catalogue.tools.add_private(self.slug, entry)
         self._app._announce(self.slug, ToolsListChanged())

@@ -113,6 +113,21 @@ _MIGRATIONS: tuple[str, ...] = (
         UNIQUE (tenant_id, value)
     );
     """,
+    # Per-tenant limits (tenant_mcp.limits): overrides of the plan defaults, and usage per UTC day.
+    """
+    CREATE TABLE tenant_limits (
+        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        limits TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE tenant_usage (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        day TEXT NOT NULL,
+        calls INTEGER NOT NULL DEFAULT 0,
+        refused INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant_id, day)
+    );
+    """,
 )
 
 
@@ -194,6 +209,20 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
         UNIQUE (tenant_id, value)
     );
     CREATE TABLE public.tenant_mcp_canaries (value TEXT NOT NULL);
+    """,
+    """
+    CREATE TABLE tenant_limits (
+        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        limits TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE tenant_usage (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        day TEXT NOT NULL,
+        calls BIGINT NOT NULL DEFAULT 0,
+        refused BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant_id, day)
+    );
     """,
 )
 

@@ -38,6 +38,7 @@ from tenant_mcp.auth.jwt import JWTSettings
 from tenant_mcp.broker import check_reachable, store_session_events
 from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.errors import AuthenticationError, ConfigurationError
+from tenant_mcp.limits import opens_session
 from tenant_mcp.oauth import CONSENT_PATH, OAuthServer
 from tenant_mcp.storage import is_postgres
 from tenant_mcp.tenancy import names_tenant, principal_label
@@ -204,7 +205,11 @@ class _Gate:
         scope["auth"] = AuthCredentials(token.scopes)
         reset = auth_context_var.set(user)
         try:
-            await self._app._server.session_manager.handle_request(scope, receive, send)
+            manager = self._app._server.session_manager
+            if opens_session(manager, scope):  # the tenant's session cap applies
+                await rt.limiter.open_session(token, manager, scope, receive, send)
+            else:
+                await manager.handle_request(scope, receive, send)
         finally:
             auth_context_var.reset(reset)
 

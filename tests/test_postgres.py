@@ -117,7 +117,11 @@ def test_migrate_shapes_every_table_and_runs_once(pg_notes: Postgres) -> None:
     )[0]
     assert role == {"rolsuper": False, "rolbypassrls": False, "tr": False, "cr": False}
     versions = pg_notes.sql("SELECT component, version FROM tenant_mcp.schema_version ORDER BY 1, 2")
-    assert versions == [{"component": "control", "version": 1}, {"component": "data", "version": 1}]
+    assert versions == [
+        {"component": "control", "version": 1},
+        {"component": "control", "version": 2},
+        {"component": "data", "version": 1},
+    ]
 
 
 def test_server_refuses_a_role_that_bypasses_row_level_security(pg_notes: Postgres, tmp_path: Path) -> None:
@@ -350,7 +354,7 @@ def test_concurrent_migrations_apply_each_step_once() -> None:
         assert all(p.returncode == 0 for p in procs), outputs
         assert sorted(o[0].strip() for o in outputs).count("already up to date") == 2, outputs
         rows = pg.sql("SELECT component, count(*) AS n FROM tenant_mcp.schema_version GROUP BY 1 ORDER BY 1")
-        assert rows == [{"component": "control", "n": 1}, {"component": "data", "n": 1}]
+        assert rows == [{"component": "control", "n": 2}, {"component": "data", "n": 1}]
 
 
 def test_cli_manages_tenants_on_postgres(pg_notes: Postgres, tmp_path: Path) -> None:
