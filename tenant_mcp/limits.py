@@ -66,6 +66,7 @@ _WORK = frozenset({"tools/call", "resources/read", "prompts/get", "completion/co
 _FREE = frozenset({"initialize", "ping", "server/discover"})
 _LOCAL_FALLBACK_SECONDS = 5.0  # with on_redis_error="local": how long before trying Redis again
 _FLUSH_SECONDS = 1.0
+_IDLE_SECONDS = 60.0  # a tenant's quota counts are refreshed while it called within this long
 FIELDS = ("rate", "principal_rate", "concurrency", "sessions", "daily", "monthly")
 
 
@@ -172,6 +173,7 @@ class _Quota:
     day: str
     day_calls: int
     month_calls: int
+    used_at: float = 0.0  # monotonic time of the last call that asked
 
 
 class _Usage:
@@ -190,6 +192,7 @@ class _Usage:
         quota = self._quotas.get(tenant_id)
         if quota is None or quota.day != _day(datetime.now(UTC)):
             quota = self._quotas[tenant_id] = await self._read(tenant_id)
+        quota.used_at = time.monotonic()
         return quota
 
     async def _read(self, tenant_id: str) -> _Quota:
@@ -223,9 +226,16 @@ class _Usage:
                     mine[0] += counts[0]
                     mine[1] += counts[1]
                 raise
-        # Other replicas' calls: re-read the counts of tenants with a quota.
-        for tenant_id in list(self._quotas):
-            self._quotas[tenant_id] = await self._read(tenant_id)
+        # Other replicas' calls: re-read the counts of tenants with a quota that called lately;
+        # the others are read again on their next call.
+        idle = time.monotonic() - _IDLE_SECONDS
+        for tenant_id, quota in list(self._quotas.items()):
+            if quota.used_at < idle:
+                del self._quotas[tenant_id]
+            else:
+                fresh = await self._read(tenant_id)
+                fresh.used_at = quota.used_at
+                self._quotas[tenant_id] = fresh
 
     def forget(self, tenant_id: str) -> None:
         self._quotas.pop(tenant_id, None)

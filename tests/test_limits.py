@@ -30,7 +30,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 
 from tenant_mcp.limits import RATE_LIMITED
-from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, free_port, mcp_client
+from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, free_port, mcp_client, postgres_database
 
 pytestmark = pytest.mark.anyio
 
@@ -157,6 +157,24 @@ async def test_per_tool_rate_limits_that_tool_only(server: ServerProcess, tenant
         assert await _call(client, "whoami") == slug
         assert await _call(neighbour, "export") == f"export of {other}"
     await _eventually_denied(tenants, slug, "rate limited: 2/minute per tool export")
+
+
+async def test_a_hidden_tools_rate_answers_like_a_missing_tool(
+    server: ServerProcess, tenants: Tenants
+) -> None:
+    """A tool's own rate applies only where the tool is visible: to anyone else, calling it again
+    and again is answered exactly as calling a tool that does not exist."""
+    _, key = fresh(tenants, "unlimited")
+    async with mcp_client(server.url, key) as client:
+        await _listed(client)
+        for _ in range(3):
+            hidden = await client.call_tool("pro_report", {})
+            missing = await client.call_tool("no_such_tool", {})
+            assert hidden.is_error and missing.is_error
+            dump = hidden.model_dump(mode="json")
+            assert json.dumps(dump).replace("pro_report", "X") == json.dumps(
+                missing.model_dump(mode="json")
+            ).replace("no_such_tool", "X")
 
 
 async def test_concurrency_cap_per_tenant(
@@ -461,3 +479,31 @@ async def test_override_reaches_replicas_at_once_through_redis(tmp_path: Path) -
         for k in client.scan_iter(f"{prefix}:*"):
             client.delete(k)
         client.close()
+
+
+# -- PostgreSQL control plane ---------------------------------------------------------------------
+
+
+async def test_overrides_quotas_and_usage_on_postgres(tmp_path: Path) -> None:
+    with postgres_database() as pg:
+        env = {"TENANT_MCP_MIGRATION_URL": pg.owner}
+        server = ServerProcess(APP, pg.app, env=env, log_dir=tmp_path)
+        try:
+            t = Tenants(pg.app)
+            slug, key = fresh(t, "tiny")
+            other, other_key = fresh(t, "tiny")
+            assert cli(pg.app, "limits", "set", slug, "--rate", "none", "--daily", "2").returncode == 0
+            async with mcp_client(server.url, key) as client, mcp_client(server.url, other_key) as neighbour:
+                await _listed(client)
+                assert [await _call(client, "touch_db") for _ in range(2)] == [1, 2]
+                with pytest.raises(MCPError) as exc:
+                    await client.call_tool("touch_db", {})
+                assert "Daily quota exceeded: 2" in _refusal(exc)[0]
+                assert await _call(await _listed(neighbour), "whoami") == other
+        finally:
+            server.stop()
+        data = json.loads(cli(pg.app, "usage", slug, "--json", "--app", APP).stdout)
+        assert (data["calls"], data["refused"], data["quota_left"]) == (2, 1, {"daily": 0, "monthly": None})
+        assert (
+            pg.sql("SELECT count(*) AS n FROM tenant_mcp.tenant_usage")[0]["n"] == 2
+        )  # one row per tenant and day

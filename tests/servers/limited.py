@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 
-from tenant_mcp import TenantContext, TenantMCP
+from tenant_mcp import TenantContext, TenantMCP, new_id
 from tenant_mcp.limits import Limits
 
 app = TenantMCP(
@@ -34,7 +34,7 @@ async def whoami(ctx: TenantContext) -> str:
 
 @app.tool()
 async def touch_db(ctx: TenantContext) -> int:
-    await ctx.db.execute("INSERT INTO runs (tool) VALUES ('touch_db')")
+    await ctx.db.insert("runs", {"id": new_id(), "tool": "touch_db"})
     row = await ctx.db.fetch_one("SELECT count(*) AS n FROM runs")
     return int(row["n"]) if row else 0
 
@@ -50,3 +50,8 @@ async def slow(release: str, ctx: TenantContext) -> str:
         while not Path(release).exists():
             await anyio.sleep(0.02)
     return "done"
+
+
+@app.tool(rate="1/minute", plans=["pro"])
+async def pro_report(ctx: TenantContext) -> str:
+    return f"report of {ctx.tenant.slug}"
