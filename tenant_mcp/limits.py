@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -66,6 +67,7 @@ _WORK = frozenset({"tools/call", "resources/read", "prompts/get", "completion/co
 _FREE = frozenset({"initialize", "ping", "server/discover"})
 _LOCAL_FALLBACK_SECONDS = 5.0  # with on_redis_error="local": how long before trying Redis again
 _FLUSH_SECONDS = 1.0
+_SWEEP_SECONDS = 5.0
 _IDLE_SECONDS = 60.0  # a tenant's quota counts are refreshed while it called within this long
 FIELDS = ("rate", "principal_rate", "concurrency", "sessions", "daily", "monthly")
 
@@ -145,6 +147,53 @@ class Refused(Exception):
         )
 
 
+class _LocalStorage(MemoryStorage):
+    """The `limits` in-memory storage with moving windows kept as deques of hit times.
+
+    The library's own keeps each window as a list it inserts into at the front (a copy of the
+    whole window per hit: 50 us at 80,000 hits a minute) and sweeps expired entries in a worker
+    thread after nearly every hit. Here a hit drops the expired times from the left and appends
+    to the right, O(1) amortised, and idle windows are swept inline every few seconds. Same
+    semantics: at most `limit` hits in any `expiry` seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._windows: dict[str, tuple[int, deque[float]]] = {}  # key -> (expiry, hit times)
+        self._next_sweep = 0.0
+
+    def _window(self, key: str, expiry: int, now: float) -> deque[float]:
+        entry = self._windows.get(key)
+        if entry is None:
+            entry = self._windows[key] = (expiry, deque())
+        window, cutoff = entry[1], now - expiry
+        while window and window[0] < cutoff:
+            window.popleft()
+        return window
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        now = time.time()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        window = self._window(key, expiry, now)
+        if len(window) + amount > limit:
+            return False
+        window.extend([now] * amount)
+        return True
+
+    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        now = time.time()
+        window = self._window(key, expiry, now)
+        return (window[0] if window else now), len(window)
+
+    async def clear(self, key: str) -> None:
+        self._windows.pop(key, None)
+        await super().clear(key)
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + _SWEEP_SECONDS
+        self._windows = {k: (e, w) for k, (e, w) in self._windows.items() if w and w[-1] >= now - e}
+
+
 def _describe(item: _limits.RateLimitItem) -> str:
     unit = item.GRANULARITY.name
     return f"{item.amount}/{unit}" if item.multiples == 1 else f"{item.amount}/{item.multiples} {unit}s"
@@ -152,6 +201,16 @@ def _describe(item: _limits.RateLimitItem) -> str:
 
 def _day(now: datetime) -> str:
     return now.strftime("%Y-%m-%d")
+
+
+_today_cache: list[Any] = [0, ""]  # (second, UTC day): one strftime a second, not one a call
+
+
+def _today() -> str:
+    second = int(time.time())
+    if _today_cache[0] != second:
+        _today_cache[:] = [second, _day(datetime.now(UTC))]
+    return str(_today_cache[1])
 
 
 def _until_tomorrow(now: datetime) -> float:
@@ -185,12 +244,12 @@ class _Usage:
         self._quotas: dict[str, _Quota] = {}  # tenants with a quota: their counts
 
     def count(self, tenant_id: str, *, refused: bool) -> None:
-        counts = self._pending.setdefault((tenant_id, _day(datetime.now(UTC))), [0, 0])
+        counts = self._pending.setdefault((tenant_id, _today()), [0, 0])
         counts[1 if refused else 0] += 1
 
     async def quota(self, tenant_id: str) -> _Quota:
         quota = self._quotas.get(tenant_id)
-        if quota is None or quota.day != _day(datetime.now(UTC)):
+        if quota is None or quota.day != _today():
             quota = self._quotas[tenant_id] = await self._read(tenant_id)
         quota.used_at = time.monotonic()
         return quota
@@ -286,7 +345,7 @@ class Limiter:
         self._tool_rate = tool_rate
         self._on_redis_error = on_redis_error
         self._cache_seconds = cache_seconds
-        self._local = MovingWindowRateLimiter(MemoryStorage())
+        self._local = MovingWindowRateLimiter(_LocalStorage())
         self._shared: MovingWindowRateLimiter | None = None
         if redis_url is not None:
             uri = "async+" + redis_url if not redis_url.startswith("async+") else redis_url
