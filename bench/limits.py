@@ -71,7 +71,8 @@ async def _paced(http: httpx2.AsyncClient, url: str, token: str, every: float, u
         outcome[kind] = outcome.get(kind, 0) + 1
         if latencies is not None:
             latencies.append(elapsed)
-        next_at += every
+        # A steady caller: a late call does not make the next ones bunch up to catch up.
+        next_at = max(next_at + every, time.perf_counter())
 
 
 async def _scenario(url: str, x_key: str, y_key: str, *, flood: bool, seconds: float) -> dict[str, Any]:

@@ -273,11 +273,14 @@ class _Usage:
         if pending:
             try:
                 async with self._cp.db.transaction() as tx:
+                    # A tenant deleted meanwhile is skipped (its row would break the foreign key
+                    # and with it the whole batch).
                     await tx.execute_many(
-                        "INSERT INTO tenant_usage (tenant_id, day, calls, refused) VALUES (?, ?, ?, ?)"
+                        "INSERT INTO tenant_usage (tenant_id, day, calls, refused) SELECT ?, ?, CAST(? AS BIGINT), CAST(? AS BIGINT)"
+                        " WHERE EXISTS (SELECT 1 FROM tenants WHERE id = ?)"
                         " ON CONFLICT (tenant_id, day) DO UPDATE SET calls = tenant_usage.calls + excluded.calls,"
                         " refused = tenant_usage.refused + excluded.refused",
-                        [(t, d, c[0], c[1]) for (t, d), c in pending.items()],
+                        [(t, d, c[0], c[1], t) for (t, d), c in pending.items()],
                     )
             except Exception:
                 for key, counts in pending.items():  # kept for the next attempt

@@ -507,3 +507,19 @@ async def test_overrides_quotas_and_usage_on_postgres(tmp_path: Path) -> None:
         assert (
             pg.sql("SELECT count(*) AS n FROM tenant_mcp.tenant_usage")[0]["n"] == 2
         )  # one row per tenant and day
+
+
+async def test_usage_of_a_deleted_tenant_does_not_block_the_others(tenants: Tenants, db: str) -> None:
+    gone, gone_key = fresh(tenants, "unlimited")
+    kept, kept_key = fresh(tenants, "unlimited")
+    server = ServerProcess(APP, db)
+    try:
+        async with mcp_client(server.url, gone_key) as a, mcp_client(server.url, kept_key) as b:
+            assert await _call(a, "whoami") == gone
+            tenants.run(lambda cp: cp.delete_tenant(gone))  # before the counts are flushed
+            assert await _call(b, "whoami") == kept
+        await anyio.sleep(1.5)
+    finally:
+        server.stop()
+    data = json.loads(cli(db, "usage", kept, "--json").stdout)
+    assert data["calls"] == 1
