@@ -38,7 +38,6 @@ from tenant_mcp.auth.jwt import JWTSettings
 from tenant_mcp.broker import check_reachable, store_session_events
 from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.errors import AuthenticationError, ConfigurationError
-from tenant_mcp.limits import opens_session
 from tenant_mcp.oauth import CONSENT_PATH, OAuthServer
 from tenant_mcp.storage import is_postgres
 from tenant_mcp.tenancy import names_tenant, principal_label
@@ -205,11 +204,7 @@ class _Gate:
         scope["auth"] = AuthCredentials(token.scopes)
         reset = auth_context_var.set(user)
         try:
-            manager = self._app._server.session_manager
-            if opens_session(manager, scope):  # the tenant's session cap applies
-                await rt.limiter.open_session(token, manager, scope, receive, send)
-            else:
-                await manager.handle_request(scope, receive, send)
+            await rt.limiter.serve(token, self._app._server.session_manager, scope, receive, send)
         finally:
             auth_context_var.reset(reset)
 

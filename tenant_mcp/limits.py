@@ -47,7 +47,7 @@ from tenant_mcp.tenancy import principal_label
 
 if TYPE_CHECKING:
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-    from starlette.types import Receive, Scope, Send
+    from starlette.types import Message, Receive, Scope, Send
 
     from tenant_mcp.audit import AuditLog
     from tenant_mcp.auth.authenticator import TenantAccessToken
@@ -68,7 +68,10 @@ _FREE = frozenset({"initialize", "ping", "server/discover"})
 _LOCAL_FALLBACK_SECONDS = 5.0  # with on_redis_error="local": how long before trying Redis again
 _FLUSH_SECONDS = 1.0
 _SWEEP_SECONDS = 5.0
-_IDLE_SECONDS = 60.0  # a tenant's quota counts are refreshed while it called within this long
+_IDLE_SECONDS = 60.0
+_PEEK_BYTES = (
+    64 * 1024
+)  # larger bodies of a blocked tenant go to the SDK, which refuses them there  # a tenant's quota counts are refreshed while it called within this long
 FIELDS = ("rate", "principal_rate", "concurrency", "sessions", "daily", "monthly")
 
 
@@ -137,6 +140,7 @@ class Refused(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.wait = retry_after
         self.retry_after = max(1, math.ceil(retry_after))
 
     def error(self) -> MCPError:
@@ -366,6 +370,8 @@ class Limiter:
         self._overrides: dict[str, tuple[float, Limits]] = {}
         self._inflight: dict[str, int] = {}  # tenant id -> calls running
         self._opening: dict[str, int] = {}  # tenant id -> requests opening a session
+        # tenant id -> (refuse at the gate until, no slot before, the refusal): see `_block`
+        self._blocked: dict[str, tuple[float, float, Refused]] = {}
         self._usage = _Usage(control_plane)
 
     # -- effective limits --------------------------------------------------------------------
@@ -390,9 +396,11 @@ class Limiter:
         """A tenant's override or status changed elsewhere: read it again on its next request."""
         if invalidation.kind == "tenant":
             self._overrides.pop(invalidation.id, None)
+            self._blocked.pop(invalidation.id, None)
             self._usage.forget(invalidation.id)
         elif invalidation.kind == "all":
             self._overrides.clear()
+            self._blocked.clear()
 
     def _item(self, rate: str) -> _limits.RateLimitItem:
         item = self._items.get(rate)
@@ -432,7 +440,12 @@ class Limiter:
             if limits.principal_rate is not None:
                 await self._hit(limits.principal_rate, "principal", "principal", tenant.id, principal.subject)
             if limits.rate is not None:
-                await self._hit(limits.rate, "tenant", "tenant", tenant.id)
+                try:
+                    await self._hit(limits.rate, "tenant", "tenant", tenant.id)
+                except Refused as refusal:
+                    if refusal.reason.startswith("rate limited"):
+                        self._block(tenant.id, refusal)
+                    raise
             if limits.concurrency is None or method not in _WORK:
                 return _NOTHING_HELD
             running = self._inflight.get(tenant.id, 0)
@@ -505,6 +518,84 @@ class Limiter:
             f"Rate limit exceeded: {_describe(item)} per {scope}",
             stats.reset_time - time.time(),
         )
+
+    # -- before the MCP layer ----------------------------------------------------------------
+
+    def _block(self, tenant_id: str, refusal: Refused) -> None:
+        """Remember that the tenant's rate is used up: no slot frees before `refusal.wait`. The
+        HTTP gate then refuses its requests before the SDK parses them, for at most the cache
+        window (an override lifting the limit must not wait longer), re-armed by the next refusal."""
+        now = time.monotonic()
+        if len(self._blocked) > 100_000:
+            self._blocked.clear()
+        self._blocked[tenant_id] = (now + min(refusal.wait, self._cache_seconds), now + refusal.wait, refusal)
+
+    async def serve(
+        self, token: TenantAccessToken, manager: StreamableHTTPSessionManager, scope: Scope, receive: Receive,
+        send: Send,
+    ) -> None:  # fmt: skip
+        """Hand an authenticated HTTP request to the SDK, unless a limit refuses it first: a
+        tenant whose rate is used up (HTTP 429, cheaper than a JSON-RPC refusal under a flood),
+        or a new session over the tenant's cap."""
+        blocked = self._blocked.get(token.tenant.id) if self._blocked else None
+        if blocked is not None:
+            if time.monotonic() < blocked[0]:
+                replay = await self._refuse_early(token, blocked, scope, receive, send)
+                if replay is None:
+                    return
+                receive = replay
+            else:
+                self._blocked.pop(token.tenant.id, None)
+        if opens_session(manager, scope):
+            await self.open_session(token, manager, scope, receive, send)
+        else:
+            await manager.handle_request(scope, receive, send)
+
+    async def _refuse_early(
+        self, token: TenantAccessToken, blocked: tuple[float, float, Refused], scope: Scope, receive: Receive,
+        send: Send,
+    ) -> Receive | None:  # fmt: skip
+        """429 for a single JSON-RPC request (never a notification or a response, which a client
+        must be able to deliver); None when refused, else a `receive` that replays the body."""
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        if scope["method"] != "POST" or not length.isdigit() or int(length) > _PEEK_BYTES:
+            return receive
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None  # the client went away
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = None
+        if isinstance(request, dict) and "id" in request and request.get("method") not in (None, *_FREE):
+            _, reset_at, refusal = blocked
+            retry_after = max(1, math.ceil(reset_at - time.monotonic()))
+            self._usage.count(token.tenant.id, refused=True)
+            self._audit.record(
+                tenant_id=token.tenant.id, principal=principal_label(token.principal),
+                method=str(request["method"]), outcome="denied", reason=refusal.reason,
+            )  # fmt: skip
+            response = _too_many(
+                f"{refusal.message}; retry after {retry_after} s", retry_after, request["id"]
+            )
+            await response(scope, receive, send)
+            return None
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return replay
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -585,8 +676,9 @@ def opens_session(manager: StreamableHTTPSessionManager, scope: Scope) -> bool:
     return version is None or version in HANDSHAKE_PROTOCOL_VERSIONS
 
 
-def _too_many(message: str, retry_after: int) -> Response:
-    body = {"jsonrpc": "2.0", "id": None, "error": {"code": RATE_LIMITED, "message": message}}
+def _too_many(message: str, retry_after: int, request_id: Any = None) -> Response:
+    body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": RATE_LIMITED, "message": message,
+                                                          "data": {"retryAfter": retry_after}}}  # fmt: skip
     return JSONResponse(body, status_code=429, headers={"Retry-After": str(retry_after)})
 
 

@@ -126,6 +126,52 @@ async def test_tenant_rate_limit_refuses_with_retry_hint_and_spares_others(
     await _eventually_denied(tenants, slug, "rate limited: 3/minute per tenant")
 
 
+def _rpc(response: httpx2.Response) -> dict[str, Any]:
+    """The JSON-RPC message of a response, JSON or one SSE event."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        data = [
+            line[5:] for line in response.text.splitlines() if line.startswith("data:") and line[5:].strip()
+        ]
+        return dict(json.loads(data[-1]))
+    return dict(response.json())
+
+
+async def test_a_tenant_over_its_rate_is_refused_before_the_mcp_layer(
+    server: ServerProcess, tenants: Tenants
+) -> None:
+    """Once the rate is used up, further requests get HTTP 429 with Retry-After at the gate (no
+    SDK parsing, no handler), with the same JSON-RPC error; notifications still go through."""
+    slug, key = fresh(tenants, "tiny")
+    _, other_key = fresh(tenants, "tiny")
+    auth = {**ACCEPT, "Authorization": f"Bearer {key}", "mcp-protocol-version": "2025-06-18"}
+    opened = httpx2.post(server.url, json=INIT, headers=auth, timeout=10)
+    session = {**auth, "mcp-session-id": opened.headers["mcp-session-id"]}
+
+    def post(body: dict[str, Any], headers: dict[str, str] = session) -> httpx2.Response:
+        return httpx2.post(server.url, json=body, headers=headers, timeout=10)
+
+    assert post({"jsonrpc": "2.0", "method": "notifications/initialized"}).status_code == 202
+    call = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}
+    answers = [_rpc(post({**call, "id": i})) for i in range(4)]
+    assert [a["result"]["structuredContent"]["result"] for a in answers[:3]] == [slug] * 3
+    assert answers[3]["error"]["code"] == RATE_LIMITED  # refused in the MCP layer, arming the gate
+    early = post({**call, "id": 99})
+    assert early.status_code == 429 and early.headers["Retry-After"].isdigit()
+    assert early.json()["id"] == 99 and early.json()["error"]["code"] == RATE_LIMITED
+    assert early.json()["error"]["message"].startswith(
+        "Rate limit exceeded: 3/minute per tenant; retry after"
+    )
+    notification = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 99}}
+    assert post(notification).status_code == 202  # never refused: a client must be able to deliver it
+    assert "result" in _rpc(post({"jsonrpc": "2.0", "id": 100, "method": "ping"}))
+    # Another tenant on the same plan is served.
+    other_auth = {**ACCEPT, "Authorization": f"Bearer {other_key}", "mcp-protocol-version": "2025-06-18"}
+    assert httpx2.post(server.url, json=INIT, headers=other_auth, timeout=10).status_code == 200
+    with anyio.fail_after(5):
+        while _denials(tenants, slug).count("rate limited: 3/minute per tenant") < 2:
+            await anyio.sleep(0.1)
+
+
 async def test_a_refused_call_never_runs_the_tool(server: ServerProcess, tenants: Tenants, db: str) -> None:
     slug, key = fresh(tenants, "tiny")
     async with mcp_client(server.url, key) as client:
