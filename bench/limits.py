@@ -29,7 +29,7 @@ from typing import Any
 import httpx2
 
 from bench import provision
-from bench.harness import ROOT, Comparison, Load, LoadGenerator, Server, Side, compare, serve
+from bench.harness import ROOT, Comparison, Load, LoadGenerator, Running, Server, Side, compare, serve
 
 REDIS_URL = os.environ.get("TENANT_MCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 X_RATE = 40  # X's limit, per second
@@ -75,7 +75,10 @@ async def _paced(http: httpx2.AsyncClient, url: str, token: str, every: float, u
         next_at = max(next_at + every, time.perf_counter())
 
 
-async def _scenario(url: str, x_key: str, y_key: str, *, flood: bool, seconds: float) -> dict[str, Any]:
+async def _scenario(
+    server: Running, x_key: str, y_key: str, *, flood: bool, seconds: float
+) -> dict[str, Any]:
+    url = server.url
     headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
     limits = httpx2.Limits(
         max_connections=FLOOD_CONNECTIONS + 1, max_keepalive_connections=FLOOD_CONNECTIONS + 1
@@ -83,6 +86,7 @@ async def _scenario(url: str, x_key: str, y_key: str, *, flood: bool, seconds: f
     async with httpx2.AsyncClient(headers=headers, timeout=60, limits=limits) as http:
         await _paced(http, url, y_key, Y_EVERY, time.perf_counter() + 0.5, "write_row", None, {})  # warm-up
         await asyncio.sleep(1.0)  # out of the rate window of the warm-up
+        cpu = server.cpu_seconds()
         until = time.perf_counter() + seconds
         y_latencies: list[float] = []
         y_outcome: dict[str, int] = {}
@@ -93,6 +97,7 @@ async def _scenario(url: str, x_key: str, y_key: str, *, flood: bool, seconds: f
             tasks += [_paced(http, url, x_key, every, until, "write_row", None, x_outcome)
                       for _ in range(FLOOD_CONNECTIONS)]  # fmt: skip
         await asyncio.gather(*tasks)
+        cpu = server.cpu_seconds() - cpu
     ms = sorted(t * 1000 for t in y_latencies)
     return {
         "y_p50_ms": round(statistics.median(ms), 2),
@@ -100,6 +105,7 @@ async def _scenario(url: str, x_key: str, y_key: str, *, flood: bool, seconds: f
         "y_calls": len(ms), "y_refused": y_outcome.get("refused", 0),
         "x_ok_per_s": round(x_outcome.get("ok", 0) / seconds, 1),
         "x_refused_per_s": round(x_outcome.get("refused", 0) / seconds, 1),
+        "server_cpu_share": round(cpu / seconds, 2),  # CPU seconds the server used per second
     }  # fmt: skip
 
 
@@ -118,7 +124,7 @@ def fair_share(plane: provision.Plane, seconds: float, rounds: int) -> list[dict
                 print(f"  fair share, round {i + 1}/{rounds}, {label} ...", flush=True)
                 for flood in (False, True):
                     result = asyncio.run(
-                        _scenario(running[server].url, x_key, y_key, flood=flood, seconds=seconds)
+                        _scenario(running[server], x_key, y_key, flood=flood, seconds=seconds)
                     )
                     runs.setdefault((label, flood), []).append(result)
 
@@ -169,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "--output", default=str(ROOT / "bench" / "limits-results.json"), help="JSON results file"
     )
     args = parser.parse_args(argv)
-    seconds, rounds, requests = (3.0, 1, 300) if args.quick else (8.0, 3, 1200)
+    seconds, rounds, requests = (3.0, 1, 300) if args.quick else (8.0, 5, 1200)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tenant-mcp-bench-") as tmp:
         plane = asyncio.run(provision.control_plane(Path(tmp) / "control.db", tenants=1, databases=True))
@@ -187,14 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.output).write_text(json.dumps(report, indent=2))
     print(f"\nFair share: X floods at {10 * X_RATE}/s ({FLOOD_CONNECTIONS} connections, limit {X_RATE}/s), "
           f"Y calls write_row {1 / Y_EVERY:.0f}/s; medians of {rounds} rounds of {seconds:.0f} s\n")  # fmt: skip
-    print(
-        "| server | Y alone p50 / p99 ms | Y flooded p50 / p99 ms | p50, p99 ratio | Y refused | X ok/s, refused/s |"
-    )
-    print("|---|---:|---:|---:|---:|---|")
+    print("| server | Y alone p50 / p99 ms | Y flooded p50 / p99 ms | p50, p99 ratio | Y refused "
+          "| X ok/s, refused/s | server CPU alone, flooded |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---|---|")
     for r in share:
         a, f = r["alone"], r["flooded"]
         print(f"| {r['server']} | {a['y_p50_ms']} / {a['y_p99_ms']} | {f['y_p50_ms']} / {f['y_p99_ms']} "
-              f"| {r['p50_ratio']}, {r['p99_ratio']} | {f['y_refused']} | {f['x_ok_per_s']}, {f['x_refused_per_s']} |")  # fmt: skip
+              f"| {r['p50_ratio']}, {r['p99_ratio']} | {f['y_refused']} | {f['x_ok_per_s']}, {f['x_refused_per_s']} "
+              f"| {a['server_cpu_share']}, {f['server_cpu_share']} |")  # fmt: skip
     print("\nCost of limits that do not bite (capacity = server CPU per request, A over B)\n")
     print("| comparison | A req/s | B req/s | CPU ms/request A, B | capacity B/A | goal |")
     print("|---|---:|---:|---|---:|---|")

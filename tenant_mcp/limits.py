@@ -18,6 +18,8 @@ with the override stored in the control plane (`tenant-mcp limits set`) on top, 
 
 A refused request never reaches the tool (nor `ctx.db`): the middleware asks `admit()` first and
 gets a JSON-RPC error with a retry hint, audited as `denied: rate limited ...`/`quota exceeded ...`.
+Over HTTP, `serve()` refuses before the SDK (429 with Retry-After) a new session over the cap and
+the requests of a tenant whose rate was just found used up.
 """
 
 from __future__ import annotations
@@ -68,10 +70,8 @@ _FREE = frozenset({"initialize", "ping", "server/discover"})
 _LOCAL_FALLBACK_SECONDS = 5.0  # with on_redis_error="local": how long before trying Redis again
 _FLUSH_SECONDS = 1.0
 _SWEEP_SECONDS = 5.0
-_IDLE_SECONDS = 60.0
-_PEEK_BYTES = (
-    64 * 1024
-)  # larger bodies of a blocked tenant go to the SDK, which refuses them there  # a tenant's quota counts are refreshed while it called within this long
+_IDLE_SECONDS = 60.0  # a tenant's quota counts are refreshed while it called within this long
+_PEEK_BYTES = 64 * 1024  # larger bodies of a blocked tenant go to the SDK, which refuses them there
 FIELDS = ("rate", "principal_rate", "concurrency", "sessions", "daily", "monthly")
 
 
