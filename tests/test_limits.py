@@ -205,6 +205,41 @@ async def test_per_tool_rate_limits_that_tool_only(server: ServerProcess, tenant
     await _eventually_denied(tenants, slug, "rate limited: 2/minute per tool export")
 
 
+async def test_principal_rate_limits_one_key_not_its_tenant(
+    server: ServerProcess, tenants: Tenants, db: str
+) -> None:
+    slug, key = fresh(tenants, "tiny")
+    second_key = tenants.key(slug, name=f"{slug}-2")
+    assert cli(db, "limits", "set", slug, "--rate", "none", "--principal-rate", "2/minute").returncode == 0
+    async with mcp_client(server.url, key) as first, mcp_client(server.url, second_key) as second:
+        await _listed(first)
+        assert await _call(first, "whoami") == slug
+        with pytest.raises(MCPError) as exc:
+            await first.call_tool("whoami", {})
+        assert "2/minute per principal" in _refusal(exc)[0]
+        await _listed(second)
+        assert await _call(second, "whoami") == slug
+
+
+def test_bad_limits_in_code_fail_at_declaration() -> None:
+    from tenant_mcp import Limits, TenantMCP, TenantMCPError
+
+    for bad in (
+        {"rate": "lots"},
+        {"rate": "0/minute"},
+        {"concurrency": 0},
+        {"daily": 1.5},
+        {"sessions": True},
+    ):
+        with pytest.raises(TenantMCPError):
+            Limits(**bad)
+    with pytest.raises(TypeError):
+        TenantMCP("x", limits=Limits(rate="1/second"))  # type: ignore[arg-type]
+    app = TenantMCP("x")
+    with pytest.raises(TenantMCPError, match="invalid rate"):
+        app.tool(rate="often")(lambda: None)
+
+
 async def test_a_hidden_tools_rate_answers_like_a_missing_tool(
     server: ServerProcess, tenants: Tenants
 ) -> None:
