@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import provision
-from bench.harness import ROOT, Comparison, Load, LoadGenerator, Server, Side, compare, serve
+from bench.harness import ROOT, Comparison, Load, LoadGenerator, Server, Side, compare, free_port, serve
 
 PRIVATE_TOOLS = 20
 
@@ -83,6 +83,12 @@ def comparisons(
                    Side("audit off", _tenant_mcp("audit off", small.url, *JSON, BENCH_AUDIT="0"), key),
                    Side("audit on", _tenant_mcp("audit on", small.url, *JSON), key),
                    goal=">= 0.99", threshold=0.99),
+        Comparison("15", "whoami, tracing and metrics",
+                   Side("telemetry off", _tenant_mcp("telemetry off", small.url, *JSON), key),
+                   Side("telemetry on", _tenant_mcp(
+                       "telemetry on", small.url, *JSON, "--metrics-address", f"127.0.0.1:{free_port()}",
+                       OTEL_TRACES_EXPORTER="console"), key),
+                   goal=">= 0.95", threshold=0.95),
         Comparison("-", "whoami, leak guard",
                    Side("guard off", _tenant_mcp("guard off", marked.url, *JSON, BENCH_GUARD="0"), Load((marked.key,))),
                    Side("guard on", _tenant_mcp("guard on", marked.url, *JSON), Load((marked.key,))),

@@ -13,8 +13,10 @@ from tenant_mcp.http import HTTPOptions
 from tenant_mcp.limits import Limits
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.storage import ConstraintError, Result, TenantDatabase, new_id
+from tenant_mcp.storage.gateway import FULL_TEXT_SEARCH, SQLAllowList
 
 __all__ = [
+    "FULL_TEXT_SEARCH",
     "AuthenticationError",
     "ConfigurationError",
     "ConstraintError",
@@ -24,6 +26,7 @@ __all__ = [
     "NotFoundError",
     "Principal",
     "Result",
+    "SQLAllowList",
     "Tenant",
     "TenantContext",
     "TenantDatabase",

@@ -26,6 +26,7 @@ from mcp_types import Tool as MCPTool
 from mcp_types import ToolAnnotations
 
 from tenant_mcp.audit import AuditLog
+from tenant_mcp.audit_sinks import AuditSink, Forwarder
 from tenant_mcp.auth.authenticator import Authenticator
 from tenant_mcp.auth.jwt import JWTSettings, JWTVerifier
 from tenant_mcp.broker import DEFAULT_PREFIX, Broker, Invalidation
@@ -37,6 +38,8 @@ from tenant_mcp.limits import Limiter, Limits, OnRedisError, parse_rate
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.server import ScopedServer
 from tenant_mcp.storage import DataStore, is_postgres, migration_sql, open_store
+from tenant_mcp.storage.gateway import SQLAllowList
+from tenant_mcp.telemetry import Telemetry, TelemetrySettings
 from tenant_mcp.tenancy import _norm
 
 if TYPE_CHECKING:
@@ -58,6 +61,7 @@ class Runtime:
     audit: AuditLog
     store: DataStore
     leak_guard: LeakGuard | None
+    telemetry: Telemetry
     limiter: Limiter  # per-tenant rates, concurrency, sessions and quotas
     broker: Broker | None = None  # with Redis: what this replica shares with the others
 
@@ -193,6 +197,10 @@ class TenantMCP:
     `audit=False` turns off the routine audit event of every request (on by default); refusals
     and leak events are still recorded, see `tenant_mcp.audit`.
 
+    `max_subscriptions_per_session` and `max_subscriptions_per_tenant` bound what clients can make
+    the process hold: `resources/subscribe` entries (per session and per tenant) and open
+    `subscriptions/listen` streams (per tenant); past a cap the request gets a clear error.
+
     `limits` maps plan names to their default `Limits` ("*" for any other plan); overrides per
     tenant are set with `tenant-mcp limits set`. `on_redis_error` says what rate limits do while
     Redis is unreachable: "fail_closed" (refuse) or "local" (limit in this process), see
@@ -208,12 +216,19 @@ class TenantMCP:
         version: str = "",
         audit: bool = True,
         audit_argument_values: bool = False,
+        audit_sinks: Sequence[AuditSink] = (),
+        audit_retain_days: float | None = None,
         max_open_databases: int = 64,
         credential_cache_seconds: float = 1.0,
         leak_guard: Policy | None = "block",
+        telemetry: TelemetrySettings | None = None,
         migration_url: str | None = None,
+        data_url: str | None = None,
+        sql_allow: SQLAllowList | None = None,
         redis_url: str | None = None,
         redis_prefix: str | None = None,
+        max_subscriptions_per_session: int = 1000,
+        max_subscriptions_per_tenant: int = 10_000,
         limits: Mapping[str, Limits] | None = None,
         on_redis_error: OnRedisError = "fail_closed",
     ) -> None:
@@ -222,11 +237,19 @@ class TenantMCP:
         # PostgreSQL only: the tables' owner. When set, the server migrates before serving (under
         # an advisory lock, so replicas starting together are safe); otherwise run `tenant-mcp migrate`.
         self.migration_url = migration_url or os.environ.get("TENANT_MCP_MIGRATION_URL")
+        # PostgreSQL only: `ctx.db` logs in as its own role, which cannot reach the control plane.
+        self.data_url = data_url or os.environ.get("TENANT_MCP_DATA_URL")
+        # PostgreSQL only: functions and types tool SQL may use beyond the gateway's defaults.
+        self.sql_allow = sql_allow
         self.audit = audit
         self.audit_argument_values = audit_argument_values
+        # Where written audit events go next (a JSONL file, a SIEM webhook), and how long they stay.
+        self.audit_sinks = list(audit_sinks)
+        self.audit_retain_days = audit_retain_days
         self.max_open_databases = max_open_databases
         self.credential_cache_seconds = credential_cache_seconds
         self.leak_guard = leak_guard
+        self.telemetry = telemetry or TelemetrySettings()
         # Several replicas share revocations, notifications and stream replay through Redis;
         # without it everything stays in this process.
         self.redis_url = redis_url or os.environ.get("TENANT_MCP_REDIS_URL") or None
@@ -250,6 +273,7 @@ class TenantMCP:
             runtime=lambda: self._runtime,
             instructions=instructions,
             version=version,
+            max_subscriptions=(max_subscriptions_per_session, max_subscriptions_per_tenant),
         )
 
     # -- registration --------------------------------------------------------------------------
@@ -370,12 +394,15 @@ class TenantMCP:
                     )
         self._migrations.extend(scripts)
 
-    async def migrate(self, url: str | None = None, *, app_role: str | None = None) -> dict[str, int]:
+    async def migrate(
+        self, url: str | None = None, *, app_role: str | None = None, data_role: str | None = None
+    ) -> dict[str, int]:
         """Apply the control-plane and tenant-data migrations to PostgreSQL as the tables' owner.
 
         `url` defaults to `migration_url`, then `database_url`. `app_role` (default: the role of
-        `database_url`) is granted row access and nothing more; the server connects as that role.
-        Returns the number of steps applied per component.
+        `database_url`) is granted the control plane; `data_role` (default: the role of
+        `data_url`) row access to tenant tables and nothing else, for `ctx.db`. Returns the
+        number of steps applied per component.
         SQLite needs none of this: it migrates itself when opened.
         """
         from tenant_mcp.storage.postgres import current_role, migrate  # asyncpg is an optional extra
@@ -385,11 +412,14 @@ class TenantMCP:
             raise ConfigurationError("migrate is for PostgreSQL; SQLite databases migrate themselves on open")
         if app_role is None and is_postgres(self.database_url) and self.database_url != target:
             app_role = await current_role(self.database_url)
+        if data_role is None and self.data_url and is_postgres(self.data_url):
+            data_role = await current_role(self.data_url)
         return await migrate(
             target,
             control=POSTGRES_MIGRATIONS,
             data=[migration_sql("postgresql", m) for m in self._migrations],
             app_role=app_role,
+            data_role=data_role,
         )
 
     def tenant(self, slug: str) -> TenantScope:
@@ -418,6 +448,29 @@ class TenantMCP:
             raise TenantMCPError("the server is not running")
         return self._runtime
 
+    async def _open_store(self, control_plane: ControlPlane) -> DataStore:
+        if not is_postgres(self.database_url):
+            return await open_store(self.database_url, self._migrations, max_open=self.max_open_databases)
+        from tenant_mcp.storage.postgres import (  # asyncpg is an optional extra
+            PostgresStore,
+            check_control_role,
+            check_version,
+            read_binding_key,
+        )
+
+        if not self.data_url or not is_postgres(self.data_url):
+            raise ConfigurationError(
+                "on PostgreSQL, ctx.db needs a role of its own that cannot reach the control plane: set "
+                "TENANT_MCP_DATA_URL (or --data-db) to postgresql://DATA_ROLE@HOST/DB, set up by "
+                "`tenant-mcp migrate --data-role DATA_ROLE`"
+            )
+        db = control_plane.db
+        await check_control_role(db)
+        await check_version(db, "data", len(self._migrations))
+        return await PostgresStore.open(
+            self.data_url, self._migrations, binding_key=await read_binding_key(db), allow=self.sql_allow
+        )
+
     @asynccontextmanager
     async def running(
         self, *, jwt: JWTSettings | None = None, oauth: OAuthServer | None = None
@@ -431,9 +484,14 @@ class TenantMCP:
         if self.migration_url and is_postgres(self.database_url):
             await self.migrate(self.migration_url)
         async with ControlPlane(self.database_url) as control_plane:
-            store = await open_store(self.database_url, self._migrations, max_open=self.max_open_databases)
+            store = await self._open_store(control_plane)
+            forwarder = Forwarder(self.audit_sinks) if self.audit_sinks else None
             audit = AuditLog(
-                control_plane, keep_argument_values=self.audit_argument_values, every_request=self.audit
+                control_plane,
+                keep_argument_values=self.audit_argument_values,
+                every_request=self.audit,
+                forwarder=forwarder,
+                retain_seconds=None if self.audit_retain_days is None else self.audit_retain_days * 86400,
             )
             authenticator = Authenticator(
                 control_plane,
@@ -444,6 +502,8 @@ class TenantMCP:
             try:
                 async with anyio.create_task_group() as tg:
                     await tg.start(audit.run)
+                    if forwarder is not None:
+                        await tg.start(forwarder.run)
                     guard = LeakGuard(self.leak_guard) if self.leak_guard else None
                     if guard is not None:
                         await tg.start(MarkerSync(guard, control_plane).run)
@@ -454,15 +514,22 @@ class TenantMCP:
                     )  # fmt: skip
                     await tg.start(limiter.run)
                     broker = await self._start_broker(tg, authenticator, limiter)
+                    telemetry = Telemetry(self.telemetry)
+                    telemetry.start(audit_depth=lambda: audit.depth)
                     self._runtime = Runtime(
-                        control_plane, authenticator, audit, store, guard, limiter, broker
+                        control_plane, authenticator, audit, store, guard, telemetry, limiter, broker
                     )
                     try:
                         yield self._runtime
                     finally:
+                        telemetry.stop()
                         self._runtime = None
                         self._server.tenant_bus.relay = None
                         await audit.aclose()
+                        if forwarder is not None:  # deliver what the sinks still hold, within reason
+                            forwarder.close()
+                            with anyio.move_on_after(10):
+                                await forwarder.finished.wait()
                         tg.cancel_scope.cancel()  # stops the marker sync
             except ExceptionGroup as group:
                 # The task group wraps whatever the body raised; give callers their own error back.

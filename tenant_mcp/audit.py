@@ -20,10 +20,11 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import anyio
 
+from tenant_mcp.audit_sinks import Forwarder
 from tenant_mcp.controlplane import AuditEvent, ControlPlane
 from tenant_mcp.storage import sqlite_path
 
@@ -32,11 +33,27 @@ logger = logging.getLogger("tenant_mcp.audit")
 
 # Outcomes recorded also when routine events are off.
 SECURITY_OUTCOMES = frozenset({"denied", "leak"})
+# Longest principal, method, target or reason stored. They can carry client text (a tool name, a
+# URI, an error that quotes them), and a client must not be able to grow anyone's trail at will.
+MAX_FIELD = 200
+_PRUNE_EVERY = 3600.0  # seconds between retention passes
+
+
+@overload
+def _bounded(value: str) -> str: ...
+@overload
+def _bounded(value: None) -> None: ...
+def _bounded(value: str | None) -> str | None:
+    return value if value is None or len(value) <= MAX_FIELD else value[: MAX_FIELD - 1] + "…"
+
+
+def _iso(t: float) -> str:
+    """UTC with milliseconds: sorts as text in the order of time (retention and export rely on it)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
 
 
 def _now() -> str:
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+    return _iso(time.time())
 
 
 _NO_ARGUMENTS = "sha256:" + hashlib.sha256(b"{}").hexdigest()[:32]
@@ -112,6 +129,8 @@ class AuditLog:
         batch_size: int = 500,
         keep_argument_values: bool = False,
         every_request: bool = True,
+        forwarder: Forwarder | None = None,
+        retain_seconds: float | None = None,
     ) -> None:
         self._control_plane = control_plane
         self._flush_seconds = flush_seconds
@@ -123,7 +142,14 @@ class AuditLog:
         self._closed = False
         self._lock = anyio.Lock()
         self._direct: _DirectWriter | None = None  # while `run` runs
+        self._forwarder = forwarder
+        self._retain = retain_seconds
         self.dropped = 0
+
+    @property
+    def depth(self) -> int:
+        """Events waiting to be written."""
+        return len(self._pending)
 
     def record(
         self,
@@ -149,11 +175,11 @@ class AuditLog:
             AuditEvent(
                 at=_now(),
                 tenant_id=tenant_id,
-                principal=principal,
-                method=method,
-                target=target,
+                principal=_bounded(principal),
+                method=_bounded(method),
+                target=_bounded(target),
                 outcome=outcome,
-                reason=reason,
+                reason=_bounded(reason),
                 duration_ms=round(duration_ms, 3),
                 arguments=summarise_arguments(arguments, keep_values=self.keep_argument_values),
             )
@@ -176,6 +202,8 @@ class AuditLog:
                 logger.exception("writing %d audit events failed; retrying later", len(batch))
                 self._pending[:0] = batch
                 return
+            if self._forwarder is not None:
+                self._forwarder.forward(batch)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Flush periodically until `aclose`. Start it in a task group."""
@@ -184,6 +212,7 @@ class AuditLog:
             self._direct = _DirectWriter(sqlite_path(self._control_plane.url))
         task_status.started()
         flushes = 0
+        pruned = 0.0
         try:
             while not self._closed:
                 with anyio.move_on_after(self._flush_seconds):
@@ -193,10 +222,20 @@ class AuditLog:
                 flushes += 1
                 if flushes % 40 == 0 and self._direct is not None:
                     await self._checkpoint()
+                if self._retain is not None and time.monotonic() - pruned > _PRUNE_EVERY:
+                    pruned = time.monotonic()
+                    await self._prune(self._retain)
         finally:
             direct, self._direct = self._direct, None
             if direct is not None:
                 direct.close()
+
+    async def _prune(self, retain_seconds: float) -> None:
+        """Delete events older than the retention, so the table cannot grow forever."""
+        try:
+            await self._control_plane.prune_audit(_iso(time.time() - retain_seconds))
+        except Exception:
+            logger.exception("audit: pruning old events failed; retrying later")
 
     async def _checkpoint(self) -> None:
         """The direct writer never checkpoints the WAL (that can sync to disk); this does, off the loop."""

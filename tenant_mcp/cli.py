@@ -37,6 +37,7 @@ from tenant_mcp.leakguard import plant_canary
 from tenant_mcp.limits import FIELDS, Limits, parse_rate, read_override, usage, write_override
 from tenant_mcp.models import Tenant
 from tenant_mcp.storage import is_postgres, open_store
+from tenant_mcp.telemetry import TelemetrySettings, configure_tracing
 
 
 class _UsageError(Exception):
@@ -299,6 +300,54 @@ async def _audit(args: argparse.Namespace, cp: ControlPlane) -> None:
     _print(args, events, _table(rows, ("AT", "PRINCIPAL", "METHOD", "TARGET", "OUTCOME", "REASON")))
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds in ``90d``, ``12h``, ``30m`` or ``45s``."""
+    value, unit = text[:-1], text[-1:].lower()
+    if unit not in _UNITS or not value.replace(".", "", 1).isdigit():
+        raise _UsageError(f"expected a duration such as 90d, 12h or 30m (got {text!r})")
+    return float(value) * _UNITS[unit]
+
+
+def _since(text: str | None) -> str | None:
+    """An ISO time as given, or a duration back from now (``7d``)."""
+    if text is None or (text[:4].isdigit() and "-" in text):
+        return text
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - _duration(text))) + ".000Z"
+
+
+async def _audit_export(args: argparse.Namespace, cp: ControlPlane) -> None:
+    tenant_id = (await cp.require_tenant(args.tenant)).id if args.tenant else None
+    since, cursor, written = _since(args.since), args.after, 0
+    # A CLI command, not a server: blocking writes are what a pipe to the next tool wants.
+    out = open(args.output, "a", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115, ASYNC230
+    try:
+        while True:
+            page = await cp.audit_page(tenant_id=tenant_id, after_id=cursor, since=since, limit=1000)
+            for event in page:
+                out.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
+            out.flush()
+            if not page:
+                break
+            cursor, written = int(page[-1]["id"]), written + len(page)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    # The cursor resumes an interrupted or periodic export: --after CURSOR.
+    print(f"exported {written} event(s); cursor {cursor}", file=sys.stderr)
+
+
+async def _audit_prune(args: argparse.Namespace, cp: ControlPlane) -> None:
+    before = _since(args.older_than)
+    assert before is not None
+    deleted = await cp.prune_audit(before)
+    _print(
+        args, {"deleted": deleted, "before": before}, f"deleted {deleted} audit event(s) from before {before}"
+    )
+
+
 # -- serving -------------------------------------------------------------------------------------
 
 
@@ -347,6 +396,7 @@ def _http_options(args: argparse.Namespace) -> HTTPOptions:
         allowed_origins=_csv(args.allowed_origins),
         required_scopes=_csv(args.required_scopes),
         oauth_issuer=args.oauth_issuer,
+        public_url=args.public_url,
     )
     options.jwt = _jwt_settings(args, options.resource_url)
     return options
@@ -360,6 +410,16 @@ def _serve(args: argparse.Namespace) -> None:
         app.database_url = args.db
     if args.migration_url:
         app.migration_url = args.migration_url
+    app.data_url = args.data_db or app.data_url
+    app.telemetry = TelemetrySettings(
+        metrics_address=args.metrics_address or app.telemetry.metrics_address,
+        metrics_tenants=frozenset(_csv(args.metrics_tenants)) or app.telemetry.metrics_tenants,
+        log_format="json" if args.log_format == "json" else app.telemetry.log_format,
+        enduser_id=app.telemetry.enduser_id,
+    )
+    configure_tracing()
+    if args.audit_retain:
+        app.audit_retain_days = _duration(args.audit_retain) / 86400
     app.redis_url = args.redis_url or app.redis_url
     app.redis_prefix = args.redis_prefix or app.redis_prefix
     options = _http_options(args)
@@ -381,7 +441,8 @@ def _migrate(args: argparse.Namespace) -> None:
             "migrate is for PostgreSQL (give --migration-url postgresql://OWNER@HOST/DB); "
             "SQLite databases migrate themselves when opened"
         )
-    applied = asyncio.run(app.migrate(owner, app_role=args.app_role))
+    app.data_url = args.data_db or app.data_url
+    applied = asyncio.run(app.migrate(owner, app_role=args.app_role, data_role=args.data_role))
     text = ", ".join(f"{n} {component} step(s)" for component, n in applied.items())
     _print(args, {"applied": applied}, f"applied {text}" if any(applied.values()) else "already up to date")
 
@@ -554,10 +615,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="first UTC day to show, YYYY-MM-DD (default: the first of this month)")
     p.set_defaults(handler=_usage)
 
-    p = commands.add_parser("audit", parents=[common], help="recent audit events of a tenant")
+    audit = commands.add_parser(
+        "audit", help="the audit trail: show a tenant's events, export, prune",
+        description="`audit TENANT` is short for `audit show TENANT`.",
+    )  # fmt: skip
+    audit_cmds = audit.add_subparsers(dest="command", required=True, metavar="ACTION")
+    p = audit_cmds.add_parser("show", parents=[common], help="recent audit events of a tenant")
     p.add_argument("tenant", help="tenant slug")
     p.add_argument("--limit", type=int, default=50, help="how many events, newest first (default 50)")
     p.set_defaults(handler=_audit)
+    p = audit_cmds.add_parser(
+        "export", parents=[common], help="stream events as JSON lines, oldest first (resumable)",
+        description="Write audit events as JSON lines (one per event, with its id) to stdout or -o FILE. "
+        "The last line on stderr gives the cursor: pass it as --after to continue from there.",
+    )  # fmt: skip
+    p.add_argument("tenant", nargs="?", help="tenant slug (default: every tenant)")
+    p.add_argument("--since", help="ISO time (2026-11-01T00:00:00Z) or a duration back from now (7d, 12h)")
+    p.add_argument("--after", type=int, default=0, metavar="CURSOR", help="continue after this event id")
+    p.add_argument("--format", choices=["jsonl"], default="jsonl", help="jsonl (the only format)")
+    p.add_argument("-o", "--output", help="append to this file instead of stdout")
+    p.set_defaults(handler=_audit_export)
+    p = audit_cmds.add_parser("prune", parents=[common], help="delete events older than a retention")
+    p.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 90d")
+    p.set_defaults(handler=_audit_prune)
 
     serve = commands.add_parser("serve", parents=[common, shared], help="serve a TenantMCP app")
     serve.add_argument("app", help="MODULE:ATTR of a TenantMCP, e.g. example_servers.notes:app")
@@ -583,15 +663,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--jwt-issuer", default=_env("JWT_ISSUER"), help="required iss (comma-separated list)")
     serve.add_argument("--jwt-audience", default=_env("JWT_AUDIENCE"),
-                       help="required aud: this server's resource URL (default http://HOST:PORT/mcp)")  # fmt: skip
+                       help="required aud (default: the resource URL, PUBLIC_URL/mcp)")  # fmt: skip
     serve.add_argument("--jwt-tenant-claim", default=_env("JWT_TENANT_CLAIM", "tenant"),
                        help="claim holding the tenant slug (default: tenant)")  # fmt: skip
     serve.add_argument("--oauth-issuer", default=_env("OAUTH_ISSUER"),
                        help="turn on the built-in OAuth authorization server at this public base URL, "
                        "e.g. http://127.0.0.1:8000 (for clients that only speak OAuth)")  # fmt: skip
+    serve.add_argument("--public-url", default=_env("PUBLIC_URL"),
+                       help="where clients reach this server, e.g. https://mcp.example.com behind a proxy: "
+                       "names the resource, the JWT audience and every advertised address")  # fmt: skip
     serve.add_argument("--migration-url", default=_env("MIGRATION_URL"),
                        help="PostgreSQL URL of the tables' owner: migrate before serving (safe when "
                        "replicas start together)")  # fmt: skip
+    serve.add_argument("--data-db", default=_env("DATA_URL"),
+                       help="PostgreSQL URL of ctx.db's own role (env TENANT_MCP_DATA_URL; required "
+                       "on PostgreSQL: that role cannot reach the control plane)")  # fmt: skip
+    serve.add_argument("--metrics-address", default=_env("METRICS_ADDRESS"),
+                       help="serve Prometheus metrics at HOST:PORT, e.g. 127.0.0.1:9464 (never on the MCP "
+                       "port; needs the [metrics] extra)")  # fmt: skip
+    serve.add_argument("--metrics-tenants", default=_env("METRICS_TENANTS"),
+                       help="comma-separated tenant slugs that get a metrics label of their own "
+                       "(everyone else is 'other')")  # fmt: skip
+    serve.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"],
+                       help="json: one structured line per request on stderr, no access log")  # fmt: skip
+    serve.add_argument("--audit-retain", default=_env("AUDIT_RETAIN"), metavar="DURATION",
+                       help="delete audit events older than this, hourly (e.g. 90d; default: keep all)")  # fmt: skip
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                        choices=["critical", "error", "warning", "info", "debug"])  # fmt: skip
     serve.set_defaults(handler=None, run=_serve)
@@ -601,13 +697,18 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="apply migrations to PostgreSQL as the tables' owner",
         description="Create or upgrade the control-plane and tenant-data tables in PostgreSQL, add "
-        "tenant columns, keys and row-level security policies, and grant the server's role (the "
-        "role of --db) row access. Runs once even when several processes start together.",
+        "tenant columns, keys and row-level security policies, and grant the server's two roles "
+        "their access: the control-plane role (of --db) and the data role of ctx.db (of --data-db), "
+        "which gets row access to tenant tables and nothing else. Runs once even when several "
+        "processes start together.",
     )
     p.add_argument("app", help="MODULE:ATTR of the TenantMCP whose migrations to apply")
     p.add_argument("--migration-url", default=_env("MIGRATION_URL"),
                    help="owner's PostgreSQL URL (env TENANT_MCP_MIGRATION_URL; default: --db)")  # fmt: skip
-    p.add_argument("--app-role", help="role to grant row access (default: the role of --db)")
+    p.add_argument("--app-role", help="control-plane role (default: the role of --db)")
+    p.add_argument("--data-role", help="ctx.db's role: row access only (default: the role of --data-db)")
+    p.add_argument("--data-db", default=_env("DATA_URL"),
+                   help="PostgreSQL URL of ctx.db's role (env TENANT_MCP_DATA_URL)")  # fmt: skip
     p.set_defaults(handler=None, run=_migrate)
 
     demo = commands.add_parser("demo", parents=[common], help="run the notes example with two demo tenants")
@@ -619,8 +720,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["audit"] and len(raw) > 1 and raw[1] not in ("show", "export", "prune", "-h", "--help"):
+        raw.insert(1, "show")  # `audit TENANT`, as before there were actions
+    args = parser.parse_args(raw)
     args.db_given = (
         any(a == "--db" or a.startswith("--db=") for a in raw) or "TENANT_MCP_DATABASE_URL" in os.environ
     )

@@ -531,6 +531,28 @@ class ControlPlane:
                 "UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", [(now, k) for k in sorted(used_keys)]
             )
 
+    async def audit_page(
+        self, *, tenant_id: str | None, after_id: int, since: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Events after the cursor `after_id`, oldest first (for export): ids are the cursor."""
+        where, params = ["e.id > ?"], list[Any]([after_id])
+        if tenant_id is not None:
+            where.append("e.tenant_id = ?")
+            params.append(tenant_id)
+        if since is not None:
+            where.append("e.at >= ?")
+            params.append(since)
+        return await self.db.fetch_all(
+            "SELECT e.id, e.at, e.tenant_id, t.slug AS tenant, e.principal, e.method, e.target, e.outcome,"
+            " e.reason, e.duration_ms, e.arguments FROM audit_events e LEFT JOIN tenants t ON t.id = e.tenant_id"
+            f" WHERE {' AND '.join(where)} ORDER BY e.id LIMIT ?",
+            (*params, limit),
+        )
+
+    async def prune_audit(self, before: str) -> int:
+        """Delete audit events older than `before` (ISO time, UTC); returns how many."""
+        return await self.db.execute("DELETE FROM audit_events WHERE at < ?", (before,))
+
     async def audit_events(self, tenant_slug: str, limit: int = 50) -> list[dict[str, Any]]:
         tenant = await self.require_tenant(tenant_slug)
         return await self.db.fetch_all(

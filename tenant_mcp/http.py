@@ -2,7 +2,8 @@
 
 Order of checks for every request to the MCP endpoint, each failing closed:
 1. Host and Origin (DNS rebinding). Always on, for every bind address: the SDK only enables it
-   for loopback binds unless configured, which would leave a 0.0.0.0 server open.
+   for loopback binds unless configured, which would leave a 0.0.0.0 server open. The Host is
+   matched exactly (host and port) in front of every route, not only this one.
 2. The bearer credential (API key or JWT) -> exactly one active tenant, else 401 with
    `WWW-Authenticate` (and `resource_metadata` when JWTs are configured).
 3. Headers that try to pick a tenant (`X-Tenant-Id`, ...) -> 400, audited as an override attempt.
@@ -16,29 +17,33 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import anyio
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-from mcp.server.auth.routes import create_auth_routes
-from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, RevocationOptions
-from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tenant_mcp.auth.authenticator import Authenticator, TenantAccessToken
+from tenant_mcp.auth.client_metadata import ClientMetadataFetcher
 from tenant_mcp.auth.jwt import JWTSettings
 from tenant_mcp.broker import check_reachable, store_session_events
 from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.errors import AuthenticationError, ConfigurationError
-from tenant_mcp.oauth import CONSENT_PATH, OAuthServer
+from tenant_mcp.oauth import OAuthServer
 from tenant_mcp.storage import is_postgres
 from tenant_mcp.tenancy import names_tenant, principal_label
 
@@ -46,7 +51,42 @@ if TYPE_CHECKING:
     from tenant_mcp.app import TenantMCP
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 PRM_PATH = "/.well-known/oauth-protected-resource"
+# host[:port] of a Host header or an origin: a DNS name, IPv4 or bracketed IPv6, then a port with
+# no leading zero. Everything else (userinfo, a path, a second port, an empty port) is refused.
+_AUTHORITY = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?)(?::([1-9][0-9]{0,4}))?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_ANY_PORT = -1
+
+
+def _authority(value: str) -> tuple[str, int | None] | None:
+    match = _AUTHORITY.fullmatch(value.lower())
+    if match is None:
+        return None
+    port = int(match[2]) if match[2] else None
+    return (match[1], port) if port is None or port <= 65535 else None
+
+
+def _entry(value: str) -> tuple[str, int | None]:
+    """An allowed Host value: `name` (no port), `name:PORT` (that port) or `name:*` (any port)."""
+    if value.endswith(":*"):
+        return value[:-2].lower(), _ANY_PORT
+    parsed = _authority(value)
+    if parsed is None:
+        raise ConfigurationError(f"not a host name or host:port: {value!r}")
+    return parsed
+
+
+def _url_authority(url: str) -> list[tuple[str, int | None]]:
+    """The Host values a client of this URL sends: with the explicit port, or bare and default."""
+    parts = urlsplit(url)
+    parsed = _authority(parts.netloc)
+    if parsed is None or parts.scheme not in _DEFAULT_PORTS:
+        raise ConfigurationError(f"not an http(s) URL with a plain host: {url!r}")
+    host, port = parsed
+    default = _DEFAULT_PORTS[parts.scheme]
+    return [(host, port)] if port not in (None, default) else [(host, None), (host, default)]
 
 
 @dataclass
@@ -65,17 +105,58 @@ class HTTPOptions:
     oauth_issuer: str | None = None  # public base URL of the built-in authorization server, if on
     required_scopes: Sequence[str] = ()
     session_idle_timeout: float = 1800.0
+    # Where clients reach this server (behind a proxy: the proxy's https URL), without the MCP
+    # path. Every advertised address derives from it; default: the issuer, else the bind address.
+    public_url: str | None = field(default_factory=lambda: os.environ.get("TENANT_MCP_PUBLIC_URL") or None)
+    # Tests only: let the built-in authorization server fetch client metadata documents from
+    # loopback and private addresses (normally refused, see `tenant_mcp.auth.client_metadata`).
+    client_metadata_allow_private: bool = field(
+        default_factory=lambda: os.environ.get("TENANT_MCP_CLIENT_METADATA_ALLOW_PRIVATE") == "1"
+    )
+
+    def __post_init__(self) -> None:
+        if self.public_url is not None:
+            parts = urlsplit(self.public_url)
+            if (
+                parts.scheme not in _DEFAULT_PORTS
+                or _authority(parts.netloc) is None
+                or parts.query
+                or parts.fragment
+            ):
+                raise ConfigurationError(
+                    f"the public URL must be an http(s) URL like https://mcp.example.com, not {self.public_url!r}"
+                )
+
+    def host_entries(self) -> frozenset[tuple[str, int | None]]:
+        """The exact (host, port) pairs a Host header may name; port None means no port given."""
+        port = _ANY_PORT if self.port == 0 else self.port
+        names = list(_LOOPBACK_HOSTS)
+        if self.host not in (*_LOOPBACK, "0.0.0.0", "::"):  # noqa: S104 - compared, not bound
+            names.append(f"[{self.host}]" if ":" in self.host else self.host.lower())
+        entries: set[tuple[str, int | None]] = {(name, port) for name in names}
+        for url in (self.public_url, self.oauth_issuer):
+            if url:
+                entries.update(_url_authority(url))
+        entries.update(_entry(h) for h in self.allowed_hosts)
+        return frozenset(entries)
 
     def transport_security(self) -> TransportSecuritySettings:
-        hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"]
-        origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
-        if self.host not in (*_LOOPBACK, "0.0.0.0", "::"):  # noqa: S104 - compared, not bound
-            hosts += [self.host, f"{self.host}:*"]
-        hosts += list(self.allowed_hosts)
-        origins += list(self.allowed_origins)
+        """The SDK's own (prefix-matching) check below ours, told the same hosts."""
+        hosts = [
+            name if port is None else f"{name}:*" if port == _ANY_PORT else f"{name}:{port}"
+            for name, port in sorted(self.host_entries(), key=str)
+        ]
+        origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*", *self.allowed_origins]
+        if self.public_url:
+            origins.append(_origin_of(self.public_url))
         return TransportSecuritySettings(
             enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
         )
+
+    @property
+    def base_url(self) -> str:
+        """The public base URL: `public_url`, else the issuer, else the bind address."""
+        return (self.public_url or self.oauth_issuer or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def authorization_servers(self) -> list[str]:
@@ -84,13 +165,76 @@ class HTTPOptions:
 
     @property
     def resource_url(self) -> str:
-        return self.jwt.audience if self.jwt else f"http://{self.host}:{self.port}{self.path}"
+        """RFC 9728/8707 resource identifier: the public URL of the MCP endpoint."""
+        return self.base_url + self.path
 
     @property
     def metadata_url(self) -> str:
         """RFC 9728: the well-known prefix goes between the resource's origin and its path."""
         parts = urlsplit(self.resource_url)
         return f"{parts.scheme}://{parts.netloc}{PRM_PATH}{parts.path.rstrip('/')}"
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+class _Hosts:
+    """Exact Host and Origin matching (the SDK's check matches `127.0.0.1:*` as a prefix, so it
+    takes `127.0.0.1:80.evil.example`). Verdicts are memoised: clients send the same few values."""
+
+    def __init__(self, options: HTTPOptions) -> None:
+        self._entries = options.host_entries()
+        self._origins = frozenset(o.lower() for o in options.allowed_origins if not o.endswith(":*"))
+        self._origins |= {_origin_of(options.public_url)} if options.public_url else set()
+        wild = [o[:-2].lower() for o in options.allowed_origins if o.endswith(":*")]
+        self._origin_hosts = {*(f"http://{h}" for h in _LOOPBACK_HOSTS), *wild}
+        self._verdicts: dict[tuple[bool, bytes], bool] = {}
+
+    def _host_ok(self, value: str) -> bool:
+        parsed = _authority(value)
+        if parsed is None:
+            return False
+        host, port = parsed
+        return parsed in self._entries or ((host, _ANY_PORT) in self._entries and port is not None)
+
+    def _origin_ok(self, value: str) -> bool:
+        value = value.lower()
+        if value in self._origins:
+            return True
+        scheme, sep, rest = value.partition("://")
+        parsed = _authority(rest) if sep and scheme in _DEFAULT_PORTS else None
+        return (
+            parsed is not None and parsed[1] is not None and f"{scheme}://{parsed[0]}" in self._origin_hosts
+        )
+
+    def accepts(self, value: bytes, *, origin: bool = False) -> bool:
+        key = (origin, value)
+        known = self._verdicts.get(key)
+        if known is None:
+            if len(self._verdicts) >= 4096:  # arbitrary values must not grow memory unbounded
+                self._verdicts.clear()
+            text = value.decode("latin-1")
+            known = self._verdicts[key] = self._origin_ok(text) if origin else self._host_ok(text)
+        return known
+
+
+class _HostCheck:
+    """ASGI middleware putting every route (MCP, OAuth, metadata, health, 404s) behind one exact
+    Host check: a DNS-rebound page reaches nothing, and no URL is ever built from a foreign Host."""
+
+    def __init__(self, app: ASGIApp, hosts: _Hosts) -> None:
+        self._app = app
+        self._hosts = hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            values = [value for name, value in scope["headers"] if name == b"host"]
+            if len(values) != 1 or not self._hosts.accepts(values[0]):
+                await Response("Invalid Host header", status_code=421)(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
 
 
 def _jsonrpc_error(status: int, code: int, message: str) -> Response:
@@ -101,12 +245,12 @@ def _jsonrpc_error(status: int, code: int, message: str) -> Response:
 class _Gate:
     """ASGI app for the MCP endpoint: authenticate, then hand over to the SDK."""
 
-    def __init__(self, app: TenantMCP, options: HTTPOptions) -> None:
+    def __init__(self, app: TenantMCP, options: HTTPOptions, hosts: _Hosts) -> None:
         self._app = app
         self._options = options
-        self._security = TransportSecurityMiddleware(options.transport_security())
+        self._hosts = hosts
         self._required = frozenset(options.required_scopes)
-        self._accepted_hosts: set[tuple[bytes, bytes]] = set()
+        self._open: set[_Exchange] = set()
         self._header_verdicts: dict[bytes, bool] = {}
         if options.authorization_servers:
             self._challenge = (
@@ -132,36 +276,21 @@ class _Gate:
             known = self._header_verdicts[header] = names_tenant(header.decode("latin-1"))
         return known
 
-    async def _refuse_host(
-        self, scope: Scope, receive: Receive, send: Send, host_origin: tuple[bytes, bytes]
-    ) -> bool:
-        """The SDK's Host/Origin check; an accepted pair is remembered (the answer only depends on it)."""
-        if host_origin in self._accepted_hosts:
-            return False
-        refusal = await self._security.validate_request(Request(scope, receive), is_post=False)
-        if refusal is not None:
-            await refusal(scope, receive, send)
-            return True
-        if len(self._accepted_hosts) >= 1024:
-            self._accepted_hosts.clear()
-        self._accepted_hosts.add(host_origin)
-        return False
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # One pass over the raw headers instead of a Request object: this runs for every message.
-        host = origin = None
+        # The Host was matched for every route by `_HostCheck`; browsers' Origin only matters here.
+        origins: list[bytes] = []
         authorizations: list[bytes] = []
         override: str | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorizations.append(value)
-            elif name == b"host":
-                host = value if host is None else host
-            elif name == b"origin":
-                origin = value if origin is None else origin
+            elif name == b"origin" and value:  # an empty Origin is as good as none (the SDK's rule)
+                origins.append(value)
             elif override is None and self._names_tenant(name):
                 override = name.decode("latin-1")
-        if await self._refuse_host(scope, receive, send, (host or b"", origin or b"")):
+        if origins and (len(origins) > 1 or not self._hosts.accepts(origins[0], origin=True)):
+            await Response("Invalid Origin header", status_code=403)(scope, receive, send)
             return
         rt = self._app.runtime
         # Exactly one credential: with two, a proxy and this server could disagree on the tenant.
@@ -203,10 +332,85 @@ class _Gate:
         scope["user"] = user
         scope["auth"] = AuthCredentials(token.scopes)
         reset = auth_context_var.set(user)
+        exchange = _Exchange(token, send, rt.authenticator)
+        self._open.add(exchange)
         try:
-            await rt.limiter.serve(token, self._app._server.session_manager, scope, receive, send)
+            with exchange.scope:
+                await rt.limiter.serve(
+                    token, self._app._server.session_manager, scope, receive, exchange.send
+                )
         finally:
+            self._open.discard(exchange)
             auth_context_var.reset(reset)
+        if exchange.scope.cancelled_caught:
+            rt.audit.record(
+                tenant_id=token.tenant.id,
+                principal=principal_label(token.principal),
+                method="http",
+                outcome="denied",
+                reason="credential ended: open stream closed",
+            )
+            await exchange.close(scope, self._unauthorized())
+
+    async def sweep(self) -> None:
+        """Close the open exchanges (GET SSE streams, `subscriptions/listen` streams, long calls)
+        whose credential has since been revoked or whose tenant was suspended. Each credential is
+        re-checked once its last check is older than the cache window, so a revocation ends its
+        streams within about that window; nothing is pushed in between (`_Exchange.send`)."""
+        rt = self._app.runtime
+        interval = max(0.05, rt.authenticator.cache_seconds / 2)
+        while True:
+            await anyio.sleep(interval)
+            stale: dict[str, list[_Exchange]] = {}
+            for exchange in list(self._open):
+                if exchange.stale():
+                    stale.setdefault(exchange.token.token, []).append(exchange)
+            for credential, exchanges in stale.items():
+                try:
+                    token = await rt.authenticator.authenticate(credential)
+                except AuthenticationError:
+                    for exchange in exchanges:
+                        exchange.scope.cancel()
+                else:
+                    for exchange in exchanges:
+                        exchange.token = token
+
+
+class _Exchange:
+    """One authenticated request in flight, and its response: ends with its credential."""
+
+    def __init__(self, token: TenantAccessToken, send: Send, authenticator: Authenticator) -> None:
+        self.token = token
+        self.scope = anyio.CancelScope()
+        self._send = send
+        self._authenticator = authenticator
+        self._started = self._finished = False
+
+    def stale(self) -> bool:
+        return self.token.verified_at + self._authenticator.cache_seconds < time.monotonic()
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and self.stale():
+            # A message pushed later in a long response: only while the credential still holds.
+            try:
+                self.token = await self._authenticator.authenticate(self.token.token)
+            except AuthenticationError:
+                self.scope.cancel()
+                return
+        self._started = True
+        self._finished = message["type"] == "http.response.body" and not message.get("more_body", False)
+        await self._send(message)
+
+    async def close(self, scope: Scope, refusal: Response) -> None:
+        """After the credential ended mid-exchange: end the stream cleanly, or refuse outright."""
+        if not self._started:
+            await refusal(scope, _no_receive, self._send)
+        elif not self._finished:
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
 
 
 def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
@@ -230,21 +434,18 @@ def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    routes = [Route(options.path, endpoint=_Gate(app, options)), Route("/healthz", health)]
+    hosts = _Hosts(options)
+    gate = _Gate(app, options, hosts)
+    routes = [Route(options.path, endpoint=gate), Route("/healthz", health)]
     oauth = None
     if options.oauth_issuer is not None:
-        oauth = OAuthServer(lambda: app.runtime, issuer=options.oauth_issuer, resource=options.resource_url)
-        routes += create_auth_routes(
-            oauth,
-            # AuthSettings keeps a path-less issuer without the trailing slash a bare AnyHttpUrl adds;
-            # clients compare issuers byte for byte (RFC 8414).
-            issuer_url=AuthSettings.model_validate(
-                {"issuer_url": oauth.issuer, "resource_server_url": None}
-            ).issuer_url,
-            client_registration_options=ClientRegistrationOptions(enabled=True),
-            revocation_options=RevocationOptions(enabled=True),
+        oauth = OAuthServer(
+            lambda: app.runtime,
+            issuer=options.oauth_issuer,
+            resource=options.resource_url,
+            client_metadata=ClientMetadataFetcher(allow_private=options.client_metadata_allow_private),
         )
-        routes.append(Route(CONSENT_PATH, oauth.consent, methods=["GET", "POST"]))
+        routes += oauth.routes()
     if options.authorization_servers:
         metadata = {
             "resource": options.resource_url,
@@ -262,10 +463,20 @@ def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with app.running(jwt=options.jwt, oauth=oauth), server.session_manager.run():
+        async with (
+            app.running(jwt=options.jwt, oauth=oauth),
+            server.session_manager.run(),
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(gate.sweep)
             yield {}
+            tg.cancel_scope.cancel()
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    starlette = Starlette(routes=routes, lifespan=lifespan)
+    # `/mcp/` -> `/mcp` would be a redirect built from the Host header: answer 404 instead.
+    starlette.router.redirect_slashes = False
+    starlette.add_middleware(_HostCheck, hosts=hosts)
+    return starlette
 
 
 async def serve(app: TenantMCP, options: HTTPOptions, *, log_level: str = "info") -> None:
@@ -277,8 +488,10 @@ async def serve(app: TenantMCP, options: HTTPOptions, *, log_level: str = "info"
     # inside uvicorn's lifespan.
     if app.migration_url and is_postgres(app.database_url):
         await app.migrate(app.migration_url)
-    async with ControlPlane(app.database_url):
-        pass
+    async with ControlPlane(app.database_url) as control_plane:
+        # Likewise the data store: a PostgreSQL role that could bypass row-level security (or an
+        # old schema) is refused here in one line, not from inside uvicorn's lifespan.
+        await (await app._open_store(control_plane)).aclose()
     if app.redis_url is not None:
         await check_reachable(app.redis_url)
     config = uvicorn.Config(
@@ -286,6 +499,8 @@ async def serve(app: TenantMCP, options: HTTPOptions, *, log_level: str = "info"
         host=options.host,
         port=options.port,
         log_level=log_level,
+        # The JSON request log says per request what the access log would, with the tenant.
+        access_log=app.telemetry.log_format != "json",
         timeout_graceful_shutdown=15,
         lifespan="on",
     )

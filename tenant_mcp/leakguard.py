@@ -10,7 +10,9 @@ canaries planted with `tenant-mcp canary plant`). A hit runs the configured poli
 - ``report``: the payload goes out unchanged.
 
 Every hit is audited as a ``leak`` event in both tenants' trails (the marker's kind and owner, never
-the marker itself) and counted.
+the marker itself) and counted. A marker the caller sent in its own request is no hit: reflecting it
+("Unknown tool: acme", an echo) tells the caller nothing it did not know, and counting it would let
+any tenant test whether a string is another tenant's marker.
 
 Matching uses one Aho-Corasick automaton (pyahocorasick), so the cost of a scan depends on the
 payload, not on how many tenants or markers exist. New markers go into a small second automaton
@@ -131,21 +133,34 @@ class LeakGuard:
                 for end, length in automaton.iter(lowered):
                     yield end, lowered[end - length + 1 : end + 1]
 
-    def scan(self, text: str, tenant_id: str) -> list[Hit]:
-        """Foreign markers in `text`, which is about to be sent to `tenant_id`."""
-        hits = []
+    def _tokens(self, text: str) -> Iterator[tuple[int, int, str]]:
+        """(start, end, marker) of every marker in `text` that stands on token boundaries."""
         for end, marker in self._matches(text):
-            owners = _owners(self._owners[marker])
-            if tenant_id in owners:
-                continue
             start = end - len(marker) + 1
             if (start > 0 and _WORD.match(text[start - 1])) or (
                 end + 1 < len(text) and _WORD.match(text[end + 1])
             ):
                 continue  # inside a longer word
-            owner, kind = next(iter(owners.items()))
-            hits.append(Hit(owner=owner, kind=kind, start=start, end=end + 1))
-        return hits
+            yield start, end + 1, marker
+
+    def scan(self, text: str, tenant_id: str, *, sent: Any = None) -> list[Hit]:
+        """Foreign markers in `text`, which is about to be sent to `tenant_id`.
+
+        `sent` is the caller's request: a marker it contains merely reflects what the caller
+        already knew (an echo, "Unknown tool: <name>"), so it is no leak. Counting it would make
+        the guard an oracle that tells whether any string is another tenant's marker. The request
+        is serialised only when the response has hits.
+        """
+        hits = []
+        for start, end, marker in self._tokens(text):
+            owners = _owners(self._owners[marker])
+            if tenant_id not in owners:
+                owner, kind = next(iter(owners.items()))
+                hits.append((marker, Hit(owner=owner, kind=kind, start=start, end=end)))
+        if hits and sent is not None:
+            reflected = {marker for _, _, marker in self._tokens(serialize(sent))}
+            hits = [(marker, hit) for marker, hit in hits if marker not in reflected]
+        return [hit for _, hit in hits]
 
     def redact(self, payload: Any, hits: list[Hit]) -> Any:
         """The payload with every foreign marker replaced (applied to its JSON text)."""

@@ -14,6 +14,7 @@ from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING, Any
 
 import pydantic_core
+from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
@@ -30,6 +31,7 @@ from mcp.shared.subscriptions import ResourceUpdated, ServerEvent
 from mcp_types import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
+    INVALID_REQUEST,
     CallToolResult,
     CompleteRequestParams,
     CompleteResult,
@@ -51,12 +53,14 @@ from mcp_types import ResourceTemplate as MCPResourceTemplate
 from mcp_types import Tool as MCPTool
 from pydantic.networks import AnyUrl
 
+from tenant_mcp.auth.authenticator import TenantAccessToken
 from tenant_mcp.catalogue import Catalogue, StaticResource
 from tenant_mcp.context import TenantContext
+from tenant_mcp.errors import AuthenticationError
 from tenant_mcp.leakguard import Markers
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.subscriptions import TenantSubscriptionBus
-from tenant_mcp.tenancy import Call, TenancyMiddleware, current_call
+from tenant_mcp.tenancy import Call, TenancyMiddleware, current_call, schema_names
 
 if TYPE_CHECKING:
     from tenant_mcp.app import Runtime
@@ -88,6 +92,7 @@ class ScopedServer(MCPServer[Any]):
         runtime: Callable[[], Runtime | None],
         instructions: str | None,
         version: str,
+        max_subscriptions: tuple[int, int] = (1000, 10_000),
     ) -> None:
         self.catalogue = catalogue
         self.tenant_bus = TenantSubscriptionBus()
@@ -101,10 +106,10 @@ class ScopedServer(MCPServer[Any]):
             middleware=[TenancyMiddleware(runtime, self._declared_parameters)],
             warn_on_duplicate_tools=False,
         )
-        # The SDK validates Mcp-Param headers against the tool's schema *before* middleware,
-        # which answers differently for a hidden tool than for a missing one. Without this
-        # lookup the schema comes from our scoped tools/list instead.
-        self._lowlevel_server.get_tool_input_schema = None
+        # The SDK validates Mcp-Param headers against the tool's schema *before* middleware. Its
+        # own lookup finds hidden tools (an oracle); without one it runs a whole scoped tools/list
+        # per call (audited as a listing the client never sent). Answer for the caller instead.
+        self._lowlevel_server.get_tool_input_schema = self._input_schema
         ll = self._lowlevel_server
         ll.add_request_handler("completion/complete", CompleteRequestParams, self._complete)
         ll.add_request_handler("logging/setLevel", SetLevelRequestParams, self._set_level)
@@ -112,18 +117,30 @@ class ScopedServer(MCPServer[Any]):
         ll.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, self._unsubscribe)
         self._listen_handler = ListenHandler(self.tenant_bus)
         ll.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, self._listen)
-        # (tenant slug, session, uri) -> unsubscribe callable of the forwarding listener
-        self._resource_subscriptions: dict[tuple[str, str, str], Callable[[], None]] = {}
+        # (tenant slug, session) -> uri -> release of the forwarding listener
+        self._resource_subscriptions: dict[tuple[str, str], dict[str, Callable[[], None]]] = {}
+        # tenant slug -> its resource subscriptions plus its open listen streams, in this process
+        self._per_tenant: dict[str, int] = {}
+        self.max_subscriptions_per_session, self.max_subscriptions_per_tenant = max_subscriptions
         self._forwarding: set[asyncio.Task[None]] = set()
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _input_schema(self, name: str) -> dict[str, Any] | None:
+        """The calling tenant's view of a tool's input schema: hidden and missing are both None.
+        Runs before middleware, on the request's task: the gate has verified the token."""
+        token = get_access_token()
+        if not isinstance(token, TenantAccessToken):
+            return None
+        entry = self.catalogue.tools.visible(name, token.tenant, token.principal)
+        return entry.wire.input_schema if entry else None
 
     def _declared_parameters(
         self, method: str, name: str, tenant: Tenant, principal: Principal
     ) -> Container[str]:
         if method == "tools/call":
             entry = self.catalogue.tools.visible(name, tenant, principal)
-            return entry.item.parameters.get("properties", {}) if entry else ()
+            return schema_names(entry.item.parameters) if entry else ()
         entry = self.catalogue.prompts.visible(name, tenant, principal)
         return {a.name for a in entry.item.arguments or ()} if entry else ()
 
@@ -247,7 +264,13 @@ class ScopedServer(MCPServer[Any]):
         entry = self.catalogue.prompts.visible(name, call.tenant, call.principal)
         if entry is None:
             self._hidden(call, "prompt", name, self._exists(self.catalogue.prompts, name))
-            raise ValueError(f"Unknown prompt: {name}")  # as MCPServer.get_prompt says it
+            # An MCPError, not the SDK's ValueError: that one is logged with a full traceback, and
+            # any client could drive the log volume with unknown names.
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown prompt: {name}")
+        given = arguments or {}
+        missing = [a.name for a in entry.item.arguments or () if a.required and a.name not in given]
+        if missing:  # checked here for the same reason (the SDK raises ValueError)
+            raise MCPError(code=INVALID_PARAMS, message=f"Missing required arguments: {', '.join(missing)}")
         ctx = self._bind(context, call)
         try:
             rendered = await entry.item.render(arguments, ctx)
@@ -291,27 +314,83 @@ class ScopedServer(MCPServer[Any]):
             headers.get("mcp-session-id") if headers is not None else None
         ) or f"connection:{id(ctx.session)}"
 
+    def _take_place(self, slug: str, session: dict[str, Callable[[], None]] | None) -> None:
+        """Count one more subscription of the tenant (and session), or refuse past a cap."""
+        if session is not None and len(session) >= self.max_subscriptions_per_session:
+            limit = f"{self.max_subscriptions_per_session} per session"
+        elif self._per_tenant.get(slug, 0) >= self.max_subscriptions_per_tenant:
+            limit = f"{self.max_subscriptions_per_tenant} per tenant"
+        else:
+            self._per_tenant[slug] = self._per_tenant.get(slug, 0) + 1
+            return
+        raise MCPError(code=INVALID_REQUEST, message=f"Subscription limit reached: at most {limit}")
+
+    def _free_place(self, slug: str) -> None:
+        left = self._per_tenant.get(slug, 0) - 1
+        if left > 0:
+            self._per_tenant[slug] = left
+        else:
+            self._per_tenant.pop(slug, None)
+
+    def _drop(self, owner: tuple[str, str], uri: str | None = None) -> None:
+        """Release one subscription of a session, or (uri None) all of them."""
+        session = self._resource_subscriptions.get(owner)
+        if session is None:
+            return
+        for key in [uri] if uri is not None else list(session):
+            release = session.pop(key, None)
+            if release is not None:
+                release()
+                self._free_place(owner[0])
+        if not session:
+            del self._resource_subscriptions[owner]
+
+    async def _still_valid(self, credential: str | None) -> bool:
+        """Whether a subscriber's credential still holds (a revoked key, a suspended tenant: no)."""
+        rt = self._runtime()
+        if credential is None or rt is None:
+            return True
+        try:
+            await rt.authenticator.authenticate(credential)
+        except AuthenticationError:
+            return False
+        return True
+
     async def _subscribe(
         self, ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams
     ) -> EmptyResult:
         """Forward this tenant's updates of `uri` to this session. Another tenant's URI, or one the
-        caller cannot see, is refused exactly like an unknown resource."""
+        caller cannot see, is refused exactly like an unknown resource. Capped per session and
+        per tenant; released by unsubscribe, with the session, or once the credential ends."""
         call = _require_call()
         uri = str(params.uri)
         if not self._visible_uri(uri, call):
             self._hidden(call, "resource", uri, self._exists(self.catalogue.resources, uri))
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown resource: {uri}", data={"uri": uri})
-        key = (call.tenant.slug, self._session_key(ctx), uri)
-        if key in self._resource_subscriptions:
+        owner = (call.tenant.slug, self._session_key(ctx))
+        known = self._resource_subscriptions.get(owner)
+        if known is not None and uri in known:
             return EmptyResult()
+        self._take_place(owner[0], known or {})
+        if known is None:
+            known = self._resource_subscriptions[owner] = {}
+            # When the session ends (DELETE, idle timeout, shutdown) the SDK unwinds its
+            # connection's exit stack (reachable from a lowlevel handler only through the
+            # session): release all of the session's subscriptions then.
+            ctx.session._connection.exit_stack.callback(self._drop, owner)
         session = ctx.session
+        token = get_access_token()
+        credential = token.token if isinstance(token, TenantAccessToken) else None
         loop = asyncio.get_running_loop()
 
         async def forward() -> None:
+            if not await self._still_valid(credential):
+                self._drop(owner, uri)
+                return
             try:
                 await session.send_resource_updated(uri)
             except Exception:  # the session is gone: stop forwarding to it
-                self._resource_subscriptions.pop(key, lambda: None)()
+                self._drop(owner, uri)
 
         def listener(event: ServerEvent) -> None:
             if isinstance(event, ResourceUpdated) and event.uri == uri:
@@ -319,7 +398,7 @@ class ScopedServer(MCPServer[Any]):
                 self._forwarding.add(task)
                 task.add_done_callback(self._forwarding.discard)
 
-        self._resource_subscriptions[key] = self.tenant_bus.subscribe(listener)
+        known[uri] = self.tenant_bus.subscribe(listener)
         (await self.tenant_bus.hold())()  # returns once other replicas' updates can arrive
         return EmptyResult()
 
@@ -327,22 +406,25 @@ class ScopedServer(MCPServer[Any]):
         self, ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams
     ) -> EmptyResult:
         call = _require_call()
-        self._resource_subscriptions.pop(
-            (call.tenant.slug, self._session_key(ctx), str(params.uri)), lambda: None
-        )()
+        self._drop((call.tenant.slug, self._session_key(ctx)), str(params.uri))
         return EmptyResult()
 
     async def _listen(
         self, ctx: ServerRequestContext[Any, Any], params: SubscriptionsListenRequestParams
     ) -> SubscriptionsListenResult:
         """The SDK's listen handler, once the tenant's events from other replicas can arrive: it
-        acknowledges right after subscribing, and the client may act on the ack at once."""
-        _require_call()
-        release = await self.tenant_bus.hold()
+        acknowledges right after subscribing, and the client may act on the ack at once. An open
+        stream counts against the tenant's subscription cap."""
+        slug = _require_call().tenant.slug
+        self._take_place(slug, None)
         try:
-            return await self._listen_handler(ctx, params)
+            release = await self.tenant_bus.hold()
+            try:
+                return await self._listen_handler(ctx, params)
+            finally:
+                release()
         finally:
-            release()
+            self._free_place(slug)
 
     # -- completion ----------------------------------------------------------------------------
 

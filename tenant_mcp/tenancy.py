@@ -12,9 +12,12 @@ task, so concurrent requests of different tenants never see each other's tenant.
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
+import re
 import time
-from collections.abc import Callable, Container, Mapping
+import unicodedata
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +40,8 @@ logger = logging.getLogger("tenant_mcp.leakguard")
 # Messages that carry no tenant data and are needed before a client can do anything.
 _OPEN_METHODS = frozenset({"initialize", "notifications/initialized", "ping", "server/discover"})
 
-# Argument, `_meta` and header names that try to choose a tenant. Compared after lowercasing and
-# dropping '-', '_' and '.', so `Tenant-Id`, `tenant_id` and `tenantId` all match.
+# Argument, `_meta` and header names that try to choose a tenant. Compared as a person reads them
+# (see `_fold`), so `Tenant-Id`, `tenant_id`, `tenantId` and their look-alikes all match.
 TENANT_WORDS = frozenset(
     {
         "tenant", "tenantid", "tenantslug", "tenantname", "org", "orgid", "organization",
@@ -48,14 +51,101 @@ TENANT_WORDS = frozenset(
 )  # fmt: skip
 
 
+# Letters of other scripts that look like Latin ones (after casefolding), for the tenant words.
+_HOMOGLYPHS = str.maketrans(
+    {
+        **dict(zip("авеіјкмнопрстухѕԁԛԝһӏ", "abeijkmhonpctyxsdqwhl", strict=True)),  # Cyrillic
+        **dict(zip("αβγεηικνορτυχω", "abyenikvoptuxw", strict=True)),  # Greek
+        **dict(zip("օսցհոɡıȷ", "oughngij", strict=True)),  # Armenian, Latin extensions
+    }
+)
+_MAX_DEPTH = 32  # levels of arguments or `_meta` searched for tenant names; deeper is refused
+
+
+def _fold(name: str) -> str:
+    """`name` as a person reads it: compatibility forms (full-width, ligatures) decomposed, accents,
+    zero-width and other format characters dropped, case folded, look-alike letters mapped."""
+    if name.isascii():
+        return name.lower()
+    chars = unicodedata.normalize("NFKD", name)
+    kept = "".join(c for c in chars if unicodedata.category(c)[0] != "M" and unicodedata.category(c) != "Cf")
+    return kept.casefold().translate(_HOMOGLYPHS)
+
+
+_SEPARATORS = re.compile(r"[\W_]+")
+
+
 def _norm(name: str) -> str:
-    return name.lower().replace("-", "").replace("_", "").replace(".", "")
+    return _SEPARATORS.sub("", _fold(name))
 
 
+@functools.lru_cache(maxsize=4096)  # argument names repeat (a list of 1,000 objects has few keys)
 def names_tenant(name: str) -> bool:
-    """True for a name that selects a tenant: `tenant_id`, `X-Tenant-Id`, `io.acme/tenant`..."""
-    last = _norm(name.rsplit("/", 1)[-1])
-    return last in TENANT_WORDS or last.startswith("tenant")
+    """True for a name that selects a tenant: `tenant_id`, `X-Tenant-Id`, `io.acme/tenant`,
+    `com.example.tenant_id`, their full-width or Cyrillic look-alikes... Separators are dropped, and
+    every dotted suffix of the last `/` or `:` segment is tried, so a namespace in front hides nothing.
+    """
+    parts = re.split(r"[/:]", _fold(name))[-1].split(".")
+    for i in range(len(parts)):
+        word = _SEPARATORS.sub("", "".join(parts[i:]))
+        if word in TENANT_WORDS or word.startswith("tenant"):
+            return True
+    return False
+
+
+def schema_names(schema: Any) -> set[str]:
+    """Every property name declared anywhere in a JSON schema (nested objects, `$defs`, items)."""
+    names: set[str] = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            properties = node.get("properties")
+            if isinstance(properties, Mapping):
+                names.update(k for k in properties if isinstance(k, str))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return names
+
+
+def _suspect(value: Any) -> bool:
+    """True if a key under `value` may name a tenant or it nests too deep: the fast walk every
+    request takes (no paths built), before `_tenant_keys` says where."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth >= _MAX_DEPTH:
+            return True
+        if isinstance(node, dict):
+            for key in node:
+                if names_tenant(str(key)):
+                    return True
+            node = node.values()
+        for child in node:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _tenant_keys(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(path, key) of every mapping key under `value` that names a tenant. Deeper than `_MAX_DEPTH`
+    levels is refused rather than left unsearched."""
+    if not isinstance(value, dict | list) or not _suspect(value):  # parsed JSON: dicts and lists
+        return
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if isinstance(node, dict | list) and depth >= _MAX_DEPTH:
+            raise MCPError(code=INVALID_PARAMS, message=f"{path} nested deeper than {_MAX_DEPTH} levels")
+        if isinstance(node, dict):
+            for key, child in node.items():
+                key = str(key)
+                if names_tenant(key):
+                    yield f"{where}.{key}", key
+                stack.append((child, f"{where}.{key}", depth + 1))
+        elif isinstance(node, list):
+            stack.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(node))
 
 
 @dataclass(slots=True)
@@ -98,6 +188,11 @@ def _arguments(method: str, params: Mapping[str, Any]) -> Any:
     return None
 
 
+def _sent(params: Mapping[str, Any]) -> dict[str, Any]:
+    """What the caller sent (name, URI, arguments): markers in it are not a leak when reflected."""
+    return {k: v for k, v in params.items() if k != "_meta"}
+
+
 LEAK_BLOCKED = "leak blocked"
 WITHHELD = "The response was withheld because it contained data of another tenant. The event was recorded."
 
@@ -131,19 +226,17 @@ class TenancyMiddleware:
         return token
 
     def _override(self, method: str, params: Mapping[str, Any], call: Call) -> str | None:
-        meta = params.get("_meta")
-        if isinstance(meta, Mapping):
-            for key in meta:
-                if not key.startswith("io.modelcontextprotocol/") and names_tenant(key):
-                    return f"_meta.{key}"
-        arguments = params.get("arguments")
-        if method in ("tools/call", "prompts/get") and isinstance(arguments, Mapping):
-            suspects = [k for k in arguments if isinstance(k, str) and names_tenant(k)]
-            if suspects:
-                declared = self._declared(method, str(params.get("name")), call.tenant, call.principal)
-                for key in suspects:
-                    if key not in declared:
-                        return f"arguments.{key}"
+        """Where the request names a tenant (`_meta` keys in any namespace, argument names at any
+        depth that the item does not declare), or None."""
+        for where, _ in _tenant_keys(params.get("_meta"), "_meta"):
+            return where
+        if method in ("tools/call", "prompts/get"):
+            declared: Container[str] | None = None
+            for where, key in _tenant_keys(params.get("arguments"), "arguments"):
+                if declared is None:
+                    declared = self._declared(method, str(params.get("name")), call.tenant, call.principal)
+                if key not in declared:
+                    return where
         return None
 
     def _guard_outbound(
@@ -159,7 +252,7 @@ class TenancyMiddleware:
         if not isinstance(result, Mapping):
             return result
         body = {k: v for k, v in result.items() if k != "_meta"}  # server info is the same for all
-        hits = guard.scan(serialize(body), call.tenant.id)
+        hits = guard.scan(serialize(body), call.tenant.id, sent=_sent(params))
         if not hits:
             return result
         self._record_leak(rt, guard, call, method, params, hits)
@@ -180,6 +273,7 @@ class TenancyMiddleware:
         """One `leak` event in each tenant's trail: what kind of marker, whose, which item. Never
         the marker itself."""
         guard.hits += 1
+        rt.telemetry.leak(call.tenant)
         target = _target(method, params)
         for owner, kind in sorted({(hit.owner, hit.kind) for hit in hits}):
             rt.audit.record(
@@ -191,7 +285,11 @@ class TenancyMiddleware:
                 reason=f"{kind} marker of this tenant in a response to tenant {call.tenant.id}; policy {guard.policy}",
             )  # fmt: skip
         logger.warning(
-            "leak guard: %d foreign marker(s) in %s %s (policy %s)", len(hits), method, target, guard.policy
+            "leak guard: %d foreign marker(s) in %s %.200s (policy %s)",
+            len(hits),
+            method,
+            target,
+            guard.policy,
         )
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
@@ -211,10 +309,12 @@ class TenancyMiddleware:
 
         params: Mapping[str, Any] = ctx.params if isinstance(ctx.params, Mapping) else {}
         call = Call(token.tenant, token.principal)
+        label = principal_label(token.principal)
+        rt.telemetry.begin(token.tenant, token.principal, label)
         started = time.perf_counter()
         outcome, reason = "ok", None
-        override = self._override(method, params, call)
         try:
+            override = self._override(method, params, call)
             if override is not None:
                 outcome, reason = "denied", f"tenant override attempt: {override}"
                 raise MCPError(
@@ -236,7 +336,8 @@ class TenancyMiddleware:
             return result
         except MCPError as exc:
             if rt.leak_guard is not None and call.denied != LEAK_BLOCKED:
-                hits = rt.leak_guard.scan(exc.error.message, call.tenant.id)
+                error = [exc.error.message, exc.error.data]  # the data too: it is sent as well
+                hits = rt.leak_guard.scan(serialize(error), call.tenant.id, sent=_sent(params))
                 if hits:
                     self._record_leak(rt, rt.leak_guard, call, method, params, hits)
                     if rt.leak_guard.policy != "report":
@@ -248,13 +349,19 @@ class TenancyMiddleware:
             outcome, reason = "error", type(exc).__name__
             raise
         finally:
+            duration_ms = (time.perf_counter() - started) * 1000
+            target = _target(method, params)
             rt.audit.record(
                 tenant_id=token.tenant.id,
-                principal=principal_label(token.principal),
+                principal=label,
                 method=method,
-                target=_target(method, params),
+                target=target,
                 outcome=outcome,
                 reason=reason,
-                duration_ms=(time.perf_counter() - started) * 1000,
+                duration_ms=duration_ms,
                 arguments=_arguments(method, params),
             )
+            rt.telemetry.end(
+                tenant=token.tenant, principal=label, method=method, target=target, outcome=outcome,
+                reason=reason, duration_ms=duration_ms, request_id=ctx.request_id,
+            )  # fmt: skip

@@ -14,9 +14,12 @@ What it does, against a real server on a loopback port with a throwaway control 
    app declares, and C on a plan that sees the least, and plants a canary in each tenant's data;
 2. discovers every tool, resource, template and prompt, and calls each as A with generated
    arguments that carry A's markers, harvesting ids, URIs and names from A's answers;
-3. calls everything again as B with A's harvested values and property-based variations of them
-   (hypothesis), reads A's URIs, asks for completions with prefixes of A's values, and tries to
-   pass A's tenant in arguments;
+3. attacks every surface (tool, resource, template, prompt) as B right after A has written fresh
+   marked data again, so nothing B does first can push A's data out of a bounded shared structure
+   (a "recent activity" list, an LRU cache) before B looks: B's first call reads what A just wrote,
+   then B tries every harvested id and URI exactly (up to a budget of calls, stated in the report),
+   then property-based variations of them (hypothesis); B also asks for completions with prefixes of
+   A's values and tries to pass A's tenant in arguments;
 4. reports every response to B or C that contains anything of A's (its slug, name, canary or the
    values it wrote), every item hidden from C that answers differently from a missing one, and
    every tenant override that is not refused.
@@ -61,16 +64,24 @@ class Finding:
 class IsolationReport:
     findings: list[Finding] = field(default_factory=list)
     calls: int = 0
+    budget: int = 0  # calls allowed for exact tries of harvested ids and URIs
+    exact: int = 0  # exact tries made
+    skipped: int = 0  # exact tries left out once the budget was spent
 
     @property
     def ok(self) -> bool:
         return not self.findings
 
     @property
+    def coverage(self) -> str:
+        text = f"{self.exact} exact tries of harvested ids and URIs, budget {self.budget}"
+        return text + (f", {self.skipped} left out" if self.skipped else ": none left out")
+
+    @property
     def text(self) -> str:
         if self.ok:
-            return f"isolation holds ({self.calls} calls as another tenant)"
-        lines = [f"{len(self.findings)} isolation problem(s) in {self.calls} calls:"]
+            return f"isolation holds ({self.calls} calls as another tenant; {self.coverage})"
+        lines = [f"{len(self.findings)} isolation problem(s) in {self.calls} calls ({self.coverage}):"]
         lines += [f"- [{f.kind}] {f.item}: {f.detail}" for f in self.findings]
         return "\n".join(lines)
 
@@ -194,12 +205,31 @@ def _text(result: Any) -> str:
     return json.dumps(result.model_dump(mode="json", by_alias=True, exclude={"meta"}), sort_keys=True)
 
 
+def _fill(template: str, value: str) -> str:
+    """A URI from a template with every variable set to `value` (taken literally, backslashes too)."""
+    return re.sub(r"\{[^}]+\}", lambda _: value, template)
+
+
+def _distinct(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: dict[str, dict[str, Any]] = {}
+    for case in cases:
+        seen.setdefault(json.dumps(case, sort_keys=True, default=str), case)
+    return list(seen.values())
+
+
 class IsolationKit:
-    def __init__(self, app: TenantMCP | str, *, variations: int = 8, call_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        app: TenantMCP | str,
+        *,
+        variations: int = 8,
+        budget: int = 5000,
+        call_timeout: float = 10.0,
+    ) -> None:
         self.app = _load(app)
         self.variations = variations
         self.call_timeout = call_timeout
-        self.report = IsolationReport()
+        self.report = IsolationReport(budget=budget)
 
     async def _provision(self, cp: ControlPlane) -> dict[str, dict[str, str]]:
         tools = self.app._catalogue.tools.shared.values()
@@ -239,15 +269,19 @@ class IsolationKit:
         ):
             yield client
 
-    async def _call(self, client: Any, kind: str, name: str, args: dict[str, Any]) -> str:
+    async def _call(
+        self, client: Any, kind: str, name: str, args: dict[str, Any], *, attack: bool = True
+    ) -> str:
+        """One request; `attack=False` for A's own calls, which the report does not count."""
         from mcp.shared.exceptions import MCPError
 
-        self.report.calls += 1
+        if attack:
+            self.report.calls += 1
         try:
             with anyio.fail_after(self.call_timeout):
                 return await self._send(client, kind, name, args)
         except MCPError as exc:
-            return json.dumps({"code": exc.error.code, "message": exc.error.message})
+            return json.dumps({"code": exc.error.code, "message": exc.error.message, "data": exc.error.data})
         except TimeoutError:
             return json.dumps({"timeout": self.call_timeout})
 
@@ -263,8 +297,10 @@ class IsolationKit:
         if finding not in self.report.findings:
             self.report.findings.append(finding)
 
-    def _check(self, item: str, text: str, victim: dict[str, str], seen: set[str]) -> None:
-        lowered = text.lower()
+    def _check(self, item: str, text: str, victim: dict[str, str], seen: set[str], sent: str = "") -> None:
+        lowered = (
+            text.replace(sent, "").lower() if sent else text.lower()
+        )  # an echo of the request is no leak
         for label, marker in (("slug", victim["slug"]), ("name", victim["name"]), ("canary", victim["canary"]),
                               ("written value", victim["token"]), *(("harvested value", v) for v in seen)):  # fmt: skip
             if marker.lower() in lowered:
@@ -291,54 +327,87 @@ class IsolationKit:
         a, b, c = tenants["a"], tenants["b"], tenants["c"]
         strings: set[str] = set()
         numbers: set[int] = set()
-        async with self._client(url, a["key"]) as client:
-            tools = (await client.list_tools()).tools
-            resources = [r.uri for r in (await client.list_resources()).resources]
-            templates = [t.uri_template for t in (await client.list_resource_templates()).resource_templates]
-            prompts = (await client.list_prompts()).prompts
-            fresh = _Arguments([f"{a['token']} {a['canary']}", a["token"]], [1, 2])
+        fresh = _Arguments([f"{a['token']} {a['canary']}", a["token"]], [1, 2])
+        async with self._client(url, a["key"]) as as_a, self._client(url, b["key"]) as as_b:
+            tools = (await as_a.list_tools()).tools
+            resources = [r.uri for r in (await as_a.list_resources()).resources]
+            templates = [t.uri_template for t in (await as_a.list_resource_templates()).resource_templates]
+            prompts = (await as_a.list_prompts()).prompts
             # Fresh values, then the ids they produced (reads, updates), then fresh values again so
             # A's marked data exists even where the middle round deleted what it found.
             for round_ in range(3):
                 seed = fresh if round_ != 1 else _Arguments(sorted(strings), sorted(numbers) or [1])
                 for tool in tools:
-                    answer = await self._call(
-                        client, "tool", tool.name, seed.for_schema(tool.input_schema, round_)
-                    )
+                    args = seed.for_schema(tool.input_schema, round_)
+                    answer = await self._call(as_a, "tool", tool.name, args, attack=False)
                     _harvest(json.loads(answer), strings, numbers)
             for uri in resources:
-                _harvest(json.loads(await self._call(client, "resource", uri, {})), strings, numbers)
-        markers = [a["slug"], a["name"], a["canary"], a["token"]]
-        own = {s for s in strings if any(m.lower() in s.lower() for m in markers)}
-        # B attacks with A's ids and URIs but never with A's markers, so any marker in an answer to B
-        # came out of A's data, not out of B's own request.
-        strings -= own
-        uris = [re.sub(r"\{[^}]+\}", str(n), t) for t in templates for n in sorted(numbers)[:20]]
-        uris += [re.sub(r"\{[^}]+\}", s, t) for t in templates for s in sorted(strings)[:10] if "/" not in s]
-        attack_strings, attack_numbers = sorted(strings), sorted(numbers)
-        async with self._client(url, b["key"]) as client:
+                _harvest(
+                    json.loads(await self._call(as_a, "resource", uri, {}, attack=False)), strings, numbers
+                )
+            markers = [a["slug"], a["name"], a["canary"], a["token"]]
+            own = {s for s in strings if any(m.lower() in s.lower() for m in markers)}
+            harvested_uris = sorted(s for s in strings if "://" in s)
+            # B attacks with A's ids and URIs but never with A's markers, so any marker in an answer
+            # to B came out of A's data, not out of B's own request (a URI is checked minus itself).
+            strings -= own
+            attack_strings, attack_numbers = sorted(strings), sorted(numbers)
+            values = [*map(str, attack_numbers), *(s for s in attack_strings if "/" not in s)]
+            surfaces = len(tools) + len(resources) + len(templates) + len(prompts) + 1
+            share = max(1, self.report.budget // surfaces)
+
+            async def write_as_a() -> None:
+                """A writes marked data again, so B's next call reads it while it is fresh."""
+                for tool in tools:
+                    await self._call(
+                        as_a, "tool", tool.name, fresh.for_schema(tool.input_schema, 0), attack=False
+                    )
+
             for tool in tools:
                 schema = tool.input_schema
-                cases = [_Arguments(attack_strings, attack_numbers).for_schema(schema, i) for i in range(3)]
-                cases += _variations(schema, attack_strings, attack_numbers, self.variations)
+                exact = _distinct(
+                    [
+                        _Arguments(attack_strings, attack_numbers).for_schema(schema, i)
+                        for i in range(max(len(attack_strings), len(attack_numbers), 1))
+                    ]
+                )
+                cases = [
+                    *self._spend(exact, share),
+                    *_variations(schema, attack_strings, attack_numbers, self.variations),
+                ]
+                await write_as_a()
                 for args in cases:
-                    self._check(
-                        f"tool {tool.name}", await self._call(client, "tool", tool.name, args), a, own
-                    )
-                override = await self._call(client, "tool", tool.name, {**cases[0], "tenant_id": a["slug"]})
+                    self._check(f"tool {tool.name}", await self._call(as_b, "tool", tool.name, args), a, own)
+                override = await self._call(as_b, "tool", tool.name, {**cases[0], "tenant_id": a["slug"]})
                 if "server sets the tenant" not in override:
                     self._find(Finding("override accepted", f"tool {tool.name}", "tenant_id was not refused"))
-            for uri in [*resources, *uris]:
-                self._check(f"resource {uri}", await self._call(client, "resource", uri, {}), a, own)
+            groups = [[uri] for uri in resources]
+            groups += [[_fill(t, v) for v in values] for t in templates]
+            groups.append(harvested_uris)
+            for group in filter(None, groups):
+                await write_as_a()
+                for uri in self._spend(group, share):
+                    answer = await self._call(as_b, "resource", uri, {})
+                    self._check(f"resource {uri}", answer, a, own, sent=uri)
             for prompt in prompts:
-                args = {arg.name: (attack_strings or ["x"])[0] for arg in prompt.arguments or []}
-                self._check(
-                    f"prompt {prompt.name}", await self._call(client, "prompt", prompt.name, args), a, own
-                )
+                names = [arg.name for arg in prompt.arguments or []]
+                exact = _distinct([{n: v for n in names} for v in values or ["x"]])
+                await write_as_a()
+                for args in self._spend(exact, share):
+                    self._check(
+                        f"prompt {prompt.name}", await self._call(as_b, "prompt", prompt.name, args), a, own
+                    )
             await self._completions(
-                client, templates, prompts, attack_strings + [str(n) for n in attack_numbers], a, own
+                as_b, templates, prompts, attack_strings + [str(n) for n in attack_numbers], a, own
             )
         await self._hidden_like_missing(url, c, tools)
+
+    def _spend(self, tries: list[Any], share: int) -> list[Any]:
+        """The exact tries one surface may make: all of them, unless they pass its share of the budget."""
+        allowed = tries[:share]
+        self.report.exact += len(allowed)
+        self.report.skipped += len(tries) - len(allowed)
+        return allowed
 
     async def _completions(self, client: Any, templates: list[str], prompts: list[Any], values: list[str],
                            victim: dict[str, str], own: set[str]) -> None:  # fmt: skip
@@ -377,6 +446,10 @@ class IsolationKit:
                                            "a hidden tool answers differently from a missing one"))  # fmt: skip
 
 
-def check_isolation(app: TenantMCP | str, *, variations: int = 8) -> IsolationReport:
-    """Run the kit against `app` (a `TenantMCP` or "module:attr") and return its report."""
-    return anyio.run(IsolationKit(app, variations=variations).run)
+def check_isolation(app: TenantMCP | str, *, variations: int = 8, budget: int = 5000) -> IsolationReport:
+    """Run the kit against `app` (a `TenantMCP` or "module:attr") and return its report.
+
+    `budget` bounds the calls B makes with exact harvested ids and URIs (shared evenly among the
+    surfaces); the report says how many it made and how many it left out.
+    """
+    return anyio.run(IsolationKit(app, variations=variations, budget=budget).run)

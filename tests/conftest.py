@@ -117,7 +117,10 @@ class ServerProcess:
         wait: bool = True,
     ) -> None:
         self.port = free_port()
-        self.env = dict(env or {})
+        env = dict(env or {})
+        if db_url.startswith("postgresql://"):
+            env.setdefault("TENANT_MCP_DATA_URL", data_url(db_url))
+        self.env = env
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self.base = f"http://127.0.0.1:{self.port}"
         args = tuple(a.replace("{port}", str(self.port)) for a in args)  # for flags that name the URL
@@ -128,7 +131,7 @@ class ServerProcess:
         else:
             self.log = log_dir / f"server.{self.port}.log"
         self._log_file = self.log.open("w")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(**(env or {})), stdout=self._log_file,
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(**env), stdout=self._log_file,
                                      stderr=subprocess.STDOUT)  # fmt: skip
         if wait:
             self.wait_ready()
@@ -180,11 +183,13 @@ async def mcp_client(
 
 @dataclass
 class Postgres:
-    """A fresh PostgreSQL database: `owner` migrates (a superuser), `app` serves (a plain role)."""
+    """A fresh PostgreSQL database: `owner` migrates (a superuser), `app` serves the control plane
+    (a plain role) and `data` serves `ctx.db` (another plain role, with no access to the control plane)."""
 
     name: str
     owner: str
     app: str
+    data: str
 
     def sql(self, query: str, *args: Any, as_app: bool = False) -> list[dict[str, Any]]:
         async def go() -> list[dict[str, Any]]:
@@ -196,6 +201,10 @@ class Postgres:
 
         return in_thread(go())
 
+    def binding_key(self) -> bytes:
+        """The key that binds data transactions to tenants (the owner may read it)."""
+        return bytes(self.sql("SELECT key FROM tenant_mcp_rls.binding_key")[0]["key"])
+
 
 def in_thread(coro: Any) -> Any:
     """Run a coroutine to completion on a loop of its own, also from inside an async test."""
@@ -205,6 +214,12 @@ def in_thread(coro: Any) -> Any:
 
 PG_SERVER = os.environ.get("TENANT_MCP_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 APP_ROLE = "tenant_mcp_app"
+DATA_ROLE = "tenant_mcp_data"
+
+
+def data_url(control_url: str) -> str:
+    """The `ctx.db` URL beside a test database's control-plane URL."""
+    return control_url.replace(f"{APP_ROLE}@", f"{DATA_ROLE}@", 1)
 
 
 @contextmanager
@@ -221,10 +236,13 @@ def postgres_database() -> Iterator[Postgres]:
         finally:
             await conn.close()
 
-    in_thread(admin(f"CREATE ROLE {APP_ROLE} LOGIN", f"CREATE DATABASE {name}"))
+    in_thread(
+        admin(f"CREATE ROLE {APP_ROLE} LOGIN", f"CREATE ROLE {DATA_ROLE} LOGIN", f"CREATE DATABASE {name}")
+    )
     host = PG_SERVER.split("@", 1)[1]
+    app = f"postgresql://{APP_ROLE}@{host}/{name}"
     try:
-        yield Postgres(name, f"{PG_SERVER}/{name}", f"postgresql://{APP_ROLE}@{host}/{name}")
+        yield Postgres(name, f"{PG_SERVER}/{name}", app, data_url(app))
     finally:
         in_thread(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 

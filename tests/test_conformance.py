@@ -78,8 +78,11 @@ def proxied_everything(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     tenants = Tenants(db)
     tenants.create("conformance")
     key = tenants.key("conformance")
-    server = ServerProcess("example_servers.everything:app", db)
     port = free_port()
+    # The proxy forwards the client's Host (the proxy's own address): allowed like a public name.
+    server = ServerProcess(
+        "example_servers.everything:app", db, "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"
+    )
     proxy = uvicorn.Server(
         uvicorn.Config(AuthProxy(server.base, key), host="127.0.0.1", port=port, log_level="error")
     )

@@ -58,6 +58,8 @@ async def test_raw_sql_cannot_open_another_tenants_file(probe: tuple[ServerProce
     server, t = probe
     data_dir = Path(t.db_url[len("sqlite:///") :]).with_name("cp_data")
     acme_file = data_dir / f"{t.ids['acme']}.sqlite3"
+    async with mcp_client(server.url, t.keys["acme"]) as a:  # this test may run on a worker of its own
+        assert not (await a.call_tool("add_item", {"value": "acme-secret"})).is_error
     assert acme_file.exists(), "the acme database should exist after acme wrote to it"
     attacks = [
         f"ATTACH DATABASE '{acme_file}' AS other",

@@ -20,5 +20,26 @@ def test_example_servers_keep_tenants_apart(app: str) -> None:
 def test_the_kit_catches_the_leaky_server() -> None:
     report = check_isolation("tests.servers.leaky:app")
     caught = {finding.item for finding in report.findings if finding.kind == "leak"}
-    assert caught == {"tool profile_cached", "tool recall", "tool shared_search"}, report.text
+    assert caught == {
+        "tool profile_cached",
+        "tool recall",
+        "tool search_memory",
+        "tool shared_search",
+        "tool strict_lookup",
+    }, report.text
     assert "isolation problem" in report.text
+
+
+def test_the_kit_tries_every_harvested_id() -> None:
+    """An IDOR on one id among the 50 that A harvested: only an exact try of that id finds it."""
+    report = check_isolation("tests.servers.idor:app")
+    caught = {finding.item for finding in report.findings if finding.kind == "leak"}
+    assert caught == {"tool get_doc"}, report.text
+    assert "budget" in report.text
+
+
+def test_the_kit_reads_while_the_other_tenants_data_is_fresh() -> None:
+    """A bounded shared list: B's own writes would push A's entries out before B reads."""
+    report = check_isolation("tests.servers.recent:app")
+    caught = {finding.item for finding in report.findings if finding.kind == "leak"}
+    assert caught == {"tool recent_activity"}, report.text

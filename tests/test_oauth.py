@@ -83,7 +83,9 @@ class Person:
         query = parse_qs(urlsplit(self.redirect).query)
         if "error" in query:
             raise RuntimeError(f"authorization failed: {query['error'][0]}")
-        return AuthorizationCodeResult(code=query["code"][0], state=query.get("state", [None])[0])
+        return AuthorizationCodeResult(
+            code=query["code"][0], state=query.get("state", [None])[0], iss=query.get("iss", [None])[0]
+        )
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

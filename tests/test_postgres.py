@@ -21,8 +21,10 @@ import pytest
 
 from tenant_mcp import ConstraintError, TenantMCPError
 from tenant_mcp.controlplane import ControlPlane
-from tenant_mcp.storage.postgres import PostgresStore, _check, migrate
+from tenant_mcp.storage.gateway import check
+from tenant_mcp.storage.postgres import PostgresStore, migrate
 from tests.conftest import (
+    DATA_ROLE,
     ROOT,
     Postgres,
     ServerProcess,
@@ -48,7 +50,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def migrate_cli(app: str, pg: Postgres) -> subprocess.CompletedProcess[str]:
-    return cli("migrate", app, "--db", pg.app, "--migration-url", pg.owner)
+    return cli("migrate", app, "--db", pg.app, "--data-db", pg.data, "--migration-url", pg.owner)
 
 
 def _rows(result: Any) -> Any:
@@ -212,7 +214,7 @@ async def test_tenant_a_cannot_reach_tenant_b_through_sql(probe_on_pg: tuple[Ser
         "DROP TABLE items",
         "TRUNCATE items",
         "ALTER TABLE items DISABLE ROW LEVEL SECURITY",
-        'SELECT * FROM U&"items"',
+        'SELECT * FROM U&"pg_cl\\0061ss"',
     ]
     async with mcp_client(server.url, t.keys["acme"]) as a:
         for sql in refused:
@@ -249,7 +251,7 @@ async def test_tenant_a_cannot_reach_tenant_b_through_sql(probe_on_pg: tuple[Ser
 async def test_a_pooled_connection_carries_no_tenant(pg_probe: Postgres) -> None:
     from tests.servers.probe import app
 
-    store = await PostgresStore.open(pg_probe.app, app._migrations)
+    store = await PostgresStore.open(pg_probe.data, app._migrations, binding_key=pg_probe.binding_key())
     tenant = "a" * 32
     try:
         db = store.database(tenant)
@@ -257,7 +259,7 @@ async def test_a_pooled_connection_carries_no_tenant(pg_probe: Postgres) -> None
         assert [r["value"] for r in await db.fetch_all("SELECT value FROM items WHERE id = 42")] == ["v"]
         await db._finish(commit=True)
         async with store._pool.acquire() as conn:  # the same (only) connection, back from the pool
-            assert await conn.fetchval("SELECT current_setting('tenant_mcp.tenant_id', true)") in (None, "")
+            assert await conn.fetchval("SELECT current_setting('tenant_mcp.binding', true)") in (None, "")
             assert await conn.fetchval("SELECT count(*) FROM items") == 0
             with pytest.raises(Exception, match=r"row-level security|null value"):
                 await conn.execute("INSERT INTO items (id, owner, value) VALUES (43, 'x', 'y')")
@@ -284,8 +286,10 @@ async def test_keys_unique_indexes_and_foreign_keys_hold_per_tenant() -> None:
         "ALTER TABLE tasks ADD COLUMN points INTEGER NOT NULL DEFAULT 0",
     ]
     with postgres_database() as pg:
-        await migrate(pg.owner, control=(), data=migrations, app_role="tenant_mcp_app")
-        await migrate(pg.owner, control=(), data=migrations, app_role="tenant_mcp_app")  # idempotent
+        await migrate(pg.owner, control=(), data=migrations, app_role="tenant_mcp_app", data_role=DATA_ROLE)
+        await migrate(
+            pg.owner, control=(), data=migrations, app_role="tenant_mcp_app", data_role=DATA_ROLE
+        )  # idempotent
         store = await PostgresStore.open(pg.app)
         a, b = "a" * 32, "b" * 32
         try:
@@ -324,7 +328,7 @@ async def test_keys_unique_indexes_and_foreign_keys_hold_per_tenant() -> None:
             "CREATE TABLE notes (id INTEGER PRIMARY KEY, task_id INTEGER REFERENCES tasks(id))",
         ]
         with pytest.raises(TenantMCPError, match=r"REFERENCES other \(tenant_id, id\)"):
-            await migrate(pg.owner, control=(), data=late, app_role="tenant_mcp_app")
+            await migrate(pg.owner, control=(), data=late, app_role="tenant_mcp_app", data_role=DATA_ROLE)
 
 
 def test_concurrent_migrations_apply_each_step_once() -> None:
@@ -403,20 +407,33 @@ def test_the_gateway_reads_sql_as_sql() -> None:
     after a semicolon is refused even when it looks harmless."""
     for ok in (
         "SELECT * FROM items WHERE value = 'set_config; SET x = 1'",
-        "UPDATE items SET value = ?",
+        "UPDATE items SET value = $1",
         "SELECT '--' AS x -- ; SET ROLE postgres",
         "SELECT 1 /* ; RESET ALL */;",
+        "SELECT 1 /* /* nested */ ; RESET ALL */",
+        "SELECT $$ ; SET ROLE x $$ AS text",
     ):
-        _check(ok)
-    for bad in (
-        "select SET_CONFIG('a', 'b', true)",
-        "SELECT 1; SELECT 2",
-        "SELECT 1;;",
-        "UPDATE items SET v = 1; SET ROLE x",
-        'SELECT * FROM "pg_catalog"."pg_tables"',
+        check(ok)
+    for bad, reason in (
+        ("select SET_CONFIG('a', 'b', true)", "function set_config()"),
+        ("SELECT 1; SELECT 2", "one statement"),
+        ("UPDATE items SET v = 1; SET ROLE x", "one statement"),
+        ('SELECT * FROM "pg_catalog"."pg_tables"', "pg_catalog.pg_tables"),
+        ("SELECT 1 /* /* */ ' */; SELECT * FROM x", "one statement"),
+        ("EXPLAIN ANALYZE SELECT 1", "EXPLAIN"),
+        ("SELECT * INTO TEMP items FROM items", "INTO"),
+        ("SELECT ts_stat('select 1')", "ts_stat()"),
+        ("SELECT 'x'::regclass", "type regclass"),
+        # typed fields of the tree are checked like any other node
+        ("INSERT INTO tenant_mcp.tenants (id) VALUES (1)", "tenant_mcp.tenants"),
+        ("UPDATE pg_settings SET setting = 'x'", "pg_settings"),
+        ("DELETE FROM tenant_mcp.audit_events", "tenant_mcp.audit_events"),
+        ("INSERT INTO items (v) VALUES (1) RETURNING v::regrole", "type regrole"),
+        ("WITH d AS (DELETE FROM tenant_mcp.api_keys RETURNING *) SELECT 1", "tenant_mcp.api_keys"),
     ):
-        with pytest.raises(TenantMCPError, match="gateway"):
-            _check(bad)
+        with pytest.raises(TenantMCPError, match="gateway") as refused:
+            check(bad)
+        assert reason in str(refused.value), (bad, refused.value)
 
 
 def test_control_plane_schemas_of_both_backends_match(pg_notes: Postgres, tmp_path: Path) -> None:

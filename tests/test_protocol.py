@@ -463,7 +463,7 @@ def test_wildcard_bind_does_not_allow_any_host(bind: str) -> None:
     assert not forbidden & set(settings.allowed_hosts), settings.allowed_hosts
     assert not any(h in ("*", "*:*") for h in settings.allowed_hosts), settings.allowed_hosts
     named = HTTPOptions(host="mcp.internal").transport_security()
-    assert "mcp.internal" in named.allowed_hosts and "mcp.internal:*" in named.allowed_hosts
+    assert "mcp.internal:8000" in named.allowed_hosts and "mcp.internal:*" not in named.allowed_hosts
 
 
 # -- 4. session binding ----------------------------------------------------------------------------

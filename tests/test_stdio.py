@@ -26,7 +26,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import ROOT, Tenants, clean_env, standard_tenants
+from tests.conftest import ROOT, Tenants, clean_env, data_url, standard_tenants
 
 pytestmark = pytest.mark.anyio
 
@@ -38,7 +38,8 @@ REVOCATION_DEADLINE = 2.5
 
 
 def desktop_args(db_url: str) -> list[str]:
-    return ["serve", "example_servers.notes:app", "--transport", "stdio", "--db", db_url]
+    data = ["--data-db", data_url(db_url)] if db_url.startswith("postgresql://") else []
+    return ["serve", "example_servers.notes:app", "--transport", "stdio", "--db", db_url, *data]
 
 
 def desktop_env(key: str | None) -> dict[str, str]:

@@ -18,11 +18,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from opentelemetry import trace
+
 from tenant_mcp.errors import TenantMCPError
 from tenant_mcp.storage.sql import GatewayRefusal, Params
 
 T = TypeVar("T")
 
+_tracer = trace.get_tracer("tenant_mcp.db")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _EPOCH_MS = 1_704_067_200_000  # 2024-01-01
 _id_lock = threading.Lock()
@@ -42,6 +45,12 @@ def new_id() -> int:
     with _id_lock:
         _last_id = max(candidate, _last_id + 1)
         return _last_id
+
+
+def _verb(sql: str) -> str:
+    """The statement's first word, upper case: a span name's detail that carries no data."""
+    word = sql.lstrip().split(None, 1)[0] if sql.strip() else ""
+    return word.upper()[:16] if word.isalpha() else "SQL"
 
 
 def check_identifier(name: str) -> str:
@@ -86,12 +95,14 @@ class TenantDatabase:
             raise TenantMCPError("ctx.db was used after its call ended")
         return self._unit
 
-    async def _run(self, operation: Awaitable[T]) -> T:
-        try:
-            return await operation
-        except GatewayRefusal as exc:
-            self.refusal = str(exc)
-            raise
+    async def _run(self, sql: str, operation: Awaitable[T]) -> T:
+        # A child span of the request's (it carries the tenant); a no-op without a tracing SDK.
+        with _tracer.start_as_current_span("ctx.db", attributes={"db.operation.name": _verb(sql)}):
+            try:
+                return await operation
+            except GatewayRefusal as exc:
+                self.refusal = str(exc)
+                raise
 
     async def _finish(self, *, commit: bool) -> None:
         """End the call's unit of work. Called by the framework, never by tool code."""
@@ -101,16 +112,16 @@ class TenantDatabase:
 
     async def execute(self, sql: str, params: Params = ()) -> Result:
         """Run one statement with parameters (``?``, ``?1`` or ``:name``). Never format values into SQL."""
-        return await self._run(self._live().execute(sql, params))
+        return await self._run(sql, self._live().execute(sql, params))
 
     async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
-        return await self._run(self._live().execute_many(sql, rows))
+        return await self._run(sql, self._live().execute_many(sql, rows))
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
-        return await self._run(self._live().fetch_all(sql, params))
+        return await self._run(sql, self._live().fetch_all(sql, params))
 
     async def fetch_one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
-        return await self._run(self._live().fetch_one(sql, params))
+        return await self._run(sql, self._live().fetch_one(sql, params))
 
     async def fetch_value(self, sql: str, params: Params = ()) -> Any:
         row = await self.fetch_one(sql, params)
@@ -123,7 +134,7 @@ class TenantDatabase:
         """
         for column in values:
             check_identifier(column)
-        return await self._live().insert(check_identifier(table), values)
+        return await self._run("INSERT", self._live().insert(check_identifier(table), values))
 
     async def get(self, table: str, key: Any, *, column: str = "id") -> dict[str, Any] | None:
         sql = f"SELECT * FROM {check_identifier(table)} WHERE {check_identifier(column)} = ?"

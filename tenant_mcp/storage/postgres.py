@@ -1,17 +1,26 @@
 """The PostgreSQL backend: one database for all tenants, isolated by row-level security.
 
-Every table of tenant data (schema ``public``) gets a ``tenant_id`` column that defaults to the
-transaction's tenant setting, the leading column of its primary key and unique keys, and a policy
-that shows and accepts only rows of that tenant, with ``FORCE ROW LEVEL SECURITY`` so the table
-owner is bound too. The server connects as a role that is not the owner, not a superuser and
-not ``BYPASSRLS`` and refuses to start otherwise. The tenant is set per transaction with
-``set_config(..., true)``, so a pooled connection never carries it into the next transaction;
-without it the policy matches nothing and inserts fail: no tenant, no rows.
+Every table of tenant data (schema ``public``) gets a ``tenant_id`` column, the leading column of
+its keys, and a policy that shows and accepts only rows of the transaction's tenant, with ``FORCE
+ROW LEVEL SECURITY`` so the table owner is bound too.
 
-Above the database, a gateway refuses statements from `ctx.db` that would change the tenant
-setting or the role, or reach the control plane's schema or the system catalogues. It is a net
-for mistakes and injected SQL, not a sandbox for hostile tool code, which runs in the server's
-process with its credentials anyway.
+The transaction's tenant is a *binding* that tool SQL cannot forge. The framework sets
+``tenant_mcp.binding`` to ``<tenant id>/<HMAC-SHA256(key, "<tenant id>/<backend pid>")>`` for the
+transaction only; the policy asks ``tenant_mcp_rls.tenant()``, a ``SECURITY DEFINER`` function of the
+owner, which recomputes the MAC with the key (a table that only the owner and the control-plane
+role can read) and returns the tenant only when it matches. Anything that writes the setting (an
+SQL-executing function, an injected ``set_config``) can only write a value without a valid MAC
+for another tenant, and a value copied from one connection is worthless on another: the policy then
+matches nothing and inserts fail. No tenant, no rows.
+
+Two roles serve: the control-plane role (tenants, keys, audit; computes bindings) and the data
+role of `ctx.db`, which has DML on tenant tables and nothing else: no control schema, no key, no
+TEMP, no CREATE, no sequences. The server refuses to start when either role is, or can switch
+into, a superuser, a ``BYPASSRLS`` role or an owner, or when the data role has more than that.
+
+Above the database, the gateway (`storage.gateway`) parses tool SQL with PostgreSQL's grammar and
+refuses what is not on its allow-lists; pooled data connections are reset (temp objects, settings,
+locks, listeners) before their next borrower.
 
 Migrations are applied by `migrate()` as the tables' owner (`tenant-mcp migrate`), under an
 advisory lock so replicas starting together apply each step once; `tenantize()` then brings
@@ -21,7 +30,10 @@ every table of tenant data to the shape above.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import re
+import secrets
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -31,91 +43,32 @@ from asyncpg.pool import PoolConnectionProxy
 
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.storage.database import Result, TenantDatabase
-from tenant_mcp.storage.sql import Connection, ConstraintError, GatewayRefusal, Params, to_postgres, tokens
+from tenant_mcp.storage.gateway import SQLAllowList, check
+from tenant_mcp.storage.sql import Connection, ConstraintError, Params, to_postgres
 
 CONTROL_SCHEMA = "tenant_mcp"
 DATA_SCHEMA = "public"
-TENANT_SETTING = "tenant_mcp.tenant_id"
+RLS_SCHEMA = "tenant_mcp_rls"  # the binding's key and the function that verifies it
+BINDING_SETTING = "tenant_mcp.binding"
 _MIGRATION_LOCK = 0x7E4A_4E7D_C0DE  # pg_advisory_xact_lock key: one migrator per database at a time
-_CURRENT_TENANT = f"current_setting('{TENANT_SETTING}', true)"
+_CURRENT_TENANT = f"{RLS_SCHEMA}.tenant()"
+_CLAIMED_TENANT = f"split_part(current_setting('{BINDING_SETTING}', true), '/', 1)"
+_BIND = f"SELECT set_config('{BINDING_SETTING}', $1, true)"
 _Conn = asyncpg.Connection | PoolConnectionProxy
 
-# The gateway's rules. Statements that change settings (the tenant is one), the role, the
-# transaction or the schema may not start a ctx.db statement; functions that run SQL from a string
-# or change settings, the control schema and the catalogues may not appear anywhere.
-_REFUSED_FIRST = frozenset(
-    [
-        "set",
-        "reset",
-        "discard",
-        "copy",
-        "listen",
-        "notify",
-        "unlisten",
-        "do",
-        "call",
-        "grant",
-        "revoke",
-        "alter",
-        "drop",
-        "create",
-        "truncate",
-        "lock",
-        "load",
-        "begin",
-        "start",
-        "commit",
-        "end",
-        "rollback",
-        "abort",
-        "savepoint",
-        "release",
-        "prepare",
-        "execute",
-        "deallocate",
-        "declare",
-        "fetch",
-        "move",
-        "close",
-        "vacuum",
-        "analyze",
-        "cluster",
-        "reindex",
-        "checkpoint",
-        "comment",
-        "import",
-        "security",
-        "refresh",
-        "reassign",
-    ]
-)
-_REFUSED_ANYWHERE = frozenset({"set_config", "dblink", "information_schema", CONTROL_SCHEMA})
-_REFUSED_PREFIXES = ("pg_", "query_to_", "cursor_to_", "table_to_", "schema_to_", "database_to_", "lo_")
+
+def binding_value(key: bytes, tenant_id: str, backend_pid: int) -> str:
+    """The setting that binds one transaction on one backend to `tenant_id` (see the module doc)."""
+    mac = hmac.new(key, f"{tenant_id}/{backend_pid}".encode(), hashlib.sha256).hexdigest()
+    return f"{tenant_id}/{mac}"
 
 
-def _check(sql: str) -> None:
-    """The gateway: refuse statements that could leave the caller's tenant or its transaction."""
-    first, ended = True, False
-    for token in tokens(sql):
-        if token.kind == "param":
-            continue
-        if ended:  # only a trailing semicolon: several statements would each need checking
-            raise GatewayRefusal("statement refused by the tenant gateway: one statement at a time")
-        if token.text == ";":
-            ended = True
-            continue
-        word = token.text.lower()
-        if (
-            (first and word in _REFUSED_FIRST)
-            or word in _REFUSED_ANYWHERE
-            or word.startswith(_REFUSED_PREFIXES)
-        ):
-            raise GatewayRefusal(
-                f"statement refused by the tenant gateway: {token.text!r} is not allowed in ctx.db"
-            )
-        first = False
-    if re.search(r"\bU&['\"]", sql, re.IGNORECASE):
-        raise GatewayRefusal("statement refused by the tenant gateway: Unicode-escaped names are not allowed")
+class _DataConnection(asyncpg.Connection):
+    """A pooled connection that leaves nothing to its next borrower: on top of asyncpg's reset
+    (settings, advisory locks, cursors, listeners), temporary objects and sequence state go."""
+
+    def get_reset_query(self) -> str:
+        return super().get_reset_query() + "\nDISCARD TEMP;\nDISCARD SEQUENCES;"
 
 
 @contextmanager
@@ -140,7 +93,12 @@ def _rows(records: Iterable[asyncpg.Record]) -> list[dict[str, Any]]:
 async def connect_pool(url: str, *, search_path: str, max_size: int = 10) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(
-            url, min_size=1, max_size=max_size, server_settings={"search_path": search_path}
+            url,
+            min_size=1,
+            max_size=max_size,
+            connection_class=_DataConnection,
+            # The gateway parses with standard strings; the server must read them the same way.
+            server_settings={"search_path": search_path, "standard_conforming_strings": "on"},
         )
     except (OSError, asyncpg.PostgresError) as exc:
         raise ConfigurationError(f"cannot connect to PostgreSQL: {exc}") from None
@@ -205,10 +163,11 @@ class PostgresDatabase(_Connection):
 
 
 class _Unit:
-    """One call's transaction: a pooled connection with the tenant set for this transaction only."""
+    """One call's transaction: a pooled connection bound to the tenant for this transaction only."""
 
-    def __init__(self, pool: asyncpg.Pool, tenant_id: str) -> None:
-        self._pool = pool
+    def __init__(self, store: PostgresStore, tenant_id: str) -> None:
+        self._store = store
+        self._pool = store._pool
         self._tenant_id = tenant_id
         self._conn: PoolConnectionProxy | None = None
         self._tx: Any = None
@@ -219,7 +178,7 @@ class _Unit:
             try:
                 tx = conn.transaction()
                 await tx.start()
-                await conn.execute("SELECT set_config($1, $2, true)", TENANT_SETTING, self._tenant_id)
+                await conn.execute(_BIND, self._store._binding(self._tenant_id, conn))
             except BaseException:
                 await self._pool.release(conn)
                 raise
@@ -235,26 +194,31 @@ class _Unit:
         finally:
             await self._pool.release(conn)
 
-    async def _fetch(self, sql: str, params: Params) -> list[asyncpg.Record]:
-        _check(sql)
+    def _checked(self, sql: str, params: Params) -> tuple[str, list[Any]]:
+        """The statement as PostgreSQL will receive it, after the gateway has read that text."""
         text, args = to_postgres(sql, params)
+        check(text, self._store._allow)
+        return text, args
+
+    async def _fetch(self, sql: str, params: Params) -> list[asyncpg.Record]:
+        text, args = self._checked(sql, params)
         conn = await self._connection()
         with _constraints():
             return await conn.fetch(text, *args)  # prepared once per connection (asyncpg's cache)
 
     async def execute(self, sql: str, params: Params) -> Result:
-        _check(sql)  # also what keeps a parameterless execute, sent as a simple query, to one statement
-        text, args = to_postgres(sql, params)
+        # The gateway also keeps a parameterless execute, sent as a simple query, to one statement.
+        text, args = self._checked(sql, params)
         conn = await self._connection()
         with _constraints():
             status = await conn.execute(text, *args)
         return Result(rowcount=_rowcount(status), lastrowid=None)
 
     async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
-        _check(sql)
         converted = [to_postgres(sql, row) for row in rows]
         if not converted:
             return 0
+        check(converted[0][0], self._store._allow)
         conn = await self._connection()
         with _constraints():
             await conn.executemany(converted[0][0], [args for _, args in converted])
@@ -281,25 +245,42 @@ class _Unit:
 class PostgresStore:
     """Tenant data in PostgreSQL: what `ctx.db`, the CLI and the test kit use across replicas."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, key: bytes, allow: SQLAllowList | None = None) -> None:
         self._pool = pool
+        self._key = key
+        self._allow = allow or SQLAllowList()
 
     @classmethod
-    async def open(cls, url: str, migrations: Sequence[Any] | None = None) -> PostgresStore:
-        """Connect for tenant data. With `migrations` (a serving app), also refuse a role that
-        could bypass row-level security and a schema older than the app."""
-        pool = await connect_pool(url, search_path=DATA_SCHEMA)
+    async def open(
+        cls,
+        url: str,
+        migrations: Sequence[Any] | None = None,
+        *,
+        binding_key: bytes | None = None,
+        allow: SQLAllowList | None = None,
+        max_size: int = 10,
+    ) -> PostgresStore:
+        """Connect for tenant data.
+
+        A serving app passes `migrations` (its schema version is checked on the control plane) and
+        the `binding_key` it read there: the data role is then checked to hold no more than row
+        access. Without a key (the CLI, on the control-plane role) the store reads it itself.
+        """
+        pool = await connect_pool(url, search_path=DATA_SCHEMA, max_size=max_size)
         try:
             if migrations is not None:
-                await _check_role(pool)
-                await check_version(_Connection(pool), "data", len(migrations))
+                await check_data_role(_Connection(pool))
+            key = binding_key if binding_key is not None else await read_binding_key(_Connection(pool))
         except BaseException:
             await pool.close()
             raise
-        return cls(pool)
+        return cls(pool, key, allow)
 
     def database(self, tenant_id: str) -> TenantDatabase:
-        return TenantDatabase(_Unit(self._pool, tenant_id))
+        return TenantDatabase(_Unit(self, tenant_id))
+
+    def _binding(self, tenant_id: str, conn: _Conn) -> str:
+        return binding_value(self._key, tenant_id, conn.get_server_pid())
 
     async def aclose(self) -> None:
         await _close(self._pool)
@@ -309,7 +290,7 @@ class PostgresStore:
         # Framework statements also filter on tenant_id explicitly: an administrator running the
         # CLI as a superuser is not bound by the policy.
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT set_config($1, $2, true)", TENANT_SETTING, tenant_id)
+            await conn.execute(_BIND, self._binding(tenant_id, conn))
             yield conn
 
     async def _tables(self, conn: _Conn, *, children_first: bool = False) -> list[str]:
@@ -357,28 +338,93 @@ class PostgresStore:
             )
 
 
-async def _check_role(pool: asyncpg.Pool) -> None:
-    row = await pool.fetchrow(
-        "SELECT current_user AS name, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
+async def read_binding_key(db: Connection) -> bytes:
+    """The binding key, readable by the owner and the control-plane role only."""
+    try:
+        row = await db.fetch_one(f"SELECT key FROM {RLS_SCHEMA}.binding_key")
+    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+        row = None
+    except asyncpg.InsufficientPrivilegeError:
+        raise ConfigurationError(
+            "this PostgreSQL role may not read the tenant binding key: use the control-plane role "
+            "(`tenant-mcp migrate --app-role`) here, not the data role"
+        ) from None
+    if row is None:
+        raise ConfigurationError("the PostgreSQL schema has no tenant binding key: run `tenant-mcp migrate`")
+    return bytes(row["key"])
+
+
+async def check_control_role(db: Connection) -> None:
+    """Refuse a control-plane role that could bypass row-level security."""
+    await _refuse_escalation(db, "control-plane")
+
+
+async def check_data_role(db: Connection) -> None:
+    """Refuse a `ctx.db` role that could bypass row-level security or reach past tenant rows."""
+    name = await _refuse_escalation(db, "data")
+    row = await db.fetch_one(
+        "SELECT has_schema_privilege(?1, 'USAGE') AS control, has_database_privilege(current_database(), 'TEMP')"
+        " AS temp, has_database_privilege(current_database(), 'CREATE') AS create_db,"
+        " has_schema_privilege(?2, 'CREATE') AS create_data,"
+        " coalesce(has_schema_privilege(?3, 'CREATE'), false) AS create_rls,"
+        " (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        "   WHERE n.nspname = ?2 AND CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(c.oid, 'USAGE') END)"
+        " AS sequences",
+        (CONTROL_SCHEMA, DATA_SCHEMA, RLS_SCHEMA),
     )
     assert row is not None
-    if row["rolsuper"] or row["rolbypassrls"]:
-        raise ConfigurationError(
-            f"refusing to serve as PostgreSQL role {row['name']!r}: it is a superuser or has BYPASSRLS, "
-            "so row-level security would not bind it. Connect as the application role that "
-            "`tenant-mcp migrate --app-role` set up."
+    excess = [
+        what
+        for what, held in (
+            ("may use the tenant_mcp schema (the control plane)", row["control"]),
+            ("may create temporary tables", row["temp"]),
+            ("may create schemas", row["create_db"]),
+            ("may create tables", row["create_data"] or row["create_rls"]),
+            ("may use sequences", row["sequences"]),
         )
-    owned = await pool.fetchval(
-        "SELECT count(*) FROM pg_tables WHERE schemaname = ANY($1::text[])"
-        " AND pg_has_role(current_user, tableowner, 'MEMBER')",
-        [DATA_SCHEMA, CONTROL_SCHEMA],
+        if held
+    ]
+    if excess:
+        raise ConfigurationError(
+            f"refusing to serve ctx.db as PostgreSQL role {name!r}: it {', and '.join(excess)}. The data "
+            "role needs row access to tenant tables and nothing more: give it its own role and run "
+            "`tenant-mcp migrate --data-role ROLE` as the owner (which revokes TEMP from PUBLIC; "
+            "if the owner does not own the database, run REVOKE TEMPORARY ON DATABASE ... FROM PUBLIC)"
+        )
+
+
+async def _refuse_escalation(db: Connection, which: str) -> str:
+    """The role's name, unless it is, or can SET ROLE into, a superuser, a BYPASSRLS role or an owner."""
+    me = await db.fetch_one("SELECT current_user::text AS name")
+    name = str(me["name"]) if me else "?"
+    risky = await db.fetch_all(
+        "SELECT r.rolname::text AS role, r.rolsuper AS super FROM pg_roles r"
+        " WHERE (r.rolsuper OR r.rolbypassrls) AND pg_has_role(current_user, r.oid, 'MEMBER')"
+        " ORDER BY r.rolname"
     )
-    if owned:
+    if risky:
+        roles = ", ".join(r["role"] for r in risky)
+        via = "" if [r["role"] for r in risky] == [name] else f" (it is or can become {roles})"
         raise ConfigurationError(
-            f"refusing to serve as PostgreSQL role {row['name']!r}: it owns (or is a member of the "
-            "owner of) the tables, and an owner can switch row-level security off. Run migrations "
-            "as the owner and serve as a separate application role."
+            f"refusing to serve the {which} connection as PostgreSQL role {name!r}: it is a superuser or "
+            f"has BYPASSRLS{via}, so row-level security would not bind it. Connect as the role that "
+            "`tenant-mcp migrate` set up, and grant it no membership in such roles."
         )
+    owners = await db.fetch_all(
+        "SELECT DISTINCT pg_get_userbyid(c.relowner) AS owner FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = ANY(?1::text[]) AND c.relkind IN ('r', 'p')"
+        " AND pg_has_role(current_user, c.relowner, 'MEMBER')",
+        ([DATA_SCHEMA, CONTROL_SCHEMA, RLS_SCHEMA],),
+    )
+    if owners:
+        raise ConfigurationError(
+            f"refusing to serve the {which} connection as PostgreSQL role {name!r}: it owns (or can "
+            f"become {', '.join(sorted(r['owner'] for r in owners))}, the owner of) the tables, and an "
+            "owner can switch row-level security off. Run migrations as the owner and serve as "
+            "separate roles."
+        )
+    return name
 
 
 async def check_version(db: Connection, component: str, expected: int) -> None:
@@ -424,12 +470,19 @@ async def migrate(
     control: Sequence[str],
     data: Sequence[str],
     app_role: str | None,
+    data_role: str | None = None,
 ) -> dict[str, int]:
     """Bring both schemas up to date as the owner; returns how many steps each component applied.
 
-    Everything happens in one transaction under an advisory lock: a replica that starts while
-    another migrates waits, then finds nothing left to do.
+    `app_role` is granted the control plane (and row access to tenant data, for the CLI);
+    `data_role` row access to tenant data only, for `ctx.db`. Everything happens in one
+    transaction under an advisory lock: a replica that starts while another migrates waits, then
+    finds nothing left to do.
     """
+    if app_role is not None and app_role == data_role:
+        raise ConfigurationError(
+            "the control-plane role and the data role must differ: the data role may not reach the control plane"
+        )
     try:
         conn = await asyncpg.connect(url)
     except (OSError, asyncpg.PostgresError) as exc:
@@ -437,14 +490,16 @@ async def migrate(
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            if app_role is not None and not await conn.fetchval(
-                "SELECT true FROM pg_roles WHERE rolname = $1", app_role
-            ):
-                raise ConfigurationError(
-                    f"PostgreSQL role {app_role!r} does not exist; create it first, e.g. "
-                    f"CREATE ROLE {app_role} LOGIN PASSWORD '...'"
-                )
+            for role in (app_role, data_role):
+                if role is not None and not await conn.fetchval(
+                    "SELECT true FROM pg_roles WHERE rolname = $1", role
+                ):
+                    raise ConfigurationError(
+                        f"PostgreSQL role {role!r} does not exist; create it first, e.g. "
+                        f"CREATE ROLE {role} LOGIN PASSWORD '...'"
+                    )
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA}")
+            await _binding_function(conn)
             await conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.schema_version (component TEXT NOT NULL,"
                 " version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
@@ -456,8 +511,11 @@ async def migrate(
             }
             await conn.execute(f"SET LOCAL search_path = {DATA_SCHEMA}")
             await tenantize(conn)
+            await _least_privilege(conn)
             if app_role is not None:
-                await _grant(conn, app_role)
+                await _grant_control(conn, app_role)
+            if data_role is not None:
+                await _grant_data(conn, data_role)
         return applied
     finally:
         await conn.close()
@@ -492,6 +550,7 @@ async def _apply(conn: asyncpg.Connection, component: str, scripts: Sequence[str
             version,
         )
         if component == "data":
+            await _refuse_shared(conn, version)
             await tenantize(conn)  # before the next step, so its foreign keys see tenant keys
     return len(scripts) - int(current)
 
@@ -510,9 +569,9 @@ async def tenantize(conn: asyncpg.Connection) -> None:
             table["oid"],
         )
         if not has_column:
-            await conn.execute(
-                f"ALTER TABLE {name} ADD COLUMN tenant_id TEXT NOT NULL DEFAULT nullif({_CURRENT_TENANT}, '')"
-            )
+            await conn.execute(f"ALTER TABLE {name} ADD COLUMN tenant_id TEXT NOT NULL")
+        # The default need not verify the binding: the policy's WITH CHECK does, once per statement.
+        await conn.execute(f"ALTER TABLE {name} ALTER COLUMN tenant_id SET DEFAULT {_CLAIMED_TENANT}")
         # SQLite's INTEGER is 64-bit; PostgreSQL's is 32-bit and new_id() values need 53 bits.
         for column in await conn.fetch(
             "SELECT attname FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped"
@@ -522,14 +581,22 @@ async def tenantize(conn: asyncpg.Connection) -> None:
             await conn.execute(f"ALTER TABLE {name} ALTER COLUMN {_quote(column['attname'])} TYPE BIGINT")
     oids = [t["oid"] for t in tables]
     await _lead_keys_with_tenant(conn, oids)
+    # A view runs as its owner unless it is a security-invoker view; then the caller's policies apply.
+    for view in await conn.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = $1 AND c.relkind = 'v'",
+        DATA_SCHEMA,
+    ):
+        await conn.execute(f"ALTER VIEW {_quote(view['relname'])} SET (security_invoker = true)")
     for table in tables:
         name = _quote(table["relname"])
         await conn.execute(f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY")
         await conn.execute(f"ALTER TABLE {name} FORCE ROW LEVEL SECURITY")
         await conn.execute(f"DROP POLICY IF EXISTS tenant_isolation ON {name}")
+        # A scalar subquery: the binding is verified once per statement, not once per row.
         await conn.execute(
-            f"CREATE POLICY tenant_isolation ON {name} USING (tenant_id = {_CURRENT_TENANT})"
-            f" WITH CHECK (tenant_id = {_CURRENT_TENANT})"
+            f"CREATE POLICY tenant_isolation ON {name} USING (tenant_id = (SELECT {_CURRENT_TENANT}))"
+            f" WITH CHECK (tenant_id = (SELECT {_CURRENT_TENANT}))"
         )
 
 
@@ -569,6 +636,7 @@ async def _lead_keys_with_tenant(conn: asyncpg.Connection, oids: list[int]) -> N
             f"ALTER TABLE {key['tbl']} DROP CONSTRAINT {_quote(key['conname'])},"
             f" ADD CONSTRAINT {_quote(key['conname'])} {kind} ({columns})"
         )
+    await _exclusions_per_tenant(conn, oids)
     indexes = await conn.fetch(
         "SELECT i.indexrelid::regclass::text AS name, pg_get_indexdef(i.indexrelid) AS def"
         " FROM pg_index i LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
@@ -593,16 +661,146 @@ async def _lead_keys_with_tenant(conn: asyncpg.Connection, oids: list[int]) -> N
         )
 
 
-async def _grant(conn: asyncpg.Connection, role: str) -> None:
-    """The application role may read and write rows, and nothing else (no DDL, no TRUNCATE)."""
-    quoted = _quote(role)
+async def _exclusions_per_tenant(conn: asyncpg.Connection, oids: list[int]) -> None:
+    """Exclusion constraints hold per tenant: ``tenant_id WITH =`` leads each (needs btree_gist).
+
+    A global one would tell tenant B that tenant A holds a conflicting row.
+    """
+    exclusions = await conn.fetch(
+        "SELECT c.conrelid::regclass::text AS tbl, c.conname, pg_get_constraintdef(c.oid) AS def"
+        " FROM pg_constraint c WHERE c.contype = 'x' AND c.conrelid = ANY($1::oid[])"
+        " AND NOT pg_get_constraintdef(c.oid) ~ '\\(tenant_id WITH ='",
+        oids,
+    )
+    if not exclusions:
+        return
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS btree_gist")
+    except asyncpg.PostgresError as exc:
+        raise TenantMCPError(
+            f"exclusion constraint {exclusions[0]['conname']} must hold per tenant, which needs the "
+            f"btree_gist extension ({exc}); install it as a superuser, or declare the constraint with "
+            "tenant_id WITH = first in a 'postgresql' version of the migration"
+        ) from None
+    for ex in exclusions:
+        definition = re.sub(r"\(", "(tenant_id WITH =, ", ex["def"], count=1)
+        await conn.execute(
+            f"ALTER TABLE {ex['tbl']} DROP CONSTRAINT {_quote(ex['conname'])},"
+            f" ADD CONSTRAINT {_quote(ex['conname'])} {definition}"
+        )
+
+
+async def _refuse_shared(conn: asyncpg.Connection, version: int) -> None:
+    """Refuse what a data step may create that row-level security cannot scope to one tenant."""
+    shared = await conn.fetch(
+        "SELECT c.relname AS name, c.relkind::text AS kind FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('S', 'm', 'f')"
+        " UNION ALL SELECT p.proname, 'definer' FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = $1 AND p.prosecdef"
+        " UNION ALL SELECT r.rulename, 'rule' FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND r.rulename <> '_RETURN'"
+        " UNION ALL SELECT p.polname, 'policy' FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = $1 AND p.polpermissive AND p.polname <> 'tenant_isolation' ORDER BY 1",
+        DATA_SCHEMA,
+    )
+    if not shared:
+        return
+    name, kind = shared[0]["name"], shared[0]["kind"]
+    why = {
+        "S": f"creates sequence {name} (SERIAL, IDENTITY or CREATE SEQUENCE): a sequence is shared by "
+        "every tenant and reveals their volume. Declare the id as BIGINT and give it tenant_mcp.new_id() values",
+        "m": f"creates materialized view {name}: it holds a copy of every tenant's rows, which no policy "
+        "can scope. Use a view (it runs as the caller, under the policies)",
+        "f": f"creates foreign table {name}: its rows live outside the database's policies",
+        "definer": f"creates SECURITY DEFINER function {name}: it runs as its owner, whom the policies may "
+        "not bind. Use SECURITY INVOKER (the default)",
+        "rule": f"creates rule {name}: its actions run with the table owner's rights. Use a trigger",
+        "policy": f"creates permissive policy {name}: permissive policies are OR-ed with the tenant "
+        "policy and would widen it. Declare it AS RESTRICTIVE (it then narrows the tenant's rows)",
+    }[kind]
+    raise TenantMCPError(f"data migration {version} {why}")
+
+
+async def _binding_function(conn: asyncpg.Connection) -> None:
+    """The binding key and `tenant()`, the verifier every policy calls (see the module doc)."""
+    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {RLS_SCHEMA}")
+    await conn.execute(f"REVOKE ALL ON SCHEMA {RLS_SCHEMA} FROM PUBLIC")
+    await conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {RLS_SCHEMA}.binding_key (id INTEGER PRIMARY KEY CHECK (id = 1),"
+        " key BYTEA NOT NULL, inner_pad BYTEA NOT NULL, outer_pad BYTEA NOT NULL)"
+    )
+    await conn.execute(f"REVOKE ALL ON {RLS_SCHEMA}.binding_key FROM PUBLIC")
+    if not await conn.fetchval(f"SELECT true FROM {RLS_SCHEMA}.binding_key"):
+        key = secrets.token_bytes(32)
+        block = key.ljust(64, b"\0")  # HMAC-SHA256's pads, so SQL needs only sha256()
+        await conn.execute(
+            f"INSERT INTO {RLS_SCHEMA}.binding_key VALUES (1, $1, $2, $3)",
+            key,
+            bytes(b ^ 0x36 for b in block),
+            bytes(b ^ 0x5C for b in block),
+        )
+    # PL/pgSQL keeps its plans for the session (an SQL function would be planned per statement);
+    # STABLE and PARALLEL RESTRICTED: evaluated in the leader, where pg_backend_pid() is the
+    # connection's; a fixed search_path so no object of the caller's can stand in.
+    await conn.execute(
+        f"""CREATE OR REPLACE FUNCTION {_CURRENT_TENANT} RETURNS text
+        LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+        SET search_path = pg_catalog, pg_temp AS $fn$
+        DECLARE
+            binding text := current_setting('{BINDING_SETTING}', true);
+            tenant text := split_part(binding, '/', 1);
+            inner_pad bytea;
+            outer_pad bytea;
+        BEGIN
+            SELECT k.inner_pad, k.outer_pad INTO inner_pad, outer_pad FROM {RLS_SCHEMA}.binding_key k;
+            IF split_part(binding, '/', 2) = encode(sha256(outer_pad || sha256(inner_pad
+                    || convert_to(tenant || '/' || pg_backend_pid()::text, 'UTF8'))), 'hex') THEN
+                RETURN tenant;
+            END IF;
+            RETURN NULL;
+        END
+        $fn$"""
+    )
+    await conn.execute(f"REVOKE ALL ON FUNCTION {_CURRENT_TENANT} FROM PUBLIC")
+
+
+async def _least_privilege(conn: asyncpg.Connection) -> None:
+    """What no serving role needs: creating objects in the data schema, or temporary tables
+    (a temporary table has no policy and is searched before the tenant tables)."""
     await conn.execute(f"REVOKE CREATE ON SCHEMA {DATA_SCHEMA} FROM PUBLIC")
+    database = await conn.fetchval("SELECT current_database()")
+    # Only the database's owner can revoke this; otherwise the server's start-up check says what to do.
+    await conn.execute(f"REVOKE TEMPORARY ON DATABASE {_quote(database)} FROM PUBLIC")
+
+
+async def _grant_control(conn: asyncpg.Connection, role: str) -> None:
+    """The control-plane role: rows of the control plane and (for the CLI) of tenant data, the key."""
+    quoted = _quote(role)
     for schema in (DATA_SCHEMA, CONTROL_SCHEMA):
         await conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {quoted}")
         await conn.execute(
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {quoted}"
         )
-        await conn.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {quoted}")
+    await conn.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {CONTROL_SCHEMA} TO {quoted}")
+    await conn.execute(f"GRANT USAGE ON SCHEMA {RLS_SCHEMA} TO {quoted}")
+    await conn.execute(f"GRANT SELECT ON {RLS_SCHEMA}.binding_key TO {quoted}")
+    await conn.execute(f"GRANT EXECUTE ON FUNCTION {_CURRENT_TENANT} TO {quoted}")
+
+
+async def _grant_data(conn: asyncpg.Connection, role: str) -> None:
+    """The data role of `ctx.db`: rows of tenant tables, and nothing else anywhere."""
+    quoted = _quote(role)
+    for schema in (CONTROL_SCHEMA, RLS_SCHEMA):  # an earlier grant (one role for all) is taken back
+        await conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {quoted}")
+        await conn.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema} FROM {quoted}")
+    await conn.execute(f"REVOKE ALL ON SCHEMA {CONTROL_SCHEMA} FROM {quoted}")
+    await conn.execute(f"GRANT USAGE ON SCHEMA {DATA_SCHEMA} TO {quoted}")
+    await conn.execute(
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {DATA_SCHEMA} TO {quoted}"
+    )
+    await conn.execute(f"GRANT USAGE ON SCHEMA {RLS_SCHEMA} TO {quoted}")
+    await conn.execute(f"GRANT EXECUTE ON FUNCTION {_CURRENT_TENANT} TO {quoted}")
 
 
 def _quote(identifier: str) -> str:

@@ -2,8 +2,9 @@
 
 Statements are written the SQLite way (``?``, ``?1``, ``:name`` placeholders). For PostgreSQL
 they are rewritten to ``$1``-style placeholders by a small lexer that skips string literals,
-quoted identifiers and comments, so a ``?`` inside ``'what?'`` stays text. The same lexer gives
-the PostgreSQL gateway the statement's words, which it checks before the database sees them.
+quoted identifiers and comments, so a ``?`` inside ``'what?'`` stays text. What the lexer
+produces is what the PostgreSQL gateway then parses and checks (`storage.gateway`), so a lexer
+mistake can make a statement fail, never slip past the check.
 """
 
 from __future__ import annotations
@@ -66,10 +67,7 @@ def tokens(sql: str) -> Iterator[Token]:
             end = sql.find("\n", i)
             i = n if end == -1 else end + 1
         elif sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            if end == -1:
-                raise TenantMCPError("unterminated comment in SQL")
-            i = end + 2
+            i = _comment_end(sql, i)
         elif c == "$" and (m := _DOLLAR_TAG.match(sql, i)):
             end = sql.find(m.group(0), m.end())
             if end == -1:
@@ -93,6 +91,21 @@ def tokens(sql: str) -> Iterator[Token]:
             i = m.end()
         else:
             i += 1
+
+
+def _comment_end(sql: str, start: int) -> int:
+    """Where a block comment opened at `start` ends, counting nested ones as PostgreSQL does."""
+    depth, i = 0, start
+    while i < len(sql):
+        if sql.startswith("/*", i):
+            depth, i = depth + 1, i + 2
+        elif sql.startswith("*/", i):
+            depth, i = depth - 1, i + 2
+            if depth == 0:
+                return i
+        else:
+            i += 1
+    raise TenantMCPError("unterminated comment in SQL")
 
 
 @lru_cache(maxsize=1024)

@@ -2,8 +2,11 @@
 
 - `profile_cached` keeps a module-level cache keyed without the tenant;
 - `remember`/`recall` keep notes in a module-level list and forget to filter on the tenant;
-- `shared_search` reads every tenant's database file directly, outside `ctx.db`.
-The leak guard and the isolation kit must catch all three.
+- `shared_search` reads every tenant's database file directly, outside `ctx.db`;
+- `search_memory` echoes the caller's query next to every tenant's notes;
+- `strict_lookup` fails with every tenant's notes in the error's data.
+The leak guard and the isolation kit must catch all five; `echo` only reflects the caller's own text,
+which is never a leak.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import os
 import sqlite3
 from pathlib import Path
 from typing import Any
+
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 
 from tenant_mcp import TenantContext, TenantMCP
 
@@ -45,6 +51,20 @@ async def remember(text: str, ctx: TenantContext) -> str:
 async def recall(ctx: TenantContext) -> list[str]:
     """BUG: returns every tenant's memories."""
     return [text for _, text in _memory]
+
+
+@app.tool()
+async def search_memory(query: str, ctx: TenantContext) -> dict[str, Any]:
+    """BUG: the matches ignore the tenant (the query itself is the caller's own text)."""
+    return {"query": query, "matches": [text for _, text in _memory]}
+
+
+@app.tool()
+async def strict_lookup(key: str, ctx: TenantContext) -> str:
+    """BUG: the error's details carry every tenant's notes."""
+    raise MCPError(
+        code=INVALID_PARAMS, message=f"no entry {key}", data={"known": [text for _, text in _memory]}
+    )
 
 
 @app.tool()

@@ -1,6 +1,7 @@
 """A test server with the sharp tools an attacker would love, to prove they stay in their tenant.
 
 - `raw_sql` runs any SQL the caller sends through `ctx.db` (the careless tool every codebase has).
+- `search_items` builds its SQL with an f-string (the injection every codebase has once).
 - `write_then_fail` writes a row and then raises: nothing of it may persist.
 - `slow_echo` sleeps and reports progress, to interleave concurrent calls of two tenants.
 - `touch_resource` publishes a resource-updated event for the caller's tenant.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from tenant_mcp import TenantContext, TenantMCP, new_id
 
@@ -42,6 +43,12 @@ async def raw_sql(sql: str, ctx: TenantContext) -> list[dict[str, Any]]:
         return await ctx.db.fetch_all(sql)
     result = await ctx.db.execute(sql)
     return [{"rowcount": result.rowcount}]
+
+
+@app.tool()
+async def search_items(term: str, ctx: TenantContext) -> list[dict[str, Any]]:
+    """Deliberately injectable: the argument is formatted into the SQL."""
+    return await ctx.db.fetch_all(f"SELECT id, value FROM items WHERE value LIKE '%{term}%'")
 
 
 @app.tool()
@@ -121,3 +128,14 @@ app.tenant("globex").add_tool(globex_report, name="private_report")
 async def transfer(account_id: str, ctx: TenantContext) -> str:
     """Declares `account_id` itself: a declared parameter is the tool's business, not an override."""
     return f"{ctx.tenant.slug}:{account_id}"
+
+
+class Transfer(BaseModel):
+    account_id: str
+    amount: int
+
+
+@app.tool()
+async def transfer_many(transfers: list[Transfer], ctx: TenantContext) -> list[str]:
+    """Declares `account_id` in a nested object: declared anywhere in the schema is declared."""
+    return [f"{ctx.tenant.slug}:{t.account_id}:{t.amount}" for t in transfers]
