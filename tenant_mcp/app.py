@@ -36,6 +36,7 @@ from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.leakguard import LeakGuard, MarkerSync, Policy
 from tenant_mcp.limits import Limiter, Limits, OnRedisError, parse_rate
 from tenant_mcp.models import Principal, Tenant
+from tenant_mcp.secrets import KeyRing, SecretStore
 from tenant_mcp.server import ScopedServer
 from tenant_mcp.storage import DataStore, is_postgres, migration_sql, open_store
 from tenant_mcp.storage.gateway import SQLAllowList
@@ -62,6 +63,7 @@ class Runtime:
     store: DataStore
     leak_guard: LeakGuard | None
     telemetry: Telemetry
+    secrets: SecretStore
     limiter: Limiter  # per-tenant rates, concurrency, sessions and quotas
     broker: Broker | None = None  # with Redis: what this replica shares with the others
 
@@ -448,6 +450,15 @@ class TenantMCP:
             raise TenantMCPError("the server is not running")
         return self._runtime
 
+    @staticmethod
+    async def _open_secrets(control_plane: ControlPlane) -> SecretStore:
+        secrets = SecretStore(control_plane.db, KeyRing.from_env())
+        if not secrets.has_key and await secrets.configured():
+            raise ConfigurationError(
+                "tenants have secrets but TENANT_MCP_SECRET_KEY is not set: the server cannot decrypt them"
+            )
+        return secrets
+
     async def _open_store(self, control_plane: ControlPlane) -> DataStore:
         if not is_postgres(self.database_url):
             return await open_store(self.database_url, self._migrations, max_open=self.max_open_databases)
@@ -484,6 +495,7 @@ class TenantMCP:
         if self.migration_url and is_postgres(self.database_url):
             await self.migrate(self.migration_url)
         async with ControlPlane(self.database_url) as control_plane:
+            secrets = await self._open_secrets(control_plane)
             store = await self._open_store(control_plane)
             forwarder = Forwarder(self.audit_sinks) if self.audit_sinks else None
             audit = AuditLog(
@@ -517,7 +529,7 @@ class TenantMCP:
                     telemetry = Telemetry(self.telemetry)
                     telemetry.start(audit_depth=lambda: audit.depth)
                     self._runtime = Runtime(
-                        control_plane, authenticator, audit, store, guard, telemetry, limiter, broker
+                        control_plane, authenticator, audit, store, guard, telemetry, secrets, limiter, broker
                     )
                     try:
                         yield self._runtime

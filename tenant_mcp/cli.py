@@ -31,11 +31,12 @@ from tenant_mcp.broker import (
     publish_invalidation,
 )
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane
-from tenant_mcp.errors import ConfigurationError, TenantMCPError
+from tenant_mcp.errors import ConfigurationError, NotFoundError, TenantMCPError
 from tenant_mcp.http import HTTPOptions
 from tenant_mcp.leakguard import plant_canary
 from tenant_mcp.limits import FIELDS, Limits, parse_rate, read_override, usage, write_override
 from tenant_mcp.models import Tenant
+from tenant_mcp.secrets import KeyRing, SecretStore
 from tenant_mcp.storage import is_postgres, open_store
 from tenant_mcp.telemetry import TelemetrySettings, configure_tracing
 
@@ -174,6 +175,56 @@ async def _key_revoke(args: argparse.Namespace, cp: ControlPlane) -> None:
 
 
 # -- canaries ------------------------------------------------------------------------------------
+
+
+def _secrets(cp: ControlPlane) -> SecretStore:
+    return SecretStore(cp.db, KeyRing.from_env())
+
+
+async def _secret_set(args: argparse.Namespace, cp: ControlPlane) -> None:
+    tenant = await cp.require_tenant(args.tenant)
+    if args.from_env:
+        value = os.environ.get(args.from_env)
+        if value is None:
+            raise _UsageError(f"--from-env {args.from_env}: that environment variable is not set")
+    elif sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass(f"value of {args.name} for {tenant.slug}: ")
+    else:
+        value = sys.stdin.read().removesuffix("\n")  # `echo value |` adds one
+    await _secrets(cp).set(tenant.id, args.name, value)
+    _print(
+        args,
+        {"tenant": tenant.slug, "name": args.name, "set": True},
+        f"secret {args.name} set for {tenant.slug}",
+    )
+
+
+async def _secret_list(args: argparse.Namespace, cp: ControlPlane) -> None:
+    tenant = await cp.require_tenant(args.tenant)
+    items = await _secrets(cp).list(tenant.id)
+    _print(
+        args,
+        [{"name": i.name, "created_at": i.created_at, "updated_at": i.updated_at} for i in items],
+        _table([(i.name, i.created_at, i.updated_at) for i in items], ("NAME", "CREATED", "UPDATED")),
+    )
+
+
+async def _secret_delete(args: argparse.Namespace, cp: ControlPlane) -> None:
+    tenant = await cp.require_tenant(args.tenant)
+    if not await _secrets(cp).delete(tenant.id, args.name):
+        raise NotFoundError(f"tenant {tenant.slug!r} has no secret {args.name!r}")
+    _print(args, {"tenant": tenant.slug, "name": args.name, "deleted": True}, f"secret {args.name} deleted")
+
+
+async def _secret_rotate(args: argparse.Namespace, cp: ControlPlane) -> None:
+    count = await _secrets(cp).rotate()
+    _print(args, {"rewrapped": count}, f"re-wrapped {count} tenant data key(s) with the first key")
+
+
+def _secret_new_key(args: argparse.Namespace) -> None:
+    print(KeyRing.new_key())
 
 
 async def _canary_plant(args: argparse.Namespace, cp: ControlPlane) -> None:
@@ -571,6 +622,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("key_id")
     p.set_defaults(handler=_key_revoke)
+
+    secret = commands.add_parser(
+        "secret", help="per-tenant secrets (encrypted; values never on the command line)",
+        description="Secrets are encrypted with a per-tenant data key wrapped by TENANT_MCP_SECRET_KEY "
+        "(base64 keys, comma-separated, the first one current). Tools read them with ctx.secrets.get(name).",
+    )  # fmt: skip
+    secret_cmds = secret.add_subparsers(dest="command", required=True, metavar="ACTION")
+    p = secret_cmds.add_parser(
+        "set", parents=[common], help="set a secret: the value from stdin or --from-env"
+    )
+    p.add_argument("tenant", help="tenant slug")
+    p.add_argument("name", help="secret name, e.g. crm_api_key")
+    p.add_argument("--from-env", metavar="VAR", help="read the value from this environment variable")
+    p.set_defaults(handler=_secret_set)
+    p = secret_cmds.add_parser("list", parents=[common], help="a tenant's secret names and dates (no values)")
+    p.add_argument("tenant", help="tenant slug")
+    p.set_defaults(handler=_secret_list)
+    p = secret_cmds.add_parser("delete", parents=[common], help="delete a tenant's secret")
+    p.add_argument("tenant", help="tenant slug")
+    p.add_argument("name")
+    p.set_defaults(handler=_secret_delete)
+    p = secret_cmds.add_parser("rotate-key", parents=[common],
+                               help="re-wrap every tenant data key with the first key of TENANT_MCP_SECRET_KEY")  # fmt: skip
+    p.set_defaults(handler=_secret_rotate)
+    p = secret_cmds.add_parser("new-key", help="print a new random key for TENANT_MCP_SECRET_KEY")
+    p.set_defaults(handler=None, run=_secret_new_key)
 
     canary = commands.add_parser("canary", help="plant canaries for the leak guard")
     canary_cmds = canary.add_subparsers(dest="command", required=True, metavar="ACTION")

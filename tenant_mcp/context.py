@@ -14,6 +14,7 @@ from mcp.server.mcpserver import Context
 from tenant_mcp.errors import TenantMCPError
 from tenant_mcp.leakguard import Markers
 from tenant_mcp.models import Principal, Tenant
+from tenant_mcp.secrets import TenantSecrets
 from tenant_mcp.storage import TenantDatabase
 
 
@@ -22,6 +23,7 @@ class TenantContext(Context[Any, Any]):
     _principal: Principal
     _db: TenantDatabase | None
     _markers: Markers | None
+    _secrets: TenantSecrets | None
 
     @classmethod
     def _bind(
@@ -31,6 +33,7 @@ class TenantContext(Context[Any, Any]):
         principal: Principal,
         db: TenantDatabase | None,
         markers: Markers | None = None,
+        secrets: TenantSecrets | None = None,
     ) -> TenantContext:
         ctx = cls(  # type: ignore[call-arg]  # Context's __init__ takes these; pydantic's stub hides it
             request_context=base._request_context,
@@ -42,6 +45,7 @@ class TenantContext(Context[Any, Any]):
         ctx._principal = principal
         ctx._db = db
         ctx._markers = markers
+        ctx._secrets = secrets
         return ctx
 
     @property
@@ -59,6 +63,13 @@ class TenantContext(Context[Any, Any]):
         if self._db is None:
             raise TenantMCPError("this server has no tenant database configured")
         return self._db
+
+    @property
+    def secrets(self) -> TenantSecrets:
+        """The caller's tenant's secrets (`await ctx.secrets.get(name)`); see `tenant_mcp.secrets`."""
+        if self._secrets is None:
+            raise TenantMCPError("the server is not running")
+        return self._secrets
 
     @property
     def markers(self) -> Markers:

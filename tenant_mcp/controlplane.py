@@ -113,6 +113,23 @@ _MIGRATIONS: tuple[str, ...] = (
         UNIQUE (tenant_id, value)
     );
     """,
+    # Per-tenant secrets (tenant_mcp.secrets): data keys wrapped by a key that is not stored here.
+    """
+    CREATE TABLE tenant_keys (
+        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        kek_id TEXT NOT NULL,
+        wrapped BLOB NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE secrets (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, name)
+    );
+    """,
     # Per-tenant limits (tenant_mcp.limits): overrides of the plan defaults, and usage per UTC day.
     """
     CREATE TABLE tenant_limits (
@@ -209,6 +226,22 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
         UNIQUE (tenant_id, value)
     );
     CREATE TABLE public.tenant_mcp_canaries (value TEXT NOT NULL);
+    """,
+    """
+    CREATE TABLE tenant_keys (
+        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        kek_id TEXT NOT NULL,
+        wrapped BYTEA NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE secrets (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        ciphertext BYTEA NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, name)
+    );
     """,
     """
     CREATE TABLE tenant_limits (
@@ -428,7 +461,16 @@ class ControlPlane:
         """Remove the tenant, its keys and its audit trail. Its data files are the caller's job."""
         tenant = await self.require_tenant(slug)
         async with self.db.transaction() as tx:
-            for table in ("api_keys", "oauth_codes", "oauth_tokens", "leak_markers", "audit_events"):
+            # secrets and tenant_keys: the data key goes, so no copy of a ciphertext can be read again
+            for table in (
+                "api_keys",
+                "oauth_codes",
+                "oauth_tokens",
+                "leak_markers",
+                "audit_events",
+                "secrets",
+                "tenant_keys",
+            ):
                 await tx.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (tenant.id,))
             await tx.execute("DELETE FROM tenants WHERE id = ?", (tenant.id,))
         return tenant

@@ -492,6 +492,7 @@ async def serve(app: TenantMCP, options: HTTPOptions, *, log_level: str = "info"
         # Likewise the data store: a PostgreSQL role that could bypass row-level security (or an
         # old schema) is refused here in one line, not from inside uvicorn's lifespan.
         await (await app._open_store(control_plane)).aclose()
+        await app._open_secrets(control_plane)
     if app.redis_url is not None:
         await check_reachable(app.redis_url)
     config = uvicorn.Config(

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from tenant_mcp.controlplane import ControlPlane
 
 Policy = Literal["block", "redact", "report"]
-MarkerKind = Literal["slug", "name", "identifier", "canary"]
+MarkerKind = Literal["slug", "name", "identifier", "canary", "secret"]
 MIN_MARKER_LENGTH = 4
 _MERGE_AT = 2048
 _WORD = re.compile(r"\w")
@@ -102,6 +102,12 @@ class LeakGuard:
         else:
             self._delta.make_automaton()
 
+    def add_secret(self, tenant_id: str, value: str) -> None:
+        """A secret value of the tenant: withheld from every response, its own tenant's included.
+        Values too short to match safely are left out (they would hit ordinary words)."""
+        if len(_norm(value)) >= MIN_MARKER_LENGTH:
+            self.add(tenant_id, value, "secret")
+
     def add_many(self, items: list[tuple[str, str, MarkerKind]]) -> None:
         """Bulk load (startup): one rebuild for everything."""
         for tenant_id, value, kind in items:
@@ -154,7 +160,9 @@ class LeakGuard:
         hits = []
         for start, end, marker in self._tokens(text):
             owners = _owners(self._owners[marker])
-            if tenant_id not in owners:
+            if owners.get(tenant_id) == "secret":  # a secret is withheld from its own tenant too
+                hits.append((marker, Hit(owner=tenant_id, kind="secret", start=start, end=end)))
+            elif tenant_id not in owners:
                 owner, kind = next(iter(owners.items()))
                 hits.append((marker, Hit(owner=owner, kind=kind, start=start, end=end)))
         if hits and sent is not None:

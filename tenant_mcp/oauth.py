@@ -164,6 +164,8 @@ class OAuthServer:
         registration, revocation = ClientRegistrationOptions(enabled=True), RevocationOptions(enabled=True)
         metadata = build_metadata(issuer_url, None, registration, revocation)
         metadata.authorization_response_iss_parameter_supported = True
+        # Registration accepts public clients (PKCE, no secret), and so does the token endpoint.
+        metadata.token_endpoint_auth_methods_supported = ["client_secret_post", "client_secret_basic", "none"]
         metadata.client_id_metadata_document_supported = True
         routes = []
         for route in create_auth_routes(

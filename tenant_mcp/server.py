@@ -59,6 +59,7 @@ from tenant_mcp.context import TenantContext
 from tenant_mcp.errors import AuthenticationError
 from tenant_mcp.leakguard import Markers
 from tenant_mcp.models import Principal, Tenant
+from tenant_mcp.secrets import TenantSecrets
 from tenant_mcp.subscriptions import TenantSubscriptionBus
 from tenant_mcp.tenancy import Call, TenancyMiddleware, current_call, schema_names
 
@@ -66,6 +67,10 @@ if TYPE_CHECKING:
     from tenant_mcp.app import Runtime
 
 CompletionHandler = Callable[..., Any]
+
+
+def _ignore(value: str) -> None:
+    """Without a leak guard there is nothing to register a secret with."""
 
 
 def _require_call() -> Call:
@@ -151,7 +156,14 @@ class ScopedServer(MCPServer[Any]):
             return TenantContext._bind(base, call.tenant, call.principal, None)
         db = rt.store.database(call.tenant.id)
         markers = Markers(rt.leak_guard, rt.control_plane, call.tenant.id)
-        return TenantContext._bind(base, call.tenant, call.principal, db, markers)
+        guard, tenant_id = rt.leak_guard, call.tenant.id
+        secrets = TenantSecrets(
+            rt.secrets,
+            tenant_id,
+            call.tenant.slug,
+            (lambda v: guard.add_secret(tenant_id, v)) if guard else _ignore,
+        )
+        return TenantContext._bind(base, call.tenant, call.principal, db, markers, secrets)
 
     @staticmethod
     async def _end(ctx: TenantContext, *, commit: bool) -> None:

@@ -194,7 +194,8 @@ def _sent(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 LEAK_BLOCKED = "leak blocked"
-WITHHELD = "The response was withheld because it contained data of another tenant. The event was recorded."
+# Neutral on purpose: another tenant's marker or a secret of the caller's own tenant.
+WITHHELD = "The response was withheld because it contained data that may not leave the server. The event was recorded."
 
 
 class TenancyMiddleware:

@@ -234,6 +234,8 @@ async def test_metadata_documents(oauth_server: tuple[ServerProcess, Tenants]) -
         assert meta["code_challenge_methods_supported"] == ["S256"]
         assert meta["registration_endpoint"] == f"{server.base}/register"
         assert meta["revocation_endpoint"] == f"{server.base}/revoke"
+        # Public clients (registered with "none") are advertised, as registration accepts them.
+        assert "none" in meta["token_endpoint_auth_methods_supported"]
 
 
 class ManualFlow:

@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 from tenant_mcp import ConstraintError, TenantMCPError
-from tenant_mcp.controlplane import ControlPlane
+from tenant_mcp.controlplane import POSTGRES_MIGRATIONS, ControlPlane
 from tenant_mcp.storage.gateway import check
 from tenant_mcp.storage.postgres import PostgresStore, migrate
 from tests.conftest import (
@@ -119,11 +119,8 @@ def test_migrate_shapes_every_table_and_runs_once(pg_notes: Postgres) -> None:
     )[0]
     assert role == {"rolsuper": False, "rolbypassrls": False, "tr": False, "cr": False}
     versions = pg_notes.sql("SELECT component, version FROM tenant_mcp.schema_version ORDER BY 1, 2")
-    assert versions == [
-        {"component": "control", "version": 1},
-        {"component": "control", "version": 2},
-        {"component": "data", "version": 1},
-    ]
+    control = [{"component": "control", "version": v} for v in range(1, len(POSTGRES_MIGRATIONS) + 1)]
+    assert versions == [*control, {"component": "data", "version": 1}]
 
 
 def test_server_refuses_a_role_that_bypasses_row_level_security(pg_notes: Postgres, tmp_path: Path) -> None:
@@ -358,7 +355,10 @@ def test_concurrent_migrations_apply_each_step_once() -> None:
         assert all(p.returncode == 0 for p in procs), outputs
         assert sorted(o[0].strip() for o in outputs).count("already up to date") == 2, outputs
         rows = pg.sql("SELECT component, count(*) AS n FROM tenant_mcp.schema_version GROUP BY 1 ORDER BY 1")
-        assert rows == [{"component": "control", "n": 2}, {"component": "data", "n": 1}]
+        assert rows == [
+            {"component": "control", "n": len(POSTGRES_MIGRATIONS)},
+            {"component": "data", "n": 1},
+        ]
 
 
 def test_cli_manages_tenants_on_postgres(pg_notes: Postgres, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
@@ -139,3 +140,15 @@ class Transfer(BaseModel):
 async def transfer_many(transfers: list[Transfer], ctx: TenantContext) -> list[str]:
     """Declares `account_id` in a nested object: declared anywhere in the schema is declared."""
     return [f"{ctx.tenant.slug}:{t.account_id}:{t.amount}" for t in transfers]
+
+
+@app.tool()
+async def secret_fingerprint(name: str, ctx: TenantContext) -> str:
+    """Uses a secret without showing it: the first hex digits of its SHA-256."""
+    return hashlib.sha256((await ctx.secrets.get(name)).encode()).hexdigest()[:12]
+
+
+@app.tool()
+async def reveal_secret(name: str, ctx: TenantContext) -> str:
+    """The careless tool: puts the secret into its answer (the leak guard must withhold it)."""
+    return "the value is " + await ctx.secrets.get(name)
