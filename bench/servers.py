@@ -8,23 +8,28 @@ own process and nothing here leaks into another variant:
 - `BENCH_PRIVATE=N:K`: `K` private tools for the tenant `bench` and for each of `tenant-00001` ..
   `tenant-N` (registered before serving, as `app.tenant(slug).add_tool` does at run time).
 - `BENCH_MAX_OPEN=N`: `max_open_databases=N` (the per-tenant connection pool's bound).
+- `BENCH_LIMITS={"rate": "40/second", ...}`: these `Limits` for every plan (`bench.limits`).
 
 It also adds `write_row`, a tool that writes one row through `ctx.db`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Awaitable, Callable
 
 from example_servers.notes import app
 from tenant_mcp import TenantContext, new_id
+from tenant_mcp.limits import Limits
 
 app.audit = os.environ.get("BENCH_AUDIT", "1") != "0"
 if os.environ.get("BENCH_GUARD", "1") == "0":
     app.leak_guard = None
 if "BENCH_MAX_OPEN" in os.environ:
     app.max_open_databases = int(os.environ["BENCH_MAX_OPEN"])
+if "BENCH_LIMITS" in os.environ:
+    app.limits = {"*": Limits(**json.loads(os.environ["BENCH_LIMITS"]))}
 
 
 @app.tool()

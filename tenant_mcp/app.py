@@ -34,6 +34,7 @@ from tenant_mcp.catalogue import Catalogue, Entry, Section, StaticResource, Visi
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, POSTGRES_MIGRATIONS, ControlPlane
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.leakguard import LeakGuard, MarkerSync, Policy
+from tenant_mcp.limits import Limiter, Limits, OnRedisError, parse_rate
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.secrets import KeyRing, SecretStore
 from tenant_mcp.server import ScopedServer
@@ -63,6 +64,7 @@ class Runtime:
     leak_guard: LeakGuard | None
     telemetry: Telemetry
     secrets: SecretStore
+    limiter: Limiter  # per-tenant rates, concurrency, sessions and quotas
     broker: Broker | None = None  # with Redis: what this replica shares with the others
 
 
@@ -92,10 +94,13 @@ def _tool_entry(
     structured_output: bool | None,
     visibility: Visibility,
     templates: dict[Hashable, Tool] | None = None,
+    rate: str | None = None,
 ) -> Entry[Tool, MCPTool]:
     """The catalogue entry for a tool. With `templates`, a function registered before (for another
     tenant, say) reuses that build: the SDK makes two pydantic models per `Tool.from_function`, about
     1 ms and 25 KiB, which for the same function per tenant would be paid once per tenant."""
+    if rate is not None:
+        parse_rate(rate)
     key = (fn, title, description, structured_output, annotations.model_dump_json() if annotations else None)
     template = templates.get(key) if templates is not None and meta is None else None
     if template is None:
@@ -125,7 +130,7 @@ def _tool_entry(
         annotations=tool.annotations,
         _meta=tool.meta,
     )
-    return Entry(tool.name, tool, wire, visibility)
+    return Entry(tool.name, tool, wire, visibility, rate)
 
 
 def _prompt_entry(
@@ -197,6 +202,11 @@ class TenantMCP:
     `max_subscriptions_per_session` and `max_subscriptions_per_tenant` bound what clients can make
     the process hold: `resources/subscribe` entries (per session and per tenant) and open
     `subscriptions/listen` streams (per tenant); past a cap the request gets a clear error.
+
+    `limits` maps plan names to their default `Limits` ("*" for any other plan); overrides per
+    tenant are set with `tenant-mcp limits set`. `on_redis_error` says what rate limits do while
+    Redis is unreachable: "fail_closed" (refuse) or "local" (limit in this process), see
+    `tenant_mcp.limits`.
     """
 
     def __init__(
@@ -222,6 +232,8 @@ class TenantMCP:
         redis_prefix: str | None = None,
         max_subscriptions_per_session: int = 1000,
         max_subscriptions_per_tenant: int = 10_000,
+        limits: Mapping[str, Limits] | None = None,
+        on_redis_error: OnRedisError = "fail_closed",
     ) -> None:
         self.name = name
         self.database_url = database_url or os.environ.get("TENANT_MCP_DATABASE_URL") or DEFAULT_DATABASE_URL
@@ -249,6 +261,14 @@ class TenantMCP:
         # without it everything stays in this process.
         self.redis_url = redis_url or os.environ.get("TENANT_MCP_REDIS_URL") or None
         self.redis_prefix = redis_prefix or os.environ.get("TENANT_MCP_REDIS_PREFIX") or DEFAULT_PREFIX
+        if isinstance(limits, Limits) or not all(isinstance(v, Limits) for v in (limits or {}).values()):
+            raise TypeError(
+                'limits maps plan names to Limits, e.g. limits={"free": Limits(rate="60/minute")}'
+            )
+        if on_redis_error not in ("fail_closed", "local"):
+            raise ConfigurationError('on_redis_error is "fail_closed" or "local"')
+        self.limits = dict(limits or {})
+        self.on_redis_error: OnRedisError = on_redis_error
         self._catalogue = Catalogue()
         self._tool_templates: dict[Hashable, Tool] = {}  # per-tenant tools built once per function
         self._migrations: list[Migration] = []
@@ -277,11 +297,13 @@ class TenantMCP:
         scopes: Sequence[str] = (),
         plans: Sequence[str] | None = None,
         per_tenant: bool = False,
+        rate: str | None = None,
     ) -> Callable[[F], F]:
         """Register a tool every tenant may see, limited by `scopes` and `plans` when given.
 
         `per_tenant=True`: registered once in code, seen only by tenants it is enabled for as data
-        (`tenant-mcp tool enable TENANT NAME`), on every replica alike."""
+        (`tenant-mcp tool enable TENANT NAME`), on every replica alike. `rate` ("10/minute") limits
+        calls of this tool per tenant, on top of the tenant's limits."""
         if callable(name):
             raise TypeError("use @app.tool() with parentheses")
 
@@ -295,6 +317,7 @@ class TenantMCP:
                 meta=meta,
                 structured_output=structured_output,
                 visibility=_visibility(scopes, plans, per_tenant),
+                rate=rate,
             )
             self._catalogue.tools.add_shared(entry)
             return fn
@@ -541,11 +564,17 @@ class TenantMCP:
                     guard = LeakGuard(self.leak_guard) if self.leak_guard else None
                     if guard is not None:
                         await tg.start(MarkerSync(guard, control_plane).run)
-                    broker = await self._start_broker(tg, authenticator)
+                    limiter = Limiter(
+                        control_plane, audit, plans=self.limits, tool_rate=self._tool_rate,
+                        redis_url=self.redis_url, redis_prefix=self.redis_prefix,
+                        on_redis_error=self.on_redis_error, cache_seconds=self.credential_cache_seconds,
+                    )  # fmt: skip
+                    await tg.start(limiter.run)
+                    broker = await self._start_broker(tg, authenticator, limiter)
                     telemetry = Telemetry(self.telemetry)
                     telemetry.start(audit_depth=lambda: audit.depth)
                     self._runtime = Runtime(
-                        control_plane, authenticator, audit, store, guard, telemetry, secrets, broker
+                        control_plane, authenticator, audit, store, guard, telemetry, secrets, limiter, broker
                     )
                     try:
                         yield self._runtime
@@ -567,7 +596,13 @@ class TenantMCP:
             finally:
                 await store.aclose()
 
-    async def _start_broker(self, tg: TaskGroup, authenticator: Authenticator) -> Broker | None:
+    def _tool_rate(self, name: str, tenant: Tenant, principal: Principal) -> str | None:
+        entry = self._catalogue.tools.visible(name, tenant, principal)
+        return entry.rate if entry is not None else None
+
+    async def _start_broker(
+        self, tg: TaskGroup, authenticator: Authenticator, limiter: Limiter
+    ) -> Broker | None:
         if self.redis_url is None:
             return None
         bus = self._server.tenant_bus
@@ -579,6 +614,7 @@ class TenantMCP:
                     task = asyncio.get_running_loop().create_task(bus.deliver(invalidation.id, event))
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
+            limiter.invalidate(invalidation)
 
         broker = Broker(self.redis_url, prefix=self.redis_prefix, invalidated=invalidated,
                         deliver=bus.deliver)  # fmt: skip
@@ -611,11 +647,12 @@ class TenantScope:
         annotations: ToolAnnotations | None = None,
         structured_output: bool | None = None,
         scopes: Sequence[str] = (),
+        rate: str | None = None,
     ) -> None:
         entry = _tool_entry(
             fn, name=name, title=title, description=description, annotations=annotations, meta=None,
             structured_output=structured_output, visibility=_visibility(scopes, None),
-            templates=self._app._tool_templates,
+            templates=self._app._tool_templates, rate=rate,
         )  # fmt: skip
         self._app._catalogue.tools.add_private(self.slug, entry)
         self._app._announce(self.slug, ToolsListChanged())

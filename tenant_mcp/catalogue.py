@@ -42,6 +42,7 @@ class Entry(Generic[Item, Wire]):
     item: Item
     wire: Wire
     visibility: Visibility
+    rate: str | None = None  # tools: calls per moving window per tenant (tenant_mcp.limits)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -33,6 +34,7 @@ from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane, item_key
 from tenant_mcp.errors import ConfigurationError, NotFoundError, TenantMCPError
 from tenant_mcp.http import HTTPOptions
 from tenant_mcp.leakguard import plant_canary
+from tenant_mcp.limits import FIELDS, Limits, parse_rate, read_override, usage, write_override
 from tenant_mcp.models import Tenant
 from tenant_mcp.secrets import KeyRing, SecretStore
 from tenant_mcp.storage import is_postgres, open_store
@@ -282,6 +284,111 @@ async def _canary_plant(args: argparse.Namespace, cp: ControlPlane) -> None:
     tenant = await cp.require_tenant(args.tenant)
     value = await plant_canary(cp, tenant.id)
     _print(args, {"tenant": tenant.slug, "canary": value}, f"planted canary {value} in {tenant.slug}")
+
+
+# -- limits and usage ----------------------------------------------------------------------------
+
+
+def _limit_value(name: str, raw: str) -> Any:
+    """A limit from the command line: a value, `none` (unlimited) or `default` (the plan's)."""
+    if raw in ("default", "none"):
+        return None if raw == "none" else raw
+    if name.endswith("rate"):
+        parse_rate(raw)
+        return raw
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _UsageError(
+            f"--{name.replace('_', '-')} takes a whole number, none or default (got {raw!r})"
+        ) from None
+    if value < 1:
+        raise _UsageError(f"--{name.replace('_', '-')} must be at least 1 (or none for unlimited)")
+    return value
+
+
+async def _effective(
+    args: argparse.Namespace, cp: ControlPlane, tenant: Tenant
+) -> tuple[dict[str, Any], Limits | None]:
+    """(stored override, effective limits): the latter only with --app, which knows the plans."""
+    override = await read_override(cp, tenant.id)
+    if not args.app:
+        return override, None
+    plans = load_app(args.app).limits
+    return override, (plans.get(tenant.plan) or plans.get("*") or Limits()).with_override(override)
+
+
+def _limits_text(tenant: Tenant, override: dict[str, Any], effective: Limits | None) -> str:
+    rows: list[tuple[Any, ...]] = []
+    for name in FIELDS:
+        stored = ("unlimited" if override[name] is None else override[name]) if name in override else "(plan)"
+        if effective is None:
+            rows.append((name, stored))
+        else:
+            value = getattr(effective, name)
+            rows.append((name, stored, "unlimited" if value is None else value))
+    header = ("LIMIT", "OVERRIDE") if effective is None else ("LIMIT", "OVERRIDE", "EFFECTIVE")
+    note = (
+        "" if effective is not None else "\n(plan defaults are in the app: add --app MODULE:ATTR to see them)"
+    )
+    return f"tenant {tenant.slug} (plan {tenant.plan})\n" + _table(rows, header) + note
+
+
+async def _limits_set(args: argparse.Namespace, cp: ControlPlane) -> None:
+    values = {name: _limit_value(name, raw) for name in FIELDS if (raw := getattr(args, name)) is not None}
+    if not values:
+        raise _UsageError("give at least one limit, e.g. --rate 100/minute or --concurrency 8")
+    tenant = await cp.require_tenant(args.tenant)
+    override = await write_override(cp, tenant.id, values)
+    await _broadcast(args, Invalidation(kind="tenant", id=tenant.id))
+    data = {"tenant": tenant.slug, "plan": tenant.plan, "override": override}
+    _print(
+        args, data, f"limits of {tenant.slug} set; servers apply them within their credential cache window"
+    )
+
+
+async def _limits_show(args: argparse.Namespace, cp: ControlPlane) -> None:
+    tenant = await cp.require_tenant(args.tenant)
+    override, effective = await _effective(args, cp, tenant)
+    data: dict[str, Any] = {"tenant": tenant.slug, "plan": tenant.plan, "override": override}
+    if effective is not None:
+        data["effective"] = effective.as_dict()
+    _print(args, data, _limits_text(tenant, override, effective))
+
+
+async def _usage(args: argparse.Namespace, cp: ControlPlane) -> None:
+    tenant = await cp.require_tenant(args.tenant)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    since = args.since or f"{today[:7]}-01"
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", since):
+        raise _UsageError(f"--since takes a UTC date YYYY-MM-DD (got {since!r})")
+    days = await usage(cp, tenant.id, min(since, f"{today[:7]}-01"))
+    shown = [d for d in days if d["day"] >= since]
+    override, effective = await _effective(args, cp, tenant)
+    quotas = effective.as_dict() if effective is not None else override
+    used = {
+        "daily": sum(d["calls"] for d in days if d["day"] == today),
+        "monthly": sum(d["calls"] for d in days if d["day"][:7] == today[:7]),
+    }
+    left: dict[str, int | None] = {}
+    for period, n in used.items():
+        quota = quotas.get(period)
+        left[period] = None if quota is None else max(0, quota - n)
+    data = {
+        "tenant": tenant.slug, "since": since, "days": shown,
+        "calls": sum(d["calls"] for d in shown), "refused": sum(d["refused"] for d in shown),
+        "today": used["daily"], "this_month": used["monthly"], "quota_left": left,
+    }  # fmt: skip
+    lines = [_table([(d["day"], d["calls"], d["refused"]) for d in shown], ("DAY (UTC)", "CALLS", "REFUSED"))]
+    lines.append(f"total since {since}: {data['calls']} calls, {data['refused']} refused")
+    for period in ("daily", "monthly"):
+        if left[period] is not None:
+            lines.append(f"{period} quota: {quotas[period]}, {left[period]} left")
+        elif period in quotas or effective is not None:
+            lines.append(f"{period} quota: unlimited")
+    if effective is None and not any(p in override for p in ("daily", "monthly")):
+        lines.append("(plan quotas are in the app: add --app MODULE:ATTR to see what is left)")
+    _print(args, data, "\n".join(lines))
 
 
 # -- audit ---------------------------------------------------------------------------------------
@@ -638,6 +745,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = canary_cmds.add_parser("plant", parents=[common], help="plant a canary value in a tenant's data")
     p.add_argument("tenant", help="tenant slug")
     p.set_defaults(handler=_canary_plant)
+
+    limits = commands.add_parser("limits", help="set and show a tenant's limits (over its plan's defaults)")
+    limits_cmds = limits.add_subparsers(dest="command", required=True, metavar="ACTION")
+    with_app = argparse.ArgumentParser(add_help=False)
+    with_app.add_argument("--app", default=_env("APP"),
+                          help="MODULE:ATTR of the TenantMCP, whose plan defaults to include (env TENANT_MCP_APP)")  # fmt: skip
+    p = limits_cmds.add_parser(
+        "set", parents=[common, shared], help="override limits of a tenant",
+        description="Each value replaces the plan's default for this tenant; 'none' lifts the limit, "
+        "'default' goes back to the plan's. Running servers apply it within their credential cache "
+        "window (at once with Redis).",
+    )  # fmt: skip
+    p.add_argument("tenant", help="tenant slug")
+    for name, helptext in (
+        ("rate", "requests per moving window for the tenant, e.g. 100/minute"),
+        ("principal_rate", "the same per API key or JWT subject, e.g. 30/minute"),
+        ("concurrency", "calls running at once"),
+        ("sessions", "open HTTP sessions"),
+        ("daily", "tool calls per UTC day"),
+        ("monthly", "tool calls per calendar month (UTC)"),
+    ):
+        p.add_argument(
+            f"--{name.replace('_', '-')}", dest=name, metavar="VALUE", help=f"{helptext}; none; default"
+        )
+    p.set_defaults(handler=_limits_set)
+    p = limits_cmds.add_parser(
+        "show", parents=[common, with_app], help="a tenant's stored and effective limits"
+    )
+    p.add_argument("tenant", help="tenant slug")
+    p.set_defaults(handler=_limits_show)
+
+    p = commands.add_parser(
+        "usage", parents=[common, with_app], help="a tenant's calls, refusals and quota left"
+    )
+    p.add_argument("tenant", help="tenant slug")
+    p.add_argument("--since", help="first UTC day to show, YYYY-MM-DD (default: the first of this month)")
+    p.set_defaults(handler=_usage)
 
     audit = commands.add_parser(
         "audit", help="the audit trail: show a tenant's events, export, prune",

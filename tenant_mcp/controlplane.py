@@ -138,6 +138,21 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE api_keys ADD COLUMN items TEXT;
     CREATE TABLE plan_policies (plan TEXT PRIMARY KEY, catalogue TEXT NOT NULL DEFAULT '{}');
     """,
+    # Per-tenant limits (tenant_mcp.limits): overrides of the plan defaults, and usage per UTC day.
+    """
+    CREATE TABLE tenant_limits (
+        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        limits TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE tenant_usage (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        day TEXT NOT NULL,
+        calls INTEGER NOT NULL DEFAULT 0,
+        refused INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant_id, day)
+    );
+    """,
 )
 
 
@@ -240,6 +255,20 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tenants ADD COLUMN catalogue TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE api_keys ADD COLUMN items TEXT;
     CREATE TABLE plan_policies (plan TEXT PRIMARY KEY, catalogue TEXT NOT NULL DEFAULT '{}');
+    """,
+    """
+    CREATE TABLE tenant_limits (
+        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+        limits TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE tenant_usage (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        day TEXT NOT NULL,
+        calls BIGINT NOT NULL DEFAULT 0,
+        refused BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant_id, day)
+    );
     """,
 )
 
@@ -527,6 +556,7 @@ class ControlPlane:
             # secrets and tenant_keys: the data key goes, so no copy of a ciphertext can be read again
             for table in (
                 "api_keys", "oauth_codes", "oauth_tokens", "leak_markers", "audit_events", "secrets", "tenant_keys",
+                "tenant_limits", "tenant_usage",
             ):  # fmt: skip
                 await tx.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (tenant_id,))
 

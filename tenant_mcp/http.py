@@ -337,7 +337,9 @@ class _Gate:
         self._open.add(exchange)
         try:
             with exchange.scope:
-                await self._app._server.session_manager.handle_request(scope, receive, exchange.send)
+                await rt.limiter.serve(
+                    token, self._app._server.session_manager, scope, receive, exchange.send
+                )
         finally:
             self._open.discard(exchange)
             auth_context_var.reset(reset)

@@ -324,7 +324,8 @@ class TenancyMiddleware:
                 )
             reset = _current.set(call)
             try:
-                result = await call_next(ctx)
+                async with await rt.limiter.admit(call, method, params):  # refuses before the handler runs
+                    result = await call_next(ctx)
             finally:
                 _current.reset(reset)
             if rt.leak_guard is not None:

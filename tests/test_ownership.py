@@ -29,14 +29,9 @@ APP = "tests.servers.lifecycle:app"
 REDIS_URL = os.environ.get("TENANT_MCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 HOLD_SECONDS = 2.0
 CONTROL_TABLES = (
-    "api_keys",
-    "audit_events",
-    "oauth_codes",
-    "oauth_tokens",
-    "leak_markers",
-    "secrets",
-    "tenant_keys",
-)
+    "api_keys", "audit_events", "oauth_codes", "oauth_tokens", "leak_markers", "secrets", "tenant_keys",
+    "tenant_limits", "tenant_usage",
+)  # fmt: skip
 
 
 @dataclass
