@@ -572,7 +572,7 @@ class TenantMCP:
                     await tg.start(limiter.run)
                     broker = await self._start_broker(tg, authenticator, limiter)
                     telemetry = Telemetry(self.telemetry)
-                    telemetry.start(audit_depth=lambda: audit.depth)
+                    telemetry.start(audit_depth=lambda: audit.depth, in_flight=lambda: limiter.in_flight)
                     self._runtime = Runtime(
                         control_plane, authenticator, audit, store, guard, telemetry, secrets, limiter, broker
                     )

@@ -453,6 +453,15 @@ async def _audit_prune(args: argparse.Namespace, cp: ControlPlane) -> None:
 # -- serving -------------------------------------------------------------------------------------
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tenant-mcp")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def load_app(target: str) -> TenantMCP:
     """Import ``package.module:attr`` or ``path/to/file.py:attr``."""
     module_name, _, attr = target.partition(":")
@@ -465,9 +474,11 @@ def load_app(target: str) -> TenantMCP:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise _UsageError(f"cannot import {module_name!r}: {exc}") from None
-    app = getattr(module, attr, None)
+    if not hasattr(module, attr):
+        raise _UsageError(f"module {module_name!r} has no attribute {attr!r}")
+    app = getattr(module, attr)
     if not isinstance(app, TenantMCP):
-        raise _UsageError(f"{target!r} is not a TenantMCP instance")
+        raise _UsageError(f"{target!r} is a {type(app).__name__}, not a TenantMCP instance")
     return app
 
 
@@ -631,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tenant-mcp", description="Multi-tenant MCP servers: tenants, keys, audit, serving."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
 
     tenant = commands.add_parser("tenant", help="create, list, suspend, delete and export tenants")
@@ -678,7 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tenant", help="tenant slug")
     p.set_defaults(handler=_key_list)
     p = key_cmds.add_parser(
-        "revoke", parents=[common, shared], help="revoke a key (within 2 s; at once with Redis)"
+        "revoke",
+        parents=[common, shared],
+        help="revoke a key (refused within the credential cache window, 1 s by default; at once with Redis)",
     )
     p.add_argument("key_id")
     p.set_defaults(handler=_key_revoke)

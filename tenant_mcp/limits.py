@@ -376,6 +376,11 @@ class Limiter:
 
     # -- effective limits --------------------------------------------------------------------
 
+    @property
+    def in_flight(self) -> int:
+        """Calls running in this process, all tenants together (a metrics gauge)."""
+        return sum(self._inflight.values())
+
     def plan_limits(self, plan: str) -> Limits:
         return self._plans.get(plan) or self._plans.get("*") or NO_LIMITS
 

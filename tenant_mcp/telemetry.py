@@ -76,10 +76,11 @@ class Telemetry:
         self._metrics = _Metrics(settings) if settings.metrics_address else None
         self._stop: Callable[[], None] | None = None
 
-    def start(self, *, audit_depth: Callable[[], int]) -> None:
+    def start(self, *, audit_depth: Callable[[], int], in_flight: Callable[[], int]) -> None:
         """Serve metrics (when configured) and start the request log."""
         if self._metrics is not None and self.settings.metrics_address is not None:
             self._metrics.audit_queue.set_function(audit_depth)
+            self._metrics.in_flight.set_function(in_flight)
             self._stop = self._metrics.serve(self.settings.metrics_address)
         if self.settings.log_format == "json" and not request_log.handlers:
             handler = logging.StreamHandler(sys.stderr)
@@ -174,6 +175,11 @@ class _Metrics:
         )
         self.audit_queue = Gauge(
             "tenant_mcp_audit_queue_depth", "Audit events waiting to be written", registry=self.registry
+        )
+        self.in_flight = Gauge(
+            "tenant_mcp_calls_in_flight",
+            "Tool calls, reads and gets running in this process",
+            registry=self.registry,
         )
 
     def tenant(self, tenant: Tenant) -> str:

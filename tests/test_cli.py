@@ -596,7 +596,8 @@ MISTAKES: list[Any] = [
     pytest.param(["key", "revoke", "0123456789ab"], "0123456789ab", id="unknown-key-id"),
     pytest.param(["serve", "nomodule:app"], "nomodule", id="serve-no-module"),
     pytest.param(["serve", "example_servers.notes"], "MODULE:ATTR", id="serve-no-attr"),
-    pytest.param(["serve", "example_servers.notes:nope"], "TenantMCP", id="serve-not-an-app"),
+    pytest.param(["serve", "example_servers.notes:nope"], "has no attribute 'nope'", id="serve-missing-attr"),
+    pytest.param(["serve", "example_servers.notes:Any"], "not a TenantMCP", id="serve-not-an-app"),
 ]
 BAD_DATABASES: list[Any] = [
     pytest.param("postgresql://x", "PostgreSQL", id="postgresql"),

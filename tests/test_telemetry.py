@@ -105,7 +105,12 @@ async def test_metrics_are_scraped_on_their_own_address_with_bounded_tenant_labe
         if s.name.endswith("_total")
     }
     assert refusals[("tenant_override", "other")] >= 1
-    assert "tenant_mcp_request_duration_seconds" in families and "tenant_mcp_audit_queue_depth" in families
+    for gauge in (
+        "tenant_mcp_request_duration_seconds",
+        "tenant_mcp_audit_queue_depth",
+        "tenant_mcp_calls_in_flight",
+    ):
+        assert gauge in families, sorted(families)
 
 
 async def test_json_request_log_has_one_line_per_request_without_values(
