@@ -9,8 +9,9 @@ two are byte-identical on the wire and nothing reveals that another tenant's ite
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Awaitable, Callable, Container, Iterable
 from typing import TYPE_CHECKING, Any
 
 import pydantic_core
@@ -27,7 +28,13 @@ from mcp.server.mcpserver.exceptions import (
 from mcp.server.mcpserver.resources.templates import ResourceSecurityError
 from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPError
-from mcp.shared.subscriptions import ResourceUpdated, ServerEvent
+from mcp.shared.subscriptions import (
+    PromptsListChanged,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ServerEvent,
+    ToolsListChanged,
+)
 from mcp_types import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -39,6 +46,10 @@ from mcp_types import (
     EmptyResult,
     GetPromptResult,
     InputRequiredResult,
+    ListPromptsResult,
+    ListResourcesResult,
+    ListToolsResult,
+    PaginatedRequestParams,
     PromptReference,
     ResourceTemplateReference,
     SetLevelRequestParams,
@@ -128,6 +139,8 @@ class ScopedServer(MCPServer[Any]):
         self._per_tenant: dict[str, int] = {}
         self.max_subscriptions_per_session, self.max_subscriptions_per_tenant = max_subscriptions
         self._forwarding: set[asyncio.Task[None]] = set()
+        # 2025-era sessions that listed items: they hear list_changed for their tenant
+        self._list_watchers: dict[tuple[str, str], Callable[[], None]] = {}
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -175,6 +188,64 @@ class ScopedServer(MCPServer[Any]):
     @staticmethod
     def _hidden(call: Call, kind: str, key: str, exists: bool) -> None:
         call.denied = f"{kind} {'not visible' if exists else 'unknown'}: {key}"
+
+    # -- list_changed for 2025-era sessions -------------------------------------------------------
+
+    def _watch_lists(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        """A session that lists items hears when its tenant's lists change (a catalogue policy, a
+        run-time registration), for as long as it lives. Requests without a session id (stateless,
+        2026-07-28) are left out: they have no stream to hear on, or listen streams of their own."""
+        call = current_call()
+        headers = getattr(ctx.request, "headers", None)
+        session_id = headers.get("mcp-session-id") if headers is not None else f"connection:{id(ctx.session)}"
+        if call is None or session_id is None:
+            return
+        owner = (call.tenant.slug, session_id)
+        if owner in self._list_watchers:
+            return
+        session, loop = ctx.session, asyncio.get_running_loop()
+        senders = {
+            ToolsListChanged: session.send_tool_list_changed,
+            PromptsListChanged: session.send_prompt_list_changed,
+            ResourcesListChanged: session.send_resource_list_changed,
+        }
+
+        async def send(notify: Callable[[], Awaitable[None]]) -> None:
+            with contextlib.suppress(Exception):  # the session is gone; the exit stack releases us
+                await notify()
+
+        def listener(event: ServerEvent) -> None:
+            notify = senders.get(type(event))
+            if notify is not None:
+                task = loop.create_task(send(notify))
+                self._forwarding.add(task)
+                task.add_done_callback(self._forwarding.discard)
+
+        self._list_watchers[owner] = self.tenant_bus.subscribe(listener)
+        ctx.session._connection.exit_stack.callback(self._unwatch_lists, owner)
+
+    def _unwatch_lists(self, owner: tuple[str, str]) -> None:
+        release = self._list_watchers.pop(owner, None)
+        if release is not None:
+            release()
+
+    async def _handle_list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
+    ) -> ListToolsResult:
+        self._watch_lists(ctx)
+        return await super()._handle_list_tools(ctx, params)
+
+    async def _handle_list_prompts(
+        self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
+    ) -> ListPromptsResult:
+        self._watch_lists(ctx)
+        return await super()._handle_list_prompts(ctx, params)
+
+    async def _handle_list_resources(
+        self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
+    ) -> ListResourcesResult:
+        self._watch_lists(ctx)
+        return await super()._handle_list_resources(ctx, params)
 
     # -- tools ---------------------------------------------------------------------------------
 

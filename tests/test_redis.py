@@ -536,3 +536,33 @@ async def test_a_catalogue_change_reaches_every_replica_at_once_with_list_change
         tg.cancel_scope.cancel()
     async with mcp_client(first.url, t.keys["globex"]) as c:  # another tenant is untouched
         assert "whoami" in {tool.name for tool in (await c.list_tools(cache_mode="bypass")).tools}
+
+
+async def test_legacy_sessions_hear_catalogue_changes_of_their_own_tenant_only(
+    replicas: tuple[ServerProcess, ServerProcess, Tenants], prefix: str
+) -> None:
+    _, second, t = replicas
+    env = {"TENANT_MCP_REDIS_URL": REDIS_URL, "TENANT_MCP_REDIS_PREFIX": prefix}
+    seen: dict[str, list[str]] = {"acme": [], "globex": []}
+
+    def handler(slug: str) -> Any:
+        async def on_message(message: Any) -> None:
+            method = getattr(getattr(message, "root", message), "method", None)
+            if method and method.endswith("/list_changed"):
+                seen[slug].append(method)
+
+        return on_message
+
+    async with (
+        mcp_client(second.url, t.keys["acme"], mode="legacy", message_handler=handler("acme")) as a,
+        mcp_client(second.url, t.keys["globex"], mode="legacy", message_handler=handler("globex")) as b,
+    ):
+        await a.list_tools()  # a session that lists items hears when they change
+        await b.list_tools()
+        cli(t.db_url, "tool", "disable", "acme", "whoami", env=env)
+        with anyio.fail_after(5):
+            while "notifications/tools/list_changed" not in seen["acme"]:
+                await anyio.sleep(0.05)
+        assert "whoami" not in {tool.name for tool in (await a.list_tools(cache_mode="bypass")).tools}
+        await anyio.sleep(0.3)
+    assert seen["globex"] == []
