@@ -134,3 +134,23 @@ async def test_plan_defaults_and_other_kinds_answer_like_missing(served: Any) ->
         with pytest.raises(MCPError) as unknown:
             await a.read_resource("nothing://here")
         assert read.value.error.code == unknown.value.error.code
+
+
+def test_enabling_never_widens_a_scope_or_plan_rule() -> None:
+    """Data can turn an opt-in item on, never past the scopes and plans that code requires."""
+    from tenant_mcp.catalogue import Entry, Section, Visibility
+    from tenant_mcp.models import Principal, Tenant
+
+    section: Section[str, str] = Section("tool", "tool")
+    rules = {
+        "scoped": Visibility(scopes=frozenset({"notes:export"})),
+        "pro_only": Visibility(plans=frozenset({"pro"})),
+        "opt_in_scoped": Visibility(scopes=frozenset({"notes:export"}), opt_in=True),
+    }
+    for name, rule in rules.items():
+        section.add_shared(Entry(name, name, name, rule))
+    tenant = Tenant("t" * 32, "acme", "Acme", "free", "active", enabled=frozenset(f"tool:{n}" for n in rules))
+    no_scope = Principal(tenant.id, "key:x", frozenset(), "api_key", "x")
+    with_scope = Principal(tenant.id, "key:y", frozenset({"notes:export"}), "api_key", "y")
+    assert section.listing(tenant, no_scope) == []
+    assert section.listing(tenant, with_scope) == ["scoped", "opt_in_scoped"]

@@ -26,7 +26,7 @@ from mcp.shared.auth import (
     OAuthToken,
 )
 
-from tests.conftest import ServerProcess, Tenants, postgres_database
+from tests.conftest import ServerProcess, Tenants, mcp_client, postgres_database
 
 pytestmark = pytest.mark.anyio
 REDIRECT = "http://127.0.0.1:9/callback"
@@ -318,3 +318,21 @@ async def test_flow_attacks_are_refused(oauth_server: tuple[ServerProcess, Tenan
             assert (await http.post(server.url, headers=mcp_headers, json=init)).status_code == 401
         finally:
             t.run(lambda cp: cp.set_status("globex", "active"))
+
+
+async def test_a_grant_inherits_the_approving_keys_allow_list(
+    oauth_server: tuple[ServerProcess, Tenants],
+) -> None:
+    server, t = oauth_server
+
+    async def narrow_key(cp: Any) -> str:
+        _, key = await cp.create_key("globex", items=["list_notes"])
+        return str(key)
+
+    key = t.run(narrow_key)
+    async with httpx2.AsyncClient(timeout=30, follow_redirects=False) as http:
+        flow = ManualFlow(server, http)
+        await flow.register()
+        token = (await flow.exchange(await flow.code(key))).json()["access_token"]
+    async with mcp_client(server.url, token) as client:
+        assert {tool.name for tool in (await client.list_tools()).tools} == {"list_notes"}
