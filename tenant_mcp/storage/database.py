@@ -8,6 +8,7 @@ tenant: the backend bound it before tool code got the object.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import secrets
@@ -65,6 +66,60 @@ def check_identifier(name: str) -> str:
     if not _IDENT.fullmatch(name):
         raise TenantMCPError(f"invalid SQL identifier {name!r}")
     return name
+
+
+class OwnedUnit:
+    """The lifetime both backends' units share: the call owns its connection.
+
+    Once the call has ended, or has held the connection past `hold_seconds`, every use is an
+    error (`_check_open`), and the work is rolled back (`_end`, the backend's part). A use that
+    was still waiting for a connection when the call ended must release what it gets itself.
+    """
+
+    def __init__(self, tenant_id: str, hold_seconds: float, admit: Admit | None) -> None:
+        self._tenant_id = tenant_id
+        self._hold_seconds = hold_seconds
+        self._admit_tenant = admit
+        self._busy = 0  # statements of the call running now
+        self._ended: str | None = None  # why ctx.db may no longer be used
+        self._expired = False
+        self._expiry: asyncio.TimerHandle | None = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    def _check_open(self) -> None:
+        if self._ended is not None:
+            raise TenantMCPError(self._ended)
+
+    async def _admit(self) -> None:
+        if self._admit_tenant is not None:
+            await self._admit_tenant(self._tenant_id)
+
+    def _held(self) -> None:
+        """The connection is now the call's: start the clock on how long it may keep it."""
+        self._expiry = asyncio.get_running_loop().call_later(self._hold_seconds, self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._ended = (
+            f"ctx.db held its database connection longer than {self._hold_seconds:g} s;"
+            " the call's work was rolled back"
+        )
+        self._reaper = asyncio.ensure_future(self._end(commit=False))
+
+    async def finish(self, *, commit: bool) -> None:
+        if self._ended is None:
+            self._ended = "ctx.db was used after its call ended"
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._reaper is not None:
+            await self._reaper
+        await self._end(commit=commit)
+        if commit and self._expired:
+            raise TenantMCPError(self._ended)
+
+    async def _end(self, *, commit: bool) -> None:
+        """Commit or roll back and release the connection, if one is held (the backend's part)."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
-from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, Admit, Result, TenantDatabase
+from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, Admit, OwnedUnit, Result, TenantDatabase
 from tenant_mcp.storage.gateway import SQLAllowList, check
 from tenant_mcp.storage.sql import Connection, ConstraintError, Params, to_postgres
 
@@ -186,7 +186,7 @@ async def _abandon(pool: asyncpg.Pool, conn: PoolConnectionProxy) -> None:
         await pool.release(conn)
 
 
-class _Unit:
+class _Unit(OwnedUnit):
     """One call's transaction: a pooled connection bound to the tenant for this transaction only.
 
     The call owns the connection: once the call has ended (or held it past `hold_seconds`), every
@@ -196,24 +196,11 @@ class _Unit:
     """
 
     def __init__(self, store: PostgresStore, tenant_id: str) -> None:
+        super().__init__(tenant_id, store.hold_seconds, store.admit)
         self._store = store
         self._pool = store._pool
-        self._tenant_id = tenant_id
         self._conn: PoolConnectionProxy | None = None
         self._acquiring = asyncio.Lock()
-        self._busy = 0
-        self._ended: str | None = None
-        self._expired = False
-        self._expiry: asyncio.TimerHandle | None = None
-        self._reaper: asyncio.Task[None] | None = None
-
-    def _check_open(self) -> None:
-        if self._ended is not None:
-            raise TenantMCPError(self._ended)
-
-    async def _admit(self) -> None:
-        if self._store.admit is not None:
-            await self._store.admit(self._tenant_id)
 
     async def _connection(self) -> PoolConnectionProxy:
         self._check_open()
@@ -239,27 +226,8 @@ class _Unit:
                 await _abandon(self._pool, conn)
                 raise
             self._conn = conn
-            self._expiry = asyncio.get_running_loop().call_later(self._store.hold_seconds, self._expire)
+            self._held()
             return conn
-
-    def _expire(self) -> None:
-        self._expired = True
-        self._ended = (
-            f"ctx.db held its database connection longer than {self._store.hold_seconds:g} s;"
-            " the call's work was rolled back"
-        )
-        self._reaper = asyncio.ensure_future(self._end(commit=False))
-
-    async def finish(self, *, commit: bool) -> None:
-        if self._ended is None:
-            self._ended = "ctx.db was used after its call ended"
-        if self._expiry is not None:
-            self._expiry.cancel()
-        if self._reaper is not None:
-            await self._reaper
-        await self._end(commit=commit)
-        if commit and self._expired:
-            raise TenantMCPError(self._ended)
 
     async def _end(self, *, commit: bool) -> None:
         if self._conn is None:

@@ -9,7 +9,6 @@ first), opened lazily and migrated on first open, so an idle tenant costs nothin
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 import secrets
@@ -24,7 +23,7 @@ import aiosqlite
 import anyio
 
 from tenant_mcp.errors import TenantMCPError
-from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, Admit, Result, TenantDatabase
+from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, Admit, OwnedUnit, Result, TenantDatabase
 from tenant_mcp.storage.sql import ConstraintError, GatewayRefusal, Params
 
 # Read-only introspection is harmless; every other pragma could change durability or the
@@ -226,7 +225,7 @@ _BUSY_AT_END = (
 )
 
 
-class _Unit:
+class _Unit(OwnedUnit):
     """One call's transaction on the tenant's file, holding the tenant's connection while it lasts.
 
     The call owns it: statements run one at a time; once the call has ended (or the connection was
@@ -235,24 +234,11 @@ class _Unit:
     """
 
     def __init__(self, pool: DatabasePool, tenant_id: str) -> None:
+        super().__init__(tenant_id, pool.hold_seconds, pool.admit)
         self._pool = pool
-        self._tenant_id = tenant_id
         self._stack = AsyncExitStack()
         self._handle: _Handle | None = None
         self._lock = anyio.Lock()
-        self._busy = 0
-        self._ended: str | None = None  # why ctx.db may no longer be used
-        self._expiry: asyncio.TimerHandle | None = None
-        self._reaper: asyncio.Task[None] | None = None
-        self._expired = False
-
-    def _check_open(self) -> None:
-        if self._ended is not None:
-            raise TenantMCPError(self._ended)
-
-    async def _admit(self) -> None:
-        if self._pool.admit is not None:
-            await self._pool.admit(self._tenant_id)
 
     @asynccontextmanager
     async def _use(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -273,8 +259,7 @@ class _Unit:
                     await self._stack.aclose()
                     raise
                 self._handle = handle
-                loop = asyncio.get_running_loop()
-                self._expiry = loop.call_later(self._pool.hold_seconds, self._expire)
+                self._held()
             handle = self._handle
             handle.refused = None
             self._busy += 1
@@ -287,25 +272,6 @@ class _Unit:
                 raise
             finally:
                 self._busy -= 1
-
-    def _expire(self) -> None:
-        self._expired = True
-        self._ended = (
-            f"ctx.db held its database connection longer than {self._pool.hold_seconds:g} s;"
-            " the call's work was rolled back"
-        )
-        self._reaper = asyncio.ensure_future(self._end(commit=False))
-
-    async def finish(self, *, commit: bool) -> None:
-        if self._ended is None:
-            self._ended = "ctx.db was used after its call ended"
-        if self._expiry is not None:
-            self._expiry.cancel()
-        if self._reaper is not None:
-            await self._reaper
-        await self._end(commit=commit)
-        if commit and self._expired:
-            raise TenantMCPError(self._ended)
 
     async def _end(self, *, commit: bool) -> None:
         if self._handle is None:
