@@ -462,18 +462,34 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _module_from_file(path: Path) -> Any:
+    """A module from a file path, absolute or relative to the working directory."""
+    import importlib.util
+
+    if not path.is_file():
+        raise _UsageError(f"no such file: {str(path)!r}")
+    sys.path.insert(0, str(path.resolve().parent))  # so the file can import its neighbours
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_app(target: str) -> TenantMCP:
     """Import ``package.module:attr`` or ``path/to/file.py:attr``."""
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise _UsageError(f"expected MODULE:ATTR, e.g. example_servers.notes:app (got {target!r})")
-    if module_name.endswith(".py"):
-        module_name = module_name[:-3].replace("/", ".").strip(".")
     sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise _UsageError(f"cannot import {module_name!r}: {exc}") from None
+    if module_name.endswith(".py"):
+        module = _module_from_file(Path(module_name))
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise _UsageError(f"cannot import {module_name!r}: {exc}") from None
     if not hasattr(module, attr):
         raise _UsageError(f"module {module_name!r} has no attribute {attr!r}")
     app = getattr(module, attr)
