@@ -576,6 +576,18 @@ def _migrate(args: argparse.Namespace) -> None:
     _print(args, {"applied": applied}, f"applied {text}" if any(applied.values()) else "already up to date")
 
 
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise _UsageError(
+                f"cannot serve on {host}:{port}: {exc.strerror}; try --port {port + 1}"
+            ) from None
+
+
 def _demo(args: argparse.Namespace) -> None:
     from example_servers.notes import app
     from tenant_mcp import http
@@ -583,6 +595,7 @@ def _demo(args: argparse.Namespace) -> None:
     app.database_url = args.db
     # The built-in authorization server is on, so clients that only speak OAuth can connect too.
     options = HTTPOptions(host=args.host, port=args.port, oauth_issuer=f"http://{args.host}:{args.port}")
+    _check_port(args.host, args.port)  # before printing keys and configurations that would not work
 
     async def prepare() -> dict[str, str]:
         keys = {}
@@ -593,6 +606,9 @@ def _demo(args: argparse.Namespace) -> None:
             ):
                 if await cp.tenant_by_slug(slug) is None:
                     await cp.create_tenant(slug, name=name, plan=plan)
+                for old in await cp.list_keys(slug):  # one valid demo key per tenant, the newest
+                    if old.label == "demo" and old.revoked_at is None:
+                        await cp.revoke_key(old.key_id)
                 _, keys[slug] = await cp.create_key(slug, scopes=scopes, label="demo")
         return keys
 

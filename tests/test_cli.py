@@ -17,6 +17,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -850,6 +851,17 @@ def test_demo(tmp_path: Path) -> None:
         keys2, _ = parse_banner(again.wait_ready())
         assert set(keys2) == {"acme", "globex"} and keys2["acme"] != keys["acme"]
         assert asyncio.run(_whoami(f"http://127.0.0.1:{again.port}/mcp", keys2["acme"])) == "acme"
+        # The first run's keys were revoked: one valid demo key per tenant at a time.
+        old = httpx2.post(
+            f"http://127.0.0.1:{again.port}/mcp",
+            headers={
+                "Authorization": f"Bearer {keys['acme']}",
+                "Accept": "application/json, text/event-stream",
+            },
+            json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            timeout=10,
+        )
+        assert old.status_code == 401
     finally:
         rc = again.interrupt()
     assert rc in (0, 130), f"second demo exited {rc}: {again.stderr}"
@@ -860,3 +872,16 @@ def test_demo(tmp_path: Path) -> None:
     assert [(t.slug, t.plan) for t in listed] == [("acme", "pro"), ("globex", "free")], (
         "demo duplicated tenants"
     )
+
+
+def test_demo_with_its_port_taken_says_so_before_printing_keys(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "tenant_mcp.cli", "demo", "--port", str(port), "--db", f"sqlite:///{tmp_path}/d.db"],
+            cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2 and f"cannot serve on 127.0.0.1:{port}" in done.stderr, done
+    assert "tmk_" not in done.stdout and "Traceback" not in done.stderr
