@@ -483,13 +483,15 @@ def load_app(target: str) -> TenantMCP:
     if not module_name or not attr:
         raise _UsageError(f"expected MODULE:ATTR, e.g. example_servers.notes:app (got {target!r})")
     sys.path.insert(0, os.getcwd())
-    if module_name.endswith(".py"):
-        module = _module_from_file(Path(module_name))
-    else:
-        try:
+    try:
+        if module_name.endswith(".py"):
+            module = _module_from_file(Path(module_name))
+        else:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            raise _UsageError(f"cannot import {module_name!r}: {exc}") from None
+    except ModuleNotFoundError as exc:
+        raise _UsageError(f"cannot import {module_name!r}: {exc}") from None
+    except TenantMCPError as exc:  # the app's own declaration is wrong: a usage error, like the others
+        raise _UsageError(f"{target}: {exc}") from None
     if not hasattr(module, attr):
         raise _UsageError(f"module {module_name!r} has no attribute {attr!r}")
     app = getattr(module, attr)

@@ -885,3 +885,18 @@ def test_demo_with_its_port_taken_says_so_before_printing_keys(tmp_path: Path) -
         )  # fmt: skip
     assert done.returncode == 2 and f"cannot serve on 127.0.0.1:{port}" in done.stderr, done
     assert "tmk_" not in done.stdout and "Traceback" not in done.stderr
+
+
+def test_an_app_that_declares_a_tenant_parameter_is_a_usage_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad_app.py"
+    bad.write_text(
+        "from tenant_mcp import TenantContext, TenantMCP\napp = TenantMCP('x')\n\n@app.tool()\n"
+        "async def t(tenant_id: str, ctx: TenantContext) -> str:\n    return ''\n"
+    )
+    done = subprocess.run([sys.executable, "-m", "tenant_mcp.cli", "serve", f"{bad}:app"], cwd=ROOT,
+                          env=clean_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (
+        done.returncode == 2
+        and "takes a parameter 'tenant_id'" in done.stderr
+        and "Traceback" not in done.stderr
+    )
