@@ -253,3 +253,14 @@ async def test_a_connection_held_too_long_is_rolled_back_and_released(tmp_path: 
             await stuck._finish(commit=True)
     finally:
         await store.aclose()
+
+
+async def test_a_missing_table_says_which_and_what_to_do(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path, [])
+    db = store.database("0" * 32)
+    try:
+        with pytest.raises(TenantMCPError, match=r"no such table: notes .*declare a migration"):
+            await db.fetch_all("SELECT * FROM notes")
+    finally:
+        await db._finish(commit=False)
+        await store.aclose()

@@ -266,9 +266,14 @@ class _Unit(OwnedUnit):
             try:
                 with _constraints():
                     yield handle.conn
-            except sqlite3.DatabaseError:
+            except sqlite3.DatabaseError as exc:
                 if handle.refused is not None:
                     raise GatewayRefusal(handle.refused) from None
+                if str(exc).startswith("no such table"):
+                    raise TenantMCPError(
+                        f"{exc} in the tenant's database: declare a migration that creates it "
+                        "(app.migrations([...]); each tenant's file runs the new steps when next opened)"
+                    ) from None
                 raise
             finally:
                 self._busy -= 1
