@@ -641,12 +641,15 @@ def _demo(args: argparse.Namespace) -> None:
         f"  npx @modelcontextprotocol/inspector --cli {url} --transport http "
         f'--header "Authorization: Bearer {keys["acme"]}" --method tools/list'
     )
-    print("\nPython (mcp SDK):")
+    print("\nPython (mcp SDK), as a script:")
     print(
-        "  import httpx2\n  from mcp import Client\n  from mcp.client.streamable_http import streamable_http_client\n"
-        f'  hc = httpx2.AsyncClient(headers={{"Authorization": "Bearer {keys["acme"]}"}})\n'
-        f'  async with Client(streamable_http_client("{url}", http_client=hc)) as client:\n'
-        '      print(await client.call_tool("whoami", {}))'
+        "  import asyncio\n  import httpx2\n  from mcp import Client\n"
+        "  from mcp.client.streamable_http import streamable_http_client\n\n"
+        "  async def main() -> None:\n"
+        f'      hc = httpx2.AsyncClient(headers={{"Authorization": "Bearer {keys["acme"]}"}})\n'
+        f'      async with Client(streamable_http_client("{url}", http_client=hc)) as client:\n'
+        '          print(await client.call_tool("whoami", {}))\n\n'
+        "  asyncio.run(main())"
     )
     print(f"\nOAuth-only clients: add {url} as a remote server and sign in with a key above.")
     print("\nServing until Ctrl-C.", flush=True)
@@ -930,8 +933,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=None, run=_migrate)
 
     demo = commands.add_parser("demo", parents=[common], help="run the notes example with two demo tenants")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    demo.add_argument(
+        "--port", type=int, default=8000, help="port (default 8000; checked before anything is printed)"
+    )
     demo.set_defaults(handler=None, run=_demo)
     return parser
 

@@ -21,6 +21,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -834,6 +835,12 @@ def test_demo(tmp_path: Path) -> None:
 
         url = f"http://127.0.0.1:{port}/mcp"
         assert asyncio.run(_whoami(url, keys["acme"])) == "acme"
+        # The printed Python snippet runs as a script, as printed.
+        snippet = text.split("Python (mcp SDK), as a script:\n", 1)[1].split("\nOAuth-only", 1)[0]
+        script = tmp_path / "snippet.py"
+        script.write_text(textwrap.dedent(snippet))
+        ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0 and "acme" in ran.stdout, ran.stderr[-2000:]
         assert asyncio.run(_whoami(url, keys["globex"])) == "globex"
         note_id = asyncio.run(_create_note(url, keys["acme"]))
         # The printed desktop entry works as printed, from a directory that is not the repo (a
