@@ -95,7 +95,8 @@ class NoninterferenceReport:
     calls: int = 0
     elapsed: float = 0.0
     directions: list[str] = field(default_factory=list)  # the directions checked, e.g. "B's view, A acting"
-    shape_only: int = 0  # steps compared by shape only (marked, or differing between the baselines)
+    shape_only: int = 0  # steps compared by shape only (marked, or found random)
+    found_random: set[str] = field(default_factory=set)  # items the baselines showed to be random
     incomplete: str = ""  # why the check stopped early, if it did
 
     @property
@@ -109,6 +110,8 @@ class NoninterferenceReport:
             f"{self.runs} runs, {self.calls} calls in {self.elapsed:.1f} s of a {self.seconds:.0f} s budget; "
             f"{self.shape_only} steps compared by shape only"
         )
+        if self.found_random:
+            text += f" (found random: {', '.join(sorted(self.found_random))})"
         return text + (f"; INCOMPLETE: {self.incomplete}" if self.incomplete else "")
 
     @property
@@ -471,7 +474,8 @@ class _Checker:
                 await _request(tenant.client, op.kind, op.name, args or {}, self.call_timeout)
             )
             sent = f"{op.kind} {op.name} {json.dumps(args, sort_keys=True)}"
-        _harvest(answer, tenant.strings, tenant.numbers)
+        if op.name not in self.nondeterministic:  # random by nature: not worth sending back
+            _harvest(answer, tenant.strings, tenant.numbers)
         return sent, answer, _Op(op.kind, op.name, args)
 
     async def _run(self, victim: str, script: list[_Op], other: list[tuple[int, _Op]],
@@ -601,22 +605,34 @@ class _Checker:
 
     async def _direction(self, victim: str, other: str, script: list[_Op],
                          interleaved: list[tuple[int, _Op]], first: _Run | None) -> None:  # fmt: skip
-        first = first or await self._run(victim, script, [])
-        second = await self._run(victim, script, [])
-        if not (first.complete and second.complete):
-            self.report.incomplete = f"the time budget of {self.report.seconds:.0f} s ran out"
-            return
-        volatile = self._volatile(first, second)
-        baseline = self._canonical(first, volatile)
-        again = self._canonical(second, volatile)
-        shape_only = {i for i, op in enumerate(script) if op.name in self.nondeterministic}
-        shape_only |= {i for i, (x, y) in enumerate(zip(baseline, again, strict=True)) if x != y}
-        self.report.shape_only += len(shape_only)
+        # Two baselines: what differs between them is honest non-determinism. An item found random
+        # is compared by shape only and its answers are no longer sent back (they would make the
+        # later steps random too), so the baselines run again without them.
+        for _ in range(3):
+            first = first or await self._run(victim, script, [])
+            second = await self._run(victim, script, [])
+            if not (first.complete and second.complete):
+                self.report.incomplete = f"the time budget of {self.report.seconds:.0f} s ran out"
+                return
+            volatile = self._volatile(first, second)
+            baseline = self._canonical(first, volatile)
+            again = self._canonical(second, volatile)
+            noisy = {script[i].name for i, (x, y) in enumerate(zip(baseline, again, strict=True)) if x != y}
+            if not noisy - self.nondeterministic:
+                break
+            self.nondeterministic |= noisy
+            self.report.found_random |= noisy
+            first = None
+
+        def shape_only() -> set[int]:
+            return {i for i, op in enumerate(script) if op.name in self.nondeterministic}
+
+        self.report.shape_only += len(shape_only())
 
         async def changed(others: list[tuple[int, _Op]], upto: int) -> tuple[int, list[Any], _Run] | None:
             run = await self._run(victim, script[: upto + 1], others)
             canon = self._canonical(run, volatile)
-            step = self._differs(canon, baseline[: upto + 1], shape_only)
+            step = self._differs(canon, baseline[: upto + 1], shape_only())
             return None if step is None else (step, canon, run)
 
         found = await changed(interleaved, len(script) - 1)
@@ -626,9 +642,9 @@ class _Checker:
             alone = await changed([], found[0])
             if alone is None:
                 break
-            shape_only.add(alone[0])
-            self.report.shape_only += 1
-            step = self._differs(found[1], baseline, shape_only)
+            self.nondeterministic.add(script[alone[0]].name)
+            self.report.found_random.add(script[alone[0]].name)
+            step = self._differs(found[1], baseline, shape_only())
             found = None if step is None else (step, found[1], found[2])
         if found is None:
             return
