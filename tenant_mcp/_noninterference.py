@@ -82,6 +82,7 @@ class Interference:
     script_steps: int  # how long the other tenant's script was before shrinking
     victim_script: list[str]  # the victim's script up to and including `step`
     shrink_runs: int
+    concurrent: bool = False  # found with the other tenant's script running meanwhile
 
 
 @dataclass
@@ -125,7 +126,8 @@ class NoninterferenceReport:
         lines = [f"{len(self.findings)} interference(s) ({self.budget}):"]
         for f in self.findings:
             lines += [
-                f"- tenant {f.victim}'s view changed by tenant {f.other} at {f.victim}'s step {f.step}: "
+                f"- tenant {f.victim}'s view changed by tenant {f.other}{' (concurrently)' if f.concurrent else ''} "
+                f"at {f.victim}'s step {f.step}: "
                 f"{f.operation}",
                 f"    differs at {f.difference}",
                 f"    {f.other} idle:   {f.alone}",
@@ -408,11 +410,12 @@ class _Tenant:
 
 class _Checker:
     def __init__(self, app: TenantMCP | str, *, seed: int, steps: int, seconds: float, shrink_runs: int,
-                 nondeterministic: Collection[str], call_timeout: float) -> None:  # fmt: skip
+                 nondeterministic: Collection[str], call_timeout: float, concurrent: bool) -> None:  # fmt: skip
         self.target = _target(app)
         self.app = _load(self.target)
         self.seed, self.steps, self.shrink_limit = seed, steps, shrink_runs
         self.nondeterministic = set(nondeterministic)
+        self.concurrent = concurrent
         self.call_timeout = call_timeout
         self.report = NoninterferenceReport(seed=seed, steps=steps, seconds=seconds, target=self.target)
         self.started = time.monotonic()
@@ -479,29 +482,38 @@ class _Checker:
         return sent, answer, _Op(op.kind, op.name, args)
 
     async def _run(self, victim: str, script: list[_Op], other: list[tuple[int, _Op]],
-                   tenants: dict[str, _Tenant] | None = None) -> _Run:  # fmt: skip
-        """The victim's script, with the other tenant's steps run before the victim's step `at`.
+                   tenants: dict[str, _Tenant] | None = None, *, concurrent: bool = False) -> _Run:  # fmt: skip
+        """The victim's script, with the other tenant's steps run before the victim's step `at`
+        (or, `concurrent`, all of them meanwhile, as fast as they go).
 
         Stops early (`complete` false) when the time budget runs out."""
         if tenants is None:
             async with self._fresh() as fresh:
-                return await self._run(victim, script, other, fresh)
+                return await self._run(victim, script, other, fresh, concurrent=concurrent)
         other_label = "A" if victim == "B" else "B"
         run = _Run([], [], [])
         pending = sorted(other, key=lambda pair: pair[0])
-        for i, op in enumerate(script):
-            if self._left() <= 0:
-                run.complete = False
-                return run
-            while pending and pending[0][0] <= i:
+
+        async def other_steps(until: int | None) -> None:
+            while pending and (until is None or pending[0][0] <= until) and self._left() > 0:
                 at, other_op = pending.pop(0)
                 sent, _, resolved = await self._step(tenants[other_label], other_op)
                 run.sent.append(f"{other_label}: {sent}")
                 run.other_ops.append((at, resolved))
-            sent, answer, _ = await self._step(tenants[victim], op)
-            run.sent.append(f"{victim}: {sent}")
-            run.victim_sent.append(sent)
-            run.observations.append(_expand(answer))
+
+        async with anyio.create_task_group() as group:
+            if concurrent:
+                group.start_soon(other_steps, None)
+            for i, op in enumerate(script):
+                if self._left() <= 0:
+                    run.complete = False
+                    break
+                if not concurrent:
+                    await other_steps(i)
+                sent, answer, _ = await self._step(tenants[victim], op)
+                run.sent.append(f"{victim}: {sent}")
+                run.victim_sent.append(sent)
+                run.observations.append(_expand(answer))
         return run
 
     # --- canonicalisation ---
@@ -629,8 +641,21 @@ class _Checker:
 
         self.report.shape_only += len(shape_only())
 
+        for concurrent in (False, True) if self.concurrent else (False,):
+            if self._left() > 0 and await self._look(
+                victim, other, script, interleaved, baseline, volatile, concurrent
+            ):
+                return
+
+    async def _look(self, victim: str, other: str, script: list[_Op], interleaved: list[tuple[int, _Op]],
+                    baseline: list[Any], volatile: set[tuple[int, tuple[Any, ...]]], concurrent: bool) -> bool:  # fmt: skip
+        """Runs the victim's script with the other's; on a difference, shrinks and reports it."""
+
+        def shape_only() -> set[int]:
+            return {i for i, op in enumerate(script) if op.name in self.nondeterministic}
+
         async def changed(others: list[tuple[int, _Op]], upto: int) -> tuple[int, list[Any], _Run] | None:
-            run = await self._run(victim, script[: upto + 1], others)
+            run = await self._run(victim, script[: upto + 1], others, concurrent=concurrent)
             canon = self._canonical(run, volatile)
             step = self._differs(canon, baseline[: upto + 1], shape_only())
             return None if step is None else (step, canon, run)
@@ -638,7 +663,7 @@ class _Checker:
         found = await changed(interleaved, len(script) - 1)
         for _ in range(3):  # a step that also changes with the other tenant idle is honest non-determinism
             if found is None:
-                return
+                return False
             alone = await changed([], found[0])
             if alone is None:
                 break
@@ -647,15 +672,18 @@ class _Checker:
             step = self._differs(found[1], baseline, shape_only())
             found = None if step is None else (step, found[1], found[2])
         if found is None:
-            return
+            return False
         step = found[0]
-        minimal, runs = await self._shrink(found[2].other_ops, interleaved, step, script[step], changed)
+        concrete = found[2].other_ops if concurrent else [p for p in found[2].other_ops if p[0] <= step]
+        scripted = [p for p in interleaved if concurrent or p[0] <= step]
+        minimal, runs = await self._shrink(concrete, scripted, step, script[step], changed)
         confirmed = await changed(minimal, step)
         runs += 1
         if confirmed is None:  # not reproducible once shrunk (timing?): report the whole script
             minimal, confirmed = interleaved, found
         step, canon, run = confirmed
         sent = [line[3:] for line in run.sent if line.startswith(f"{other}: ")]
+        where = [("meanwhile" if concurrent else f"before {victim}'s step {at}") for at, _ in minimal]
         self.report.findings.append(
             Interference(
                 victim=victim,
@@ -665,15 +693,14 @@ class _Checker:
                 difference=_difference(baseline[step], canon[step]),
                 alone=_brief(baseline[step]),
                 together=_brief(canon[step]),
-                script=[
-                    f"before {victim}'s step {at}: {line}"
-                    for (at, _), line in zip(minimal, sent, strict=False)
-                ],
+                script=[f"{w}: {line}" for w, line in zip(where, sent, strict=False)],
                 script_steps=len(interleaved),
                 victim_script=[f"{i}: {line}" for i, line in enumerate(run.victim_sent[: step + 1])],
                 shrink_runs=runs,
+                concurrent=concurrent,
             )
         )
+        return True
 
     async def _shrink(self, concrete: list[tuple[int, _Op]], scripted: list[tuple[int, _Op]], step: int,
                       target: _Op, changed: Callable[[list[tuple[int, _Op]], int], Any]) -> tuple[list[tuple[int, _Op]], int]:  # fmt: skip
@@ -691,12 +718,12 @@ class _Checker:
             runs += 1
             return await changed(candidate, step) is not None
 
-        items = [p for p in concrete if p[0] <= step]
+        items = concrete
         same = [p for p in items if (p[1].kind, p[1].name) == (target.kind, target.name)]
         if same and len(same) < len(items) and await still(same):
             items = same
         elif not await still(items):
-            items = [p for p in scripted if p[0] <= step]
+            items = scripted
         n = 2
         while len(items) >= 2 and runs < self.shrink_limit and self._left() > 0:
             size = -(-len(items) // n)
@@ -720,10 +747,10 @@ class _Checker:
 
 def _difference(alone: Any, together: Any, path: str = "") -> str:
     """Where two observations first differ, and how: `path: alone -> together`."""
-    if isinstance(alone, dict) and isinstance(together, dict):
-        for key in [*alone, *(k for k in together if k not in alone)]:
-            if alone.get(key, "<absent>") != together.get(key, "<absent>"):
-                return _difference(alone.get(key, "<absent>"), together.get(key, "<absent>"), f"{path}.{key}")
+    if isinstance(alone, dict) and isinstance(together, dict) and alone.keys() == together.keys():
+        for key in alone:
+            if alone[key] != together[key]:
+                return _difference(alone[key], together[key], f"{path}.{key}")
     elif isinstance(alone, list) and isinstance(together, list) and len(alone) == len(together):
         for i, (x, y) in enumerate(zip(alone, together, strict=True)):
             if x != y:
@@ -745,6 +772,7 @@ def check_noninterference(
     shrink_runs: int = 40,
     nondeterministic: Collection[str] = (),
     call_timeout: float = 10.0,
+    concurrent: bool = True,
 ) -> NoninterferenceReport:
     """Check that what each tenant sees does not depend on what the other tenant does.
 
@@ -757,6 +785,6 @@ def check_noninterference(
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
     checker = _Checker(app, seed=seed, steps=steps, seconds=seconds, shrink_runs=shrink_runs,
-                       nondeterministic=nondeterministic, call_timeout=call_timeout)  # fmt: skip
+                       nondeterministic=nondeterministic, call_timeout=call_timeout, concurrent=concurrent)  # fmt: skip
 
     return anyio.run(checker.run)

@@ -61,8 +61,17 @@ def test_example_servers_pass(app: str, steps: int) -> None:
     report = check_noninterference(app, seed=1, steps=steps)
     assert report.ok, report.text
     assert report.directions == ["B's view, A acting", "A's view, B acting"]
-    assert report.runs == 6 and not report.incomplete
+    assert report.runs == 8 and not report.incomplete  # 2 baselines, in turn, meanwhile; both ways
     assert report.calls > 3 * steps
+
+
+def test_concurrent_runs_catch_request_state_kept_across_an_await() -> None:
+    """Only a request running meanwhile sees the other tenant's name (sequential runs never do)."""
+    report = check_noninterference("tests.servers.interfering:racy", seed=1, steps=40)
+    assert not report.ok, report.text
+    assert all(f.concurrent and f.operation == "tool greet {}" for f in report.findings), report.text
+    assert "(concurrently)" in report.text
+    assert check_noninterference("tests.servers.interfering:racy", seed=1, steps=40, concurrent=False).ok
 
 
 def test_random_answers_are_compared_by_shape_only() -> None:

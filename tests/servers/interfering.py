@@ -7,13 +7,16 @@ noninterference check must find each, with a minimal reproduction.
 - `handles`: handle names are unique across tenants, so "taken" reveals another tenant's handle;
 - `lru`: a global LRU cache of lookups keyed without the tenant answers "cached" to B for a word
   only A looked up;
-- `limiter`: a rate limiter keyed without the tenant, so A's searches use up B's allowance.
+- `limiter`: a rate limiter keyed without the tenant, so A's searches use up B's allowance;
+- `racy`: request state in a module-level variable across an await: only concurrent requests
+  see another tenant's name (sequential scripts never do).
 
 Each also has honest tools, so the random scripts must find the bug among them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import OrderedDict
 from typing import Any
@@ -101,4 +104,20 @@ async def search(query: str) -> list[str]:
 
 @limiter.tool()
 async def ping() -> str:
+    return "pong"
+
+
+racy = TenantMCP("racy")
+_caller: list[str] = [""]
+
+
+@racy.tool()
+async def greet(ctx: TenantContext) -> str:
+    _caller[0] = ctx.tenant.name  # BUG: the caller kept in a module-level variable across an await
+    await asyncio.sleep(0.01)
+    return f"hello {_caller[0]}"
+
+
+@racy.tool()
+async def pong() -> str:
     return "pong"
