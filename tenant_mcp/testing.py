@@ -26,6 +26,9 @@ What it does, against a real server on a loopback port with a throwaway control 
 
 The app's leak guard runs in ``report`` mode meanwhile, so the kit sees what a leak looks like
 instead of the guard's generic refusal.
+
+`check_noninterference` (in `tenant_mcp._noninterference`, on this kit's clients and harvesting)
+checks the quieter leaks too: that what one tenant sees does not depend on what another does.
 """
 
 from __future__ import annotations
