@@ -49,6 +49,7 @@ from tenant_mcp.testing import _catalogue_access, _connect, _free_port, _harvest
 _WORDS = ["alpha", "beta", "gamma", "delta", "alpha-1", "Beta", "kit", "x"]
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?")
 _LISTINGS = ("tools", "resources", "resource templates", "prompts")
+_OTHER_PLAN = "kit-minimal"  # tenant C's: a plan no item names, so C sees the least
 
 
 @dataclass(frozen=True)
@@ -301,15 +302,18 @@ class _Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.db_url = f"sqlite:///{self.tmp / 'ni.db'}"
 
     async def start(self) -> None:
-        """Tenants A and B in a new control plane, then the server process (not waited for)."""
-        db_url = f"sqlite:///{self.tmp / 'ni.db'}"
+        """Tenants A and B (on the plan and scopes that see everything) and C (on a plan of its own,
+        without scopes) in a new control plane, then the server process (not waited for)."""
+        db_url = self.db_url
         async with ControlPlane(db_url) as cp:
-            for label in ("A", "B"):
+            for label, plan, scopes in (("A", self.plan, self.scopes), ("B", self.plan, self.scopes),
+                                        ("C", _OTHER_PLAN, [])):  # fmt: skip
                 slug = f"tenant-{label.lower()}"
-                await cp.create_tenant(slug, name=f"Tenant {label}", plan=self.plan)
-                self.keys[label] = (await cp.create_key(slug, scopes=self.scopes))[1]
+                await cp.create_tenant(slug, name=f"Tenant {label}", plan=plan)
+                self.keys[label] = (await cp.create_key(slug, scopes=scopes))[1]
         self._spawn(db_url)
 
     def _spawn(self, db_url: str) -> None:
@@ -322,12 +326,18 @@ class _Server:
     async def ready(self) -> None:
         import httpx2
 
-        assert self.proc is not None
         deadline = time.monotonic() + 60
         async with httpx2.AsyncClient(timeout=1, verify=_tls()) as http:
             while True:
+                assert self.proc is not None
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     log = (self.tmp / "server.log").read_text()[-2000:]
+                    if "address already in use" in log and time.monotonic() < deadline:
+                        # the free port was taken meanwhile by someone else: another one
+                        self.port = _free_port()
+                        self.url = f"http://127.0.0.1:{self.port}/mcp"
+                        self._spawn(self.db_url)
+                        continue
                     raise RuntimeError(f"the app did not start: {log}")
                 with contextlib.suppress(httpx2.HTTPError):
                     if (await http.get(f"http://127.0.0.1:{self.port}/healthz")).status_code == 200:
@@ -419,7 +429,7 @@ class _Checker:
         self.call_timeout = call_timeout
         self.report = NoninterferenceReport(seed=seed, steps=steps, seconds=seconds, target=self.target)
         self.started = time.monotonic()
-        self.catalogue: _Catalogue | None = None
+        self.catalogues: dict[str, _Catalogue] = {}
         self.spare: _Server | None = None
 
     def _left(self) -> float:
@@ -437,24 +447,21 @@ class _Checker:
             self.spare = _Server(self.target, *_catalogue_access(self.app))  # warms up meanwhile
             await self.spare.start()
             await server.ready()
-            async with (
-                _connect(server.url, server.keys["A"]) as a,
-                _connect(server.url, server.keys["B"]) as b,
-            ):
-                tenants = {"A": _Tenant(a), "B": _Tenant(b)}
-                for tenant in tenants.values():  # every run starts with the same listings
-                    await self._discover(tenant.client)
+            async with contextlib.AsyncExitStack() as stack:
+                tenants = {}
+                for label, key in server.keys.items():
+                    tenants[label] = _Tenant(await stack.enter_async_context(_connect(server.url, key)))
+                    await self._discover(label, tenants[label].client)  # every run starts with these
                 yield tenants
         finally:
             server.stop()
 
-    async def _discover(self, client: Any) -> None:
+    async def _discover(self, label: str, client: Any) -> None:
         tools = (await client.list_tools()).tools
         resources = [r.uri for r in (await client.list_resources()).resources]
         templates = [t.uri_template for t in (await client.list_resource_templates()).resource_templates]
         prompts = (await client.list_prompts()).prompts
-        if self.catalogue is None:
-            self.catalogue = _Catalogue(tools, resources, templates, prompts)
+        self.catalogues.setdefault(label, _Catalogue(tools, resources, templates, prompts))
 
     async def _step(self, tenant: _Tenant, op: _Op) -> tuple[str, Any, _Op]:
         """One operation: what was sent (rendered), the answer (an error is an answer too), and the
@@ -481,7 +488,7 @@ class _Checker:
             _harvest(answer, tenant.strings, tenant.numbers)
         return sent, answer, _Op(op.kind, op.name, args)
 
-    async def _run(self, victim: str, script: list[_Op], other: list[tuple[int, _Op]],
+    async def _run(self, victim: str, script: list[_Op], other_label: str, other: list[tuple[int, _Op]],
                    tenants: dict[str, _Tenant] | None = None, *, concurrent: bool = False) -> _Run:  # fmt: skip
         """The victim's script, with the other tenant's steps run before the victim's step `at`
         (or, `concurrent`, all of them meanwhile, as fast as they go).
@@ -489,8 +496,7 @@ class _Checker:
         Stops early (`complete` false) when the time budget runs out."""
         if tenants is None:
             async with self._fresh() as fresh:
-                return await self._run(victim, script, other, fresh, concurrent=concurrent)
-        other_label = "A" if victim == "B" else "B"
+                return await self._run(victim, script, other_label, other, fresh, concurrent=concurrent)
         run = _Run([], [], [])
         pending = sorted(other, key=lambda pair: pair[0])
 
@@ -535,7 +541,10 @@ class _Checker:
         positions: set[tuple[int, tuple[Any, ...]]] = set()
         for run, other in ((first, values[1]), (second, values[0])):
             for step, obs in enumerate(run.observations):
-                positions |= {(step, path) for path, v in self._leaves(obs) if v not in other}
+                # Ids are long: a small number or a short word that differs is an answer that differs.
+                positions |= {
+                    (step, path) for path, v in self._leaves(obs) if v not in other and len(str(v)) >= 4
+                }
         return positions
 
     @staticmethod
@@ -578,6 +587,9 @@ class _Checker:
             return sorted({json.dumps(_Checker._shape(v), sort_keys=True) for v in value})
         return type(value).__name__
 
+    def _shape_only(self, script: list[_Op]) -> set[int]:
+        return {i for i, op in enumerate(script) if op.name in self.nondeterministic}
+
     def _differs(self, canon: list[Any], baseline: list[Any], shape_only: set[int]) -> int | None:
         for step, (got, want) in enumerate(zip(canon, baseline, strict=False)):
             if step in shape_only:
@@ -597,65 +609,72 @@ class _Checker:
 
     async def _check(self) -> NoninterferenceReport:
         rng = random.Random(self.seed)  # noqa: S311 (reproducible scripts, not secrets)
-        directions = (("B", "A"), ("A", "B"))
-        async with self._fresh() as tenants:  # discovers the catalogue, then B's first baseline
-            assert self.catalogue is not None
-            pools = self.catalogue.pools(self.seed)
-            scripts = {label: self.catalogue.script(rng, pools, self.steps) for label in ("B", "A")}
-            first: _Run | None = await self._run("B", scripts["B"], [], tenants)
-        for victim, other in directions:
+        async with self._fresh() as tenants:  # discovers the catalogues, then B's first baseline
+            pools = self.catalogues["B"].pools(self.seed)
+            scripts = {
+                label: self.catalogues[label].script(rng, pools, self.steps) for label in ("B", "A", "C")
+            }
+            first = await self._run("B", scripts["B"], "A", [], tenants)
+        baselines: dict[str, tuple[list[Any], set[tuple[int, tuple[Any, ...]]]] | None] = {}
+        for victim, other in (("B", "A"), ("A", "B"), ("B", "C")):
             at = sorted(rng.randrange(self.steps + 1) for _ in range(self.steps))
-            if self._left() > 0 and not self.report.incomplete:
-                self.report.directions.append(f"{victim}'s view, {other} acting")
-                interleaved = list(zip(at, scripts[other], strict=True))
-                await self._direction(victim, other, scripts[victim], interleaved, first)
-            first = None
+            if self._left() <= 0 or self.report.incomplete:
+                continue
+            if victim not in baselines:
+                baselines[victim] = await self._baselines(
+                    victim, scripts[victim], first if victim == "B" else None
+                )
+            found = baselines[victim]
+            if found is None:
+                continue
+            plan = f" (on plan {_OTHER_PLAN})" if other == "C" else ""
+            self.report.directions.append(f"{victim}'s view, {other} acting{plan}")
+            interleaved = list(zip(at, scripts[other], strict=True))
+            self.report.shape_only += sum(op.name in self.nondeterministic for op in scripts[victim])
+            for concurrent in (False, True) if self.concurrent else (False,):
+                if self._left() > 0 and await self._look(
+                    victim, other, scripts[victim], interleaved, *found, concurrent
+                ):
+                    break
         if self._left() <= 0 and not self.report.incomplete:
             self.report.incomplete = f"the time budget of {self.report.seconds:.0f} s ran out"
         self.report.elapsed = time.monotonic() - self.started
         return self.report
 
-    async def _direction(self, victim: str, other: str, script: list[_Op],
-                         interleaved: list[tuple[int, _Op]], first: _Run | None) -> None:  # fmt: skip
-        # Two baselines: what differs between them is honest non-determinism. An item found random
-        # is compared by shape only and its answers are no longer sent back (they would make the
-        # later steps random too), so the baselines run again without them.
-        for _ in range(3):
-            first = first or await self._run(victim, script, [])
-            second = await self._run(victim, script, [])
+    async def _baselines(self, victim: str, script: list[_Op], first: _Run | None
+                         ) -> tuple[list[Any], set[tuple[int, tuple[Any, ...]]]] | None:  # fmt: skip
+        """The victim's script alone, canonicalised, and the positions of its random values.
+
+        Two runs: what differs between them is honest non-determinism. The item of the first
+        difference is found random: compared by shape only from then on, its answers are no longer
+        sent back (they would make the later steps random too), and the two runs go again."""
+        for _ in range(4):
+            first = first or await self._run(victim, script, "A", [])
+            second = await self._run(victim, script, "A", [])
             if not (first.complete and second.complete):
                 self.report.incomplete = f"the time budget of {self.report.seconds:.0f} s ran out"
-                return
+                return None
             volatile = self._volatile(first, second)
             baseline = self._canonical(first, volatile)
             again = self._canonical(second, volatile)
-            noisy = {script[i].name for i, (x, y) in enumerate(zip(baseline, again, strict=True)) if x != y}
-            if not noisy - self.nondeterministic:
+            step = self._differs(again, baseline, self._shape_only(script))
+            if step is None:
                 break
-            self.nondeterministic |= noisy
-            self.report.found_random |= noisy
+            # The first difference's item is random; later ones may only follow from it.
+            self.nondeterministic.add(script[step].name)
+            self.report.found_random.add(script[step].name)
             first = None
-
-        def shape_only() -> set[int]:
-            return {i for i, op in enumerate(script) if op.name in self.nondeterministic}
-
-        self.report.shape_only += len(shape_only())
-
-        for concurrent in (False, True) if self.concurrent else (False,):
-            if self._left() > 0 and await self._look(
-                victim, other, script, interleaved, baseline, volatile, concurrent
-            ):
-                return
+        return baseline, volatile
 
     async def _look(self, victim: str, other: str, script: list[_Op], interleaved: list[tuple[int, _Op]],
                     baseline: list[Any], volatile: set[tuple[int, tuple[Any, ...]]], concurrent: bool) -> bool:  # fmt: skip
         """Runs the victim's script with the other's; on a difference, shrinks and reports it."""
 
         def shape_only() -> set[int]:
-            return {i for i, op in enumerate(script) if op.name in self.nondeterministic}
+            return self._shape_only(script)
 
         async def changed(others: list[tuple[int, _Op]], upto: int) -> tuple[int, list[Any], _Run] | None:
-            run = await self._run(victim, script[: upto + 1], others, concurrent=concurrent)
+            run = await self._run(victim, script[: upto + 1], other, others, concurrent=concurrent)
             canon = self._canonical(run, volatile)
             step = self._differs(canon, baseline[: upto + 1], shape_only())
             return None if step is None else (step, canon, run)

@@ -16,7 +16,7 @@ INTERFERING = [
     ("tests.servers.interfering:counter", "open_ticket", "ticket", 1),
     ("tests.servers.interfering:handles", "claim_handle", "is taken", 1),
     ("tests.servers.interfering:lru", "lookup", "cached", 1),
-    ("tests.servers.interfering:limiter", "search", "rate limit exceeded", 8),  # the allowance is 8
+    ("tests.servers.interfering:limiter", "search", "rate limit exceeded", 4),  # the allowance is 4
 ]
 
 
@@ -26,7 +26,8 @@ def test_interference_is_caught_with_a_minimal_reproduction(
 ) -> None:
     report = check_noninterference(app, seed=1, steps=60)
     assert not report.ok, report.text
-    assert {(f.victim, f.other) for f in report.findings} == {("B", "A"), ("A", "B")}, report.text
+    # both ways, and from C on another plan
+    assert {(f.victim, f.other) for f in report.findings} == {("B", "A"), ("A", "B"), ("B", "C")}, report.text
     for finding in report.findings:
         assert finding.operation.startswith(f"tool {tool} "), report.text
         assert change in finding.difference, report.text
@@ -60,8 +61,14 @@ def test_the_leaks_the_isolation_kit_catches_are_interference_too(app: str, tool
 def test_example_servers_pass(app: str, steps: int) -> None:
     report = check_noninterference(app, seed=1, steps=steps)
     assert report.ok, report.text
-    assert report.directions == ["B's view, A acting", "A's view, B acting"]
-    assert report.runs == 8 and not report.incomplete  # 2 baselines, in turn, meanwhile; both ways
+    assert report.directions == [
+        "B's view, A acting",
+        "A's view, B acting",
+        "B's view, C acting (on plan kit-minimal)",
+    ]
+    assert (
+        report.runs == 10 and not report.incomplete
+    )  # 2 baselines each for B and A; in turn and meanwhile x3
     assert report.calls > 3 * steps
 
 

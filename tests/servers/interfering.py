@@ -90,12 +90,12 @@ async def shout(text: str) -> str:
 
 limiter = TenantMCP("limiter")
 _calls: list[int] = [0]
-_LIMIT = 8
+_LIMIT = 4
 
 
 @limiter.tool()
 async def search(query: str) -> list[str]:
-    """At most 8 searches per server run (BUG: the allowance is shared by all tenants)."""
+    """At most 4 searches per server run (BUG: the allowance is shared by all tenants)."""
     _calls[0] += 1
     if _calls[0] > _LIMIT:
         raise ToolError("rate limit exceeded, try again later")
