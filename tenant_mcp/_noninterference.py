@@ -8,15 +8,17 @@ A's activity:
 1. a random script for each tenant (tool calls, resource reads, prompt gets, listings) with
    arguments drawn from the items' JSON schemas (hypothesis) over a small shared vocabulary, so
    the tenants' values collide, and values the tenant itself received earlier;
-2. the victim's script runs twice on fresh servers with the other tenant idle (the baselines: what
-   differs between them is honest non-determinism), then once on a fresh server with the other
-   tenant's script interleaved;
-3. observations are canonicalised (timestamps normalised, values that differ between the baselines
-   mapped to placeholders in order of first appearance, items marked non-deterministic compared by
-   shape only) and compared step by step;
+2. the victim's script runs twice on fresh servers with the other tenants idle (the baselines: what
+   differs between them is honest non-determinism), then on a fresh server with the other tenant's
+   script interleaved step by step, then with it running meanwhile (concurrently); directions:
+   B's view with A acting, A's with B acting, B's with C (on another plan) acting;
+3. observations are canonicalised (timestamps normalised, long values that differ between the
+   baselines mapped to placeholders in order of first appearance, items marked or found random
+   compared by shape only) and compared step by step;
 4. on a difference, the other tenant's script is shrunk (delta debugging, bounded) to a minimal one
    that still changes the victim's view, and reported with the seed, the step and both observations.
 
+Import it from `tenant_mcp.testing` (this module uses the kit's machinery from there).
 "Fresh server" means a new process (`tenant-mcp serve`), so module-level state (the usual culprit)
 starts empty in every run and each run is reproducible.
 """
@@ -280,10 +282,18 @@ def _target(app: TenantMCP | str) -> str:
     if isinstance(app, str):
         _load(app)  # fail here, with the CLI's message, if it does not name a TenantMCP
         return app
-    for name, module in list(sys.modules.items()):
-        for attr, value in list(vars(module).items()) if module else ():
-            if value is app and not attr.startswith("__"):
-                return f"{name}:{attr}"
+    # Where it is defined (its tools' module) first; never __main__, which a server cannot import.
+    homes = {
+        getattr(getattr(e.item, "fn", None), "__module__", None) for e in app._catalogue.tools.shared.values()
+    }
+    found = sorted(
+        ((name not in homes, name, attr)
+         for name, module in list(sys.modules.items()) if name != "__main__"
+         for attr, value in list(getattr(module, "__dict__", {}).items())
+         if value is app and not attr.startswith("__")),
+    )  # fmt: skip
+    if found:
+        return f"{found[0][1]}:{found[0][2]}"
     raise ValueError("check_noninterference needs the app as 'module:attr' or an app defined at module level")
 
 
