@@ -350,7 +350,9 @@ class _Server:
                         continue
                     raise RuntimeError(f"the app did not start: {log}")
                 with contextlib.suppress(httpx2.HTTPError):
-                    if (await http.get(f"http://127.0.0.1:{self.port}/healthz")).status_code == 200:
+                    # Our key, so that another server that took the port meanwhile (401) is not ours.
+                    answer = await http.get(self.url, headers={"Authorization": f"Bearer {self.keys['B']}"})
+                    if answer.status_code != 401:
                         return
                 await anyio.sleep(0.03)
 
