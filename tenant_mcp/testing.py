@@ -26,22 +26,27 @@ What it does, against a real server on a loopback port with a throwaway control 
 
 The app's leak guard runs in ``report`` mode meanwhile, so the kit sees what a leak looks like
 instead of the guard's generic refusal.
+
+`check_noninterference` (in `tenant_mcp._noninterference`, on this kit's clients and harvesting)
+checks the quieter leaks too: that what one tenant sees does not depend on what another does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import secrets
 import socket
+import ssl
 import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
@@ -183,7 +188,11 @@ def _variations(
     return out
 
 
-def _harvest(value: Any, strings: set[str], numbers: set[int]) -> None:
+class _Adds(Protocol):
+    def add(self, value: Any, /) -> None: ...
+
+
+def _harvest(value: Any, strings: _Adds, numbers: _Adds) -> None:
     if isinstance(value, bool):
         return
     if isinstance(value, int):
@@ -217,6 +226,51 @@ def _distinct(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
+def _catalogue_access(app: TenantMCP) -> tuple[str, list[str]]:
+    """The plan and scopes that see the whole catalogue (the first plan any tool names)."""
+    tools = app._catalogue.tools.shared.values()
+    scopes = sorted({s for entry in tools for s in entry.visibility.scopes})
+    plans = sorted({p for entry in tools for p in (entry.visibility.plans or ())})
+    return (plans[0] if plans else "free"), scopes
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every client (building one reads the CA bundle: ~40 ms each)."""
+    return ssl.create_default_context()
+
+
+@contextlib.asynccontextmanager
+async def _connect(url: str, key: str) -> AsyncIterator[Any]:
+    """The official SDK client over streamable HTTP, as one tenant."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30, verify=_tls()) as http,
+        Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
+    ):
+        yield client
+
+
+async def _request(client: Any, kind: str, name: str, args: dict[str, Any], seconds: float) -> str:
+    """One tool call, resource read or prompt get; its answer as JSON text (an error is an answer)."""
+    from mcp.shared.exceptions import MCPError
+
+    try:
+        with anyio.fail_after(seconds):
+            if kind == "tool":
+                return _text(await client.call_tool(name, args))
+            if kind == "resource":
+                return _text(await client.read_resource(name))
+            return _text(await client.get_prompt(name, {k: str(v) for k, v in args.items()}))
+    except MCPError as exc:
+        return json.dumps({"code": exc.error.code, "message": exc.error.message, "data": exc.error.data})
+    except TimeoutError:
+        return json.dumps({"timeout": seconds})
+
+
 class IsolationKit:
     def __init__(
         self,
@@ -232,10 +286,7 @@ class IsolationKit:
         self.report = IsolationReport(budget=budget)
 
     async def _provision(self, cp: ControlPlane) -> dict[str, dict[str, str]]:
-        tools = self.app._catalogue.tools.shared.values()
-        scopes = sorted({s for entry in tools for s in entry.visibility.scopes})
-        plans = sorted({p for entry in tools for p in (entry.visibility.plans or ())})
-        rich_plan = plans[0] if plans else "free"
+        rich_plan, scopes = _catalogue_access(self.app)
         tenants: dict[str, dict[str, str]] = {}
         for label, plan, key_scopes in (
             ("a", rich_plan, scopes),
@@ -257,41 +308,16 @@ class IsolationKit:
             }
         return tenants
 
-    @contextlib.asynccontextmanager
-    async def _client(self, url: str, key: str) -> AsyncIterator[Any]:
-        import httpx2
-        from mcp import Client
-        from mcp.client.streamable_http import streamable_http_client
-
-        async with (
-            httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30) as http,
-            Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
-        ):
-            yield client
+    def _client(self, url: str, key: str) -> contextlib.AbstractAsyncContextManager[Any]:
+        return _connect(url, key)
 
     async def _call(
         self, client: Any, kind: str, name: str, args: dict[str, Any], *, attack: bool = True
     ) -> str:
         """One request; `attack=False` for A's own calls, which the report does not count."""
-        from mcp.shared.exceptions import MCPError
-
         if attack:
             self.report.calls += 1
-        try:
-            with anyio.fail_after(self.call_timeout):
-                return await self._send(client, kind, name, args)
-        except MCPError as exc:
-            return json.dumps({"code": exc.error.code, "message": exc.error.message, "data": exc.error.data})
-        except TimeoutError:
-            return json.dumps({"timeout": self.call_timeout})
-
-    @staticmethod
-    async def _send(client: Any, kind: str, name: str, args: dict[str, Any]) -> str:
-        if kind == "tool":
-            return _text(await client.call_tool(name, args))
-        if kind == "resource":
-            return _text(await client.read_resource(name))
-        return _text(await client.get_prompt(name, {k: str(v) for k, v in args.items()}))
+        return await _request(client, kind, name, args, self.call_timeout)
 
     def _find(self, finding: Finding) -> None:
         if finding not in self.report.findings:
@@ -453,3 +479,21 @@ def check_isolation(app: TenantMCP | str, *, variations: int = 8, budget: int = 
     surfaces); the report says how many it made and how many it left out.
     """
     return anyio.run(IsolationKit(app, variations=variations, budget=budget).run)
+
+
+# Beside the kit, on its machinery (servers, clients, harvesting): exported from here.
+from tenant_mcp._noninterference import (  # noqa: E402
+    Interference,
+    NoninterferenceReport,
+    check_noninterference,
+)
+
+__all__ = [
+    "Finding",
+    "Interference",
+    "IsolationKit",
+    "IsolationReport",
+    "NoninterferenceReport",
+    "check_isolation",
+    "check_noninterference",
+]
