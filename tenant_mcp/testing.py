@@ -271,6 +271,17 @@ async def _request(client: Any, kind: str, name: str, args: dict[str, Any], seco
         return json.dumps({"timeout": seconds})
 
 
+def _opt_in_items(app: TenantMCP) -> list[str]:
+    """Items the app registers with `per_tenant=True`, as catalogue policies name them."""
+    catalogue = app._catalogue
+    return [
+        f"{section.item_kind}:{key}"
+        for section in (catalogue.tools, catalogue.prompts, catalogue.resources, catalogue.templates)
+        for key, entry in section.shared.items()
+        if entry.visibility.opt_in
+    ]
+
+
 class IsolationKit:
     def __init__(
         self,
@@ -298,6 +309,9 @@ class IsolationKit:
                 slug, name=f"Kit Tenant {label.upper()} {secrets.token_hex(3)}", plan=plan
             )
             _, key = await cp.create_key(slug, scopes=key_scopes)
+            if label != "c":  # policies on: the rich tenants get every per_tenant=True item too
+                for item in _opt_in_items(self.app):
+                    await cp.set_item_policy(slug, item, "enabled")
             canary = await plant_canary(cp, tenant.id)
             tenants[label] = {
                 "slug": slug,

@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
+from mcp_types import ResourceTemplateReference
 
 from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, mcp_client, standard_tenants
 
@@ -154,3 +155,31 @@ def test_enabling_never_widens_a_scope_or_plan_rule() -> None:
     with_scope = Principal(tenant.id, "key:y", frozenset({"notes:export"}), "api_key", "y")
     assert section.listing(tenant, no_scope) == []
     assert section.listing(tenant, with_scope) == ["scoped", "opt_in_scoped"]
+
+
+async def test_a_disabled_template_completes_and_subscribes_like_a_missing_one(tmp_path: Path) -> None:
+    t = standard_tenants(f"sqlite:///{tmp_path}/control.db")
+    server = ServerProcess("example_servers.notes:app", t.db_url, log_dir=tmp_path)
+    try:
+        async with mcp_client(server.url, t.keys["acme"], mode="legacy") as a:
+            note = (await a.call_tool("create_note", {"title": "t", "body": "b"})).structured_content
+            assert note is not None
+        assert _cli(t, "tool", "disable", "acme", "template:notes://{note_id}").returncode == 0
+        await anyio.sleep(1.2)
+        async with mcp_client(server.url, t.keys["acme"], mode="legacy") as a:
+            prefix = {"name": "note_id", "value": str(note["id"])[:3]}
+            hidden = await a.complete(
+                ResourceTemplateReference(type="ref/resource", uri="notes://{note_id}"), prefix
+            )
+            missing = await a.complete(
+                ResourceTemplateReference(type="ref/resource", uri="nothing://{note_id}"), prefix
+            )
+            assert hidden.model_dump() == missing.model_dump() and hidden.completion.values == []
+            errors = []
+            for uri in (f"notes://{note['id']}", "nothing://1"):
+                with pytest.raises(MCPError) as refused:
+                    await a.subscribe_resource(uri)
+                errors.append((refused.value.error.code, refused.value.error.message.replace(uri, "URI")))
+            assert errors[0] == errors[1]
+    finally:
+        server.stop()
