@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import warnings
 from typing import Any
 
 from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types import (
     AudioContent,
     EmbeddedResource,
@@ -23,6 +25,13 @@ from mcp_types import (
 )
 
 from tenant_mcp import TenantContext, TenantMCP
+
+# The conformance suite's logging and sampling scenarios call these 2025-era features, which the
+# 2026-07-28 spec deprecates (SEP-2577). This fixture server must keep serving them: silence exactly
+# those two warnings, here, where they are raised.
+warnings.filterwarnings(
+    "ignore", message=r"The (logging|sampling) capability is deprecated", category=MCPDeprecationWarning
+)
 
 app = TenantMCP("everything", instructions="Fixtures for the MCP conformance suite.")
 
