@@ -12,9 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from tenant_mcp.errors import TenantMCPError
 
@@ -25,17 +24,9 @@ _DOLLAR_TAG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
 _PARAM = re.compile(r"\?(\d*)")
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
-    kind: Literal["word", "quoted", "param", "other"]
-    text: str
-    start: int
-    end: int
-
-
-def tokens(sql: str) -> Iterator[Token]:
-    """Words, quoted identifiers, placeholders and semicolons of `sql`; literals and comments are
-    skipped."""
+def _placeholders(sql: str) -> Iterator[tuple[str, int, int]]:
+    """Each ``?``, ``?N`` and ``:name`` of `sql` with where it stands; literals, quoted names,
+    comments and words (which may contain ``$``) are stepped over, never searched."""
     i, n = 0, len(sql)
     while i < n:
         c = sql[i]
@@ -61,7 +52,6 @@ def tokens(sql: str) -> Iterator[Token]:
                 end = sql.find('"', end + 2)
             if end == -1:
                 raise TenantMCPError("unterminated quoted identifier in SQL")
-            yield Token("quoted", sql[i + 1 : end].replace('""', '"'), i, end + 1)
             i = end + 1
         elif sql.startswith("--", i):
             end = sql.find("\n", i)
@@ -73,21 +63,17 @@ def tokens(sql: str) -> Iterator[Token]:
             if end == -1:
                 raise TenantMCPError("unterminated dollar-quoted string in SQL")
             i = end + len(m.group(0))
-        elif c == ";":
-            yield Token("other", ";", i, i + 1)
-            i += 1
         elif c == "?":
             m = _PARAM.match(sql, i)
             assert m is not None
-            yield Token("param", m.group(0), i, m.end())
+            yield m.group(0), i, m.end()
             i = m.end()
         elif c == ":" and sql.startswith("::", i):
             i += 2  # a PostgreSQL cast, not a named parameter
         elif c == ":" and (m := _WORD.match(sql, i + 1)):
-            yield Token("param", sql[i : m.end()], i, m.end())
+            yield sql[i : m.end()], i, m.end()
             i = m.end()
         elif (m := _WORD.match(sql, i)) and (i == 0 or not (sql[i - 1].isalnum() or sql[i - 1] in "_$")):
-            yield Token("word", m.group(0), i, m.end())
             i = m.end()
         else:
             i += 1
@@ -115,10 +101,7 @@ def _numbered(sql: str) -> tuple[str, tuple[str | int, ...]]:
     order: list[str | int] = []
     last = 0
     sequential = 0
-    for token in tokens(sql):
-        if token.kind != "param":
-            continue
-        text = token.text
+    for text, start, end in _placeholders(sql):
         if text == "?":
             key: str | int = sequential
             sequential += 1
@@ -130,9 +113,9 @@ def _numbered(sql: str) -> tuple[str, tuple[str | int, ...]]:
             key = text[1:]
         if key not in order:
             order.append(key)
-        out.append(sql[last : token.start])
+        out.append(sql[last:start])
         out.append(f"${order.index(key) + 1}")
-        last = token.end
+        last = end
     out.append(sql[last:])
     return "".join(out), tuple(order)
 
