@@ -192,32 +192,24 @@ async def _key_revoke(args: argparse.Namespace, cp: ControlPlane) -> None:
     _print(args, {"key_id": record.key_id, "revoked_at": record.revoked_at}, f"revoked key {record.key_id}")
 
 
-# -- canaries ------------------------------------------------------------------------------------
-
-
 # -- the per-tenant catalogue ----------------------------------------------------------------------
 
 
-async def _tool_state(args: argparse.Namespace, cp: ControlPlane) -> None:
-    tenant = await cp.set_item_policy(args.tenant, args.item, args.state)
-    await _broadcast(args, Invalidation(kind="tenant", id=tenant.id))
+async def _item_policy(args: argparse.Namespace, cp: ControlPlane) -> None:
+    """`tool enable|disable|reset TENANT ITEM` and `plan set-default PLAN ITEM STATE`."""
     item = item_key(args.item)
-    _print(
-        args,
-        {"tenant": tenant.slug, "item": item, "state": args.state},
-        f"{item} is {args.state} for {tenant.slug}",
-    )
-
-
-async def _plan_default(args: argparse.Namespace, cp: ControlPlane) -> None:
-    await cp.set_plan_item_policy(args.plan, args.item, args.state)
-    await _broadcast(args, Invalidation(kind="all"))  # every tenant on the plan, wherever it is cached
-    item = item_key(args.item)
-    _print(
-        args,
-        {"plan": args.plan, "item": item, "state": args.state},
-        f"{item} is {args.state} for plan {args.plan}",
-    )
+    if "plan" in args:
+        await cp.set_plan_item_policy(args.plan, item, args.state)
+        invalidation, scope, whom = Invalidation(kind="all"), {"plan": args.plan}, f"plan {args.plan}"
+    else:
+        tenant = await cp.set_item_policy(args.tenant, item, args.state)
+        invalidation, scope, whom = (
+            Invalidation(kind="tenant", id=tenant.id),
+            {"tenant": tenant.slug},
+            tenant.slug,
+        )
+    await _broadcast(args, invalidation)  # a plan: every tenant on it, wherever it is cached
+    _print(args, {**scope, "item": item, "state": args.state}, f"{item} is {args.state} for {whom}")
 
 
 async def _tool_list(args: argparse.Namespace, cp: ControlPlane) -> None:
@@ -226,6 +218,9 @@ async def _tool_list(args: argparse.Namespace, cp: ControlPlane) -> None:
     rows = app.catalogue_report(tenant)
     _print(args, rows, _table([(r["item"], "yes" if r["visible"] else "no", r["why"]) for r in rows],
                               ("ITEM", "VISIBLE", "WHY")))  # fmt: skip
+
+
+# -- secrets -------------------------------------------------------------------------------------
 
 
 def _secrets(cp: ControlPlane) -> SecretStore:
@@ -276,6 +271,9 @@ async def _secret_rotate(args: argparse.Namespace, cp: ControlPlane) -> None:
 
 def _secret_new_key(args: argparse.Namespace) -> None:
     print(KeyRing.new_key())
+
+
+# -- canaries ------------------------------------------------------------------------------------
 
 
 async def _canary_plant(args: argparse.Namespace, cp: ControlPlane) -> None:
@@ -774,7 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = tool_cmds.add_parser(action, parents=[common, shared], help=text)
         p.add_argument("tenant", help="tenant slug")
         p.add_argument("item", help="NAME or KIND:NAME")
-        p.set_defaults(handler=_tool_state, state=state)
+        p.set_defaults(handler=_item_policy, state=state)
     p = tool_cmds.add_parser("list", parents=[common], help="what a tenant sees, and why")
     p.add_argument("tenant", help="tenant slug")
     p.add_argument("--app", required=True, metavar="MODULE:ATTR", help="the TenantMCP whose items to list")
@@ -789,7 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("plan", help="plan name, e.g. free")
     p.add_argument("item", help="NAME or KIND:NAME")
     p.add_argument("state", choices=["enabled", "disabled", "default"])
-    p.set_defaults(handler=_plan_default)
+    p.set_defaults(handler=_item_policy)
 
     canary = commands.add_parser("canary", help="plant canaries for the leak guard")
     canary_cmds = canary.add_subparsers(dest="command", required=True, metavar="ACTION")
