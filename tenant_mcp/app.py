@@ -609,9 +609,13 @@ class TenantMCP:
 
         def invalidated(invalidation: Invalidation) -> None:
             authenticator.invalidate(invalidation)
-            if invalidation.kind == "tenant":  # its catalogue policy may have changed: lists are stale
+            # A tenant's (or, with "all", a plan's) catalogue policy may have changed: lists are stale.
+            stale = [invalidation.id] if invalidation.kind == "tenant" else []
+            if invalidation.kind == "all":
+                stale = bus.listening()
+            for tenant_id in stale:
                 for event in (ToolsListChanged(), PromptsListChanged(), ResourcesListChanged()):
-                    task = asyncio.get_running_loop().create_task(bus.deliver(invalidation.id, event))
+                    task = asyncio.get_running_loop().create_task(bus.deliver(tenant_id, event))
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
             limiter.invalidate(invalidation)

@@ -72,6 +72,10 @@ class TenantSubscriptionBus:
         if local is not None:
             await local.bus.publish(event)
 
+    def listening(self) -> list[str]:
+        """Ids of the tenants with listeners in this process."""
+        return list(self._tenants)
+
     async def announce(self, tenant_slug: str, event: ServerEvent) -> None:
         """A change of this process's own catalogue (a run-time registration), for the tenant's
         listeners here; other replicas have catalogues of their own."""

@@ -538,6 +538,32 @@ async def test_a_catalogue_change_reaches_every_replica_at_once_with_list_change
         assert "whoami" in {tool.name for tool in (await c.list_tools(cache_mode="bypass")).tools}
 
 
+async def test_a_plan_default_reaches_every_replica_with_list_changed(
+    replicas: tuple[ServerProcess, ServerProcess, Tenants], prefix: str
+) -> None:
+    _, second, t = replicas
+    env = {"TENANT_MCP_REDIS_URL": REDIS_URL, "TENANT_MCP_REDIS_PREFIX": prefix}
+    heard: list[str] = []
+
+    async def listen(ready: anyio.Event) -> None:
+        async with mcp_client(second.url, t.keys["globex"]) as c, c.listen(tools_list_changed=True) as sub:
+            ready.set()
+            async for event in sub:
+                heard.append(type(event).__name__)
+
+    async with anyio.create_task_group() as tg:
+        ready = anyio.Event()
+        tg.start_soon(listen, ready)
+        await ready.wait()
+        cli(t.db_url, "plan", "set-default", "free", "whoami", "disabled", env=env)  # globex is on free
+        with anyio.fail_after(5):
+            while "ToolsListChanged" not in heard:
+                await anyio.sleep(0.02)
+        async with mcp_client(second.url, t.keys["globex"]) as c:
+            assert "whoami" not in {tool.name for tool in (await c.list_tools(cache_mode="bypass")).tools}
+        tg.cancel_scope.cancel()
+
+
 async def test_legacy_sessions_hear_catalogue_changes_of_their_own_tenant_only(
     replicas: tuple[ServerProcess, ServerProcess, Tenants], prefix: str
 ) -> None:
