@@ -48,6 +48,8 @@ from tenant_mcp.oauth import OAuthServer
 from tenant_mcp.storage import is_postgres
 from tenant_mcp.tenancy import names_tenant, principal_label
 
+logger = logging.getLogger("tenant_mcp.http")
+
 if TYPE_CHECKING:
     from tenant_mcp.app import TenantMCP
 
@@ -372,6 +374,10 @@ class _Gate:
                 except AuthenticationError:
                     for exchange in exchanges:
                         exchange.scope.cancel()
+                except Exception:
+                    # The control plane did not answer: keep sweeping (the loop must outlive an
+                    # outage), and check these again on the next tick; they push nothing meanwhile.
+                    logger.exception("credential sweep: re-checking %d open stream(s) failed", len(exchanges))
                 else:
                     for exchange in exchanges:
                         exchange.token = token
