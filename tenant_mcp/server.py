@@ -67,7 +67,6 @@ from pydantic.networks import AnyUrl
 from tenant_mcp.auth.authenticator import TenantAccessToken
 from tenant_mcp.catalogue import Catalogue, StaticResource
 from tenant_mcp.context import TenantContext
-from tenant_mcp.errors import AuthenticationError
 from tenant_mcp.leakguard import Markers
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.secrets import TenantSecrets
@@ -425,26 +424,15 @@ class ScopedServer(MCPServer[Any]):
             if release is not None:
                 release()
                 self._free_place(owner[0])
-        if not session:
+        if uri is None:  # kept while the session lives: its exit-stack callback is registered once
             del self._resource_subscriptions[owner]
-
-    async def _still_valid(self, credential: str | None) -> bool:
-        """Whether a subscriber's credential still holds (a revoked key, a suspended tenant: no)."""
-        rt = self._runtime()
-        if credential is None or rt is None:
-            return True
-        try:
-            await rt.authenticator.authenticate(credential)
-        except AuthenticationError:
-            return False
-        return True
 
     async def _subscribe(
         self, ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams
     ) -> EmptyResult:
         """Forward this tenant's updates of `uri` to this session. Another tenant's URI, or one the
         caller cannot see, is refused exactly like an unknown resource. Capped per session and
-        per tenant; released by unsubscribe, with the session, or once the credential ends."""
+        per tenant; released by unsubscribe or with the session."""
         call = _require_call()
         uri = str(params.uri)
         if not self._visible_uri(uri, call):
@@ -462,14 +450,12 @@ class ScopedServer(MCPServer[Any]):
             # session): release all of the session's subscriptions then.
             ctx.session._connection.exit_stack.callback(self._drop, owner)
         session = ctx.session
-        token = get_access_token()
-        credential = token.token if isinstance(token, TenantAccessToken) else None
         loop = asyncio.get_running_loop()
 
+        # Whether the subscriber's credential still holds is the transport's to check, against the
+        # credential live now (a refreshed token included): it gates every push and closes the
+        # streams of a revoked one (`tenant_mcp.http`).
         async def forward() -> None:
-            if not await self._still_valid(credential):
-                self._drop(owner, uri)
-                return
             try:
                 await session.send_resource_updated(uri)
             except Exception:  # the session is gone: stop forwarding to it
