@@ -91,6 +91,10 @@ class LeakGuard:
             raise TenantMCPError(f"a leak marker needs at least {MIN_MARKER_LENGTH} characters")
         entry = self._owners.get(marker)
         if entry is not None and tenant_id in _owners(entry):
+            if kind == "secret" and _owners(entry)[tenant_id] != "secret":  # now withheld from its owner too
+                self._owners[marker] = ";".join(
+                    f"{t}={'secret' if t == tenant_id else k}" for t, k in _owners(entry).items()
+                )
             return
         self._owners[marker] = f"{entry};{tenant_id}={kind}" if entry else f"{tenant_id}={kind}"
         if entry is not None or marker in self._main:

@@ -231,6 +231,11 @@ def test_guard_rules() -> None:
     # a marker the caller sent itself is not a leak; one it did not send still is
     assert [(h.owner, h.kind) for h in guard.scan(text, "b", sent={"q": "acme corp?"})] == []
     assert [(h.owner, h.kind) for h in guard.scan(text, "a", sent={"q": "Acme Corp"})] == [("b", "name")]
+    # A value that becomes a secret of its tenant is withheld from that tenant too, also when it
+    # was registered before as an ordinary marker of it.
+    guard.add("b", "token-8c1d2e", "identifier")
+    guard.add_secret("b", "token-8c1d2e")
+    assert [(h.owner, h.kind) for h in guard.scan(serialize("token-8c1d2e"), "b")] == [("b", "secret")]
     assert guard.redact({"x": "pay ACME CORP"}, guard.scan(serialize({"x": "pay ACME CORP"}), "b")) == {
         "x": "pay [redacted]"
     }
