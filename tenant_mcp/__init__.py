@@ -9,11 +9,11 @@ from tenant_mcp.app import TenantMCP, TenantScope
 from tenant_mcp.auth.jwt import JWTSettings
 from tenant_mcp.context import TenantContext
 from tenant_mcp.errors import AuthenticationError, ConfigurationError, NotFoundError, TenantMCPError
-from tenant_mcp.http import HTTPOptions
 from tenant_mcp.limits import Limits
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.storage import ConstraintError, Result, TenantDatabase, new_id
 from tenant_mcp.storage.gateway import FULL_TEXT_SEARCH, SQLAllowList
+from tenant_mcp.transports.http import HTTPOptions
 
 __all__ = [
     "FULL_TEXT_SEARCH",

@@ -7,7 +7,6 @@ import inspect
 import os
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -25,47 +24,35 @@ from mcp_types import ResourceTemplate as MCPResourceTemplate
 from mcp_types import Tool as MCPTool
 from mcp_types import ToolAnnotations
 
-from tenant_mcp.audit import AuditLog
-from tenant_mcp.audit_sinks import AuditSink, Forwarder
+from tenant_mcp.audit.leakguard import LeakGuard, MarkerSync, Policy
+from tenant_mcp.audit.log import AuditLog
+from tenant_mcp.audit.sinks import AuditSink, Forwarder
 from tenant_mcp.auth.authenticator import Authenticator
+from tenant_mcp.auth.invalidation import Invalidation
 from tenant_mcp.auth.jwt import JWTSettings, JWTVerifier
-from tenant_mcp.broker import DEFAULT_PREFIX, Broker, Invalidation
-from tenant_mcp.catalogue import Catalogue, Entry, Section, StaticResource, Visibility
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, POSTGRES_MIGRATIONS, ControlPlane
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
-from tenant_mcp.leakguard import LeakGuard, MarkerSync, Policy
 from tenant_mcp.limits import Limiter, Limits, OnRedisError, parse_rate
 from tenant_mcp.models import Principal, Tenant
+from tenant_mcp.pipeline import Pipeline
+from tenant_mcp.pipeline.overrides import plain_name
+from tenant_mcp.replication.redis import DEFAULT_PREFIX, Broker, check_reachable
+from tenant_mcp.runtime import Runtime
+from tenant_mcp.scoping.catalogue import Catalogue, Entry, Section, StaticResource, Visibility
+from tenant_mcp.scoping.server import ScopedServer
 from tenant_mcp.secrets import KeyRing, SecretStore
-from tenant_mcp.server import ScopedServer
 from tenant_mcp.storage import DEFAULT_HOLD_SECONDS, Admit, DataStore, is_postgres, migration_sql, open_store
 from tenant_mcp.storage.gateway import SQLAllowList
 from tenant_mcp.telemetry import Telemetry, TelemetrySettings
-from tenant_mcp.tenancy import _norm
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-    from tenant_mcp.http import HTTPOptions
-    from tenant_mcp.oauth import OAuthServer
+    from tenant_mcp.auth.oauth import OAuthServer
+    from tenant_mcp.transports.http import HTTPOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 Migration = str | Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Everything that exists only while the server is serving."""
-
-    control_plane: ControlPlane
-    authenticator: Authenticator
-    audit: AuditLog
-    store: DataStore
-    leak_guard: LeakGuard | None
-    telemetry: Telemetry
-    secrets: SecretStore
-    limiter: Limiter  # per-tenant rates, concurrency, sessions and quotas
-    broker: Broker | None = None  # with Redis: what this replica shares with the others
 
 
 def _visibility(scopes: Iterable[str], plans: Iterable[str] | None, per_tenant: bool = False) -> Visibility:
@@ -76,7 +63,7 @@ def _visibility(scopes: Iterable[str], plans: Iterable[str] | None, per_tenant: 
 
 def _refuse_tenant_parameters(kind: str, name: str, parameters: Iterable[str]) -> None:
     for parameter in parameters:
-        if _norm(parameter).startswith("tenant"):
+        if plain_name(parameter).startswith("tenant"):
             raise TenantMCPError(
                 f"{kind} {name!r} takes a parameter {parameter!r}: the tenant is never an argument. "
                 "Read it from ctx.tenant (annotate a parameter with TenantContext)."
@@ -194,10 +181,10 @@ class TenantMCP:
 
     Register tools, resources and prompts with the decorators; each runs inside the caller's
     tenant and receives a `TenantContext` if it asks for one. Serve with `tenant-mcp serve
-    module:app`, `app.http_app()` (an ASGI app) or `app.run()`.
+    module:app`, `app.http_app()` (an ASGI app), `app.serve_http()` or `app.serve_stdio()`.
 
     `audit=False` turns off the routine audit event of every request (on by default); refusals
-    and leak events are still recorded, see `tenant_mcp.audit`.
+    and leak events are still recorded, see `tenant_mcp.audit.log`.
 
     `max_subscriptions_per_session` and `max_subscriptions_per_tenant` bound what clients can make
     the process hold: `resources/subscribe` entries (per session and per tenant) and open
@@ -274,10 +261,11 @@ class TenantMCP:
         self._migrations: list[Migration] = []
         self._runtime: Runtime | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._pipeline = Pipeline(self._catalogue)
         self._server = ScopedServer(
             name,
             catalogue=self._catalogue,
-            runtime=lambda: self._runtime,
+            pipeline=self._pipeline,
             instructions=instructions,
             version=version,
             max_subscriptions=(max_subscriptions_per_session, max_subscriptions_per_tenant),
@@ -565,7 +553,7 @@ class TenantMCP:
                     if guard is not None:
                         await tg.start(MarkerSync(guard, control_plane).run)
                     limiter = Limiter(
-                        control_plane, audit, plans=self.limits, tool_rate=self._tool_rate,
+                        control_plane, audit, plans=self.limits,
                         redis_url=self.redis_url, redis_prefix=self.redis_prefix,
                         on_redis_error=self.on_redis_error, cache_seconds=self.credential_cache_seconds,
                     )  # fmt: skip
@@ -576,11 +564,14 @@ class TenantMCP:
                     self._runtime = Runtime(
                         control_plane, authenticator, audit, store, guard, telemetry, secrets, limiter, broker
                     )
+                    self._server.runtime = self._runtime
+                    self._pipeline.start(self._runtime)
                     try:
                         yield self._runtime
                     finally:
+                        self._pipeline.stop()
                         telemetry.stop()
-                        self._runtime = None
+                        self._server.runtime = self._runtime = None
                         self._server.tenant_bus.relay = None
                         await audit.aclose()
                         if forwarder is not None:  # deliver what the sinks still hold, within reason
@@ -595,10 +586,6 @@ class TenantMCP:
                 raise
             finally:
                 await store.aclose()
-
-    def _tool_rate(self, name: str, tenant: Tenant, principal: Principal) -> str | None:
-        entry = self._catalogue.tools.visible(name, tenant, principal)
-        return entry.rate if entry is not None else None
 
     async def _start_broker(
         self, tg: TaskGroup, authenticator: Authenticator, limiter: Limiter
@@ -628,9 +615,43 @@ class TenantMCP:
 
     def http_app(self, options: HTTPOptions | None = None) -> Starlette:
         """The ASGI app serving MCP at ``/mcp`` (runs `running()` in its lifespan)."""
-        from tenant_mcp.http import HTTPOptions, build_app
+        from tenant_mcp.transports.http import HTTPOptions, build_app
 
-        return build_app(self, options or HTTPOptions())
+        return build_app(
+            self._server, self.running, options or HTTPOptions(), replicated=self.redis_url is not None
+        )
+
+    async def check(self) -> None:
+        """Migrate (when configured) and open what serving needs once, then close it again: a bad
+        URL, a missing directory, an old schema or a PostgreSQL role that could bypass row-level
+        security is then one clear `ConfigurationError`, not a traceback from inside a lifespan."""
+        if self.migration_url and is_postgres(self.database_url):
+            await self.migrate(self.migration_url)
+        async with ControlPlane(self.database_url) as control_plane:
+            await (await self._open_store(control_plane)).aclose()
+            await self._open_secrets(control_plane)
+        if self.redis_url is not None:
+            await check_reachable(self.redis_url)
+
+    async def serve_http(
+        self, options: HTTPOptions | None = None, *, log_level: str = "info", access_log: bool = False
+    ) -> None:
+        """Serve over streamable HTTP until interrupted (`tenant-mcp serve` does this)."""
+        from tenant_mcp.transports import http
+
+        await self.check()
+        options = options or http.HTTPOptions()
+        # Off by default: the audit trail (and the JSON request log) already say per request what
+        # an access line would, with the tenant; a line per request costs CPU at capacity.
+        access_log = access_log and self.telemetry.log_format != "json"
+        await http.serve(self.http_app(options), options, log_level=log_level, access_log=access_log)
+
+    async def serve_stdio(self, *, api_key: str | None = None, jwt: JWTSettings | None = None) -> None:
+        """Serve one tenant over stdin/stdout, authenticated by `api_key` (default:
+        `TENANT_MCP_API_KEY`)."""
+        from tenant_mcp.transports import stdio
+
+        await stdio.serve(self._server, self.running, api_key=api_key, jwt=jwt)
 
 
 class TenantScope:

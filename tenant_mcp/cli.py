@@ -22,23 +22,23 @@ from typing import Any
 import anyio
 
 from tenant_mcp.app import TenantMCP
+from tenant_mcp.audit.leakguard import plant_canary
+from tenant_mcp.auth.invalidation import Invalidation
 from tenant_mcp.auth.jwt import JWTSettings
-from tenant_mcp.broker import (
+from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane, item_key
+from tenant_mcp.errors import ConfigurationError, NotFoundError, TenantMCPError
+from tenant_mcp.limits import FIELDS, Limits, parse_rate, read_override, usage, write_override
+from tenant_mcp.models import Tenant
+from tenant_mcp.replication.redis import (
     DEFAULT_PREFIX,
     BrokerError,
-    Invalidation,
     drop_tenant_data,
     publish_invalidation,
 )
-from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane, item_key
-from tenant_mcp.errors import ConfigurationError, NotFoundError, TenantMCPError
-from tenant_mcp.http import HTTPOptions
-from tenant_mcp.leakguard import plant_canary
-from tenant_mcp.limits import FIELDS, Limits, parse_rate, read_override, usage, write_override
-from tenant_mcp.models import Tenant
 from tenant_mcp.secrets import KeyRing, SecretStore
 from tenant_mcp.storage import is_postgres, open_store
 from tenant_mcp.telemetry import TelemetrySettings, configure_tracing
+from tenant_mcp.transports.http import HTTPOptions
 
 
 class _UsageError(Exception):
@@ -532,8 +532,6 @@ def _http_options(args: argparse.Namespace) -> HTTPOptions:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from tenant_mcp import http, stdio
-
     app = load_app(args.app)
     if args.db_given:
         app.database_url = args.db
@@ -553,9 +551,9 @@ def _serve(args: argparse.Namespace) -> None:
     app.redis_prefix = args.redis_prefix or app.redis_prefix
     options = _http_options(args)
     if args.transport == "stdio":
-        asyncio.run(stdio.serve(app, jwt=options.jwt))
+        asyncio.run(app.serve_stdio(jwt=options.jwt))
     elif args.transport == "streamable-http":
-        asyncio.run(http.serve(app, options, log_level=args.log_level, access_log=args.access_log))
+        asyncio.run(app.serve_http(options, log_level=args.log_level, access_log=args.access_log))
     else:
         raise _UsageError(f"unknown transport {args.transport!r}: use streamable-http or stdio")
 
@@ -590,7 +588,6 @@ def _check_port(host: str, port: int) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from example_servers.notes import app
-    from tenant_mcp import http
 
     app.database_url = args.db
     # The built-in authorization server is on, so clients that only speak OAuth can connect too.
@@ -651,7 +648,7 @@ def _demo(args: argparse.Namespace) -> None:
     )
     print(f"\nOAuth-only clients: add {url} as a remote server and sign in with a key above.")
     print("\nServing until Ctrl-C.", flush=True)
-    asyncio.run(http.serve(app, options, log_level="warning"))
+    asyncio.run(app.serve_http(options, log_level="warning"))
 
 
 # -- parser --------------------------------------------------------------------------------------

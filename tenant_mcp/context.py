@@ -11,8 +11,9 @@ from typing import Any
 
 from mcp.server.mcpserver import Context
 
+from tenant_mcp import _sdk
+from tenant_mcp.audit.leakguard import Markers
 from tenant_mcp.errors import TenantMCPError
-from tenant_mcp.leakguard import Markers
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.secrets import TenantSecrets
 from tenant_mcp.storage import TenantDatabase
@@ -35,12 +36,7 @@ class TenantContext(Context[Any, Any]):
         markers: Markers | None = None,
         secrets: TenantSecrets | None = None,
     ) -> TenantContext:
-        ctx = cls(  # type: ignore[call-arg]  # Context's __init__ takes these; pydantic's stub hides it
-            request_context=base._request_context,
-            mcp_server=base._mcp_server,
-            input_params=base._input_params,
-            subscriptions=base._subscriptions,
-        )
+        ctx = cls(**_sdk.context_fields(base))
         ctx._tenant = tenant
         ctx._principal = principal
         ctx._db = db
@@ -73,7 +69,7 @@ class TenantContext(Context[Any, Any]):
 
     @property
     def markers(self) -> Markers:
-        """Register identifiers of this tenant for the outbound leak guard; see `tenant_mcp.leakguard`."""
+        """Register identifiers of this tenant for the outbound leak guard; see `tenant_mcp.audit.leakguard`."""
         if self._markers is None:
             raise TenantMCPError("the server is not running")
         return self._markers

@@ -65,7 +65,7 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_events_tenant ON audit_events(tenant_id, id);
     """,
-    # The built-in OAuth authorization server (tenant_mcp.oauth). Codes and tokens are stored as
+    # The built-in OAuth authorization server (tenant_mcp.auth.oauth). Codes and tokens are stored as
     # SHA-256 digests, like API keys; a token is bound to one tenant, key, client and resource.
     """
     CREATE TABLE oauth_clients (
@@ -104,7 +104,7 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX oauth_tokens_family ON oauth_tokens(family);
     """,
-    # Markers of the outbound leak guard (tenant_mcp.leakguard): identifiers and canaries.
+    # Markers of the outbound leak guard (tenant_mcp.audit.leakguard): identifiers and canaries.
     """
     CREATE TABLE leak_markers (
         id INTEGER PRIMARY KEY,

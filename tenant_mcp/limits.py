@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -44,19 +44,19 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.responses import JSONResponse, Response
 
+from tenant_mcp._sdk import session_owners
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
-from tenant_mcp.tenancy import principal_label
 
 if TYPE_CHECKING:
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
     from starlette.types import Message, Receive, Scope, Send
 
-    from tenant_mcp.audit import AuditLog
+    from tenant_mcp.audit.log import AuditLog
     from tenant_mcp.auth.authenticator import TenantAccessToken
-    from tenant_mcp.broker import Invalidation
+    from tenant_mcp.auth.invalidation import Invalidation
+    from tenant_mcp.call import Call
     from tenant_mcp.controlplane import ControlPlane
-    from tenant_mcp.models import Principal, Tenant
-    from tenant_mcp.tenancy import Call
+    from tenant_mcp.models import Tenant
 
 logger = logging.getLogger("tenant_mcp.limits")
 
@@ -340,7 +340,6 @@ class Limiter:
         audit: AuditLog,
         *,
         plans: Mapping[str, Limits],
-        tool_rate: Callable[[str, Tenant, Principal], str | None],
         redis_url: str | None = None,
         redis_prefix: str = "tenant_mcp",
         on_redis_error: OnRedisError = "fail_closed",
@@ -349,7 +348,6 @@ class Limiter:
         self._cp = control_plane
         self._audit = audit
         self._plans = dict(plans)
-        self._tool_rate = tool_rate
         self._on_redis_error = on_redis_error
         self._cache_seconds = cache_seconds
         self._local = MovingWindowRateLimiter(_LocalStorage())
@@ -415,13 +413,14 @@ class Limiter:
 
     # -- requests ----------------------------------------------------------------------------
 
-    async def admit(self, call: Call, method: str, params: Mapping[str, Any]) -> _Admission:
+    async def admit(self, call: Call) -> _Admission:
         """Admit one request or raise the MCPError that refuses it (and set `call.denied`)."""
+        method = call.method
         if method in _FREE:
             return _NOTHING_HELD
         tenant = call.tenant
         try:
-            held = await self._check(call, method, params)
+            held = await self._check(call, method)
         except Refused as refusal:
             self._usage.count(tenant.id, refused=True)
             call.denied = refusal.reason
@@ -430,18 +429,16 @@ class Limiter:
             self._usage.count(tenant.id, refused=False)
         return held
 
-    async def _check(self, call: Call, method: str, params: Mapping[str, Any]) -> _Admission:
+    async def _check(self, call: Call, method: str) -> _Admission:
         tenant, principal = call.tenant, call.principal
         limits = await self.limits_of(tenant)
         quota = await self._reserve_quota(tenant.id, limits) if method == "tools/call" else None
         try:
-            if method == "tools/call":
-                name = str(params.get("name"))
-                tool_rate = self._tool_rate(
-                    name, tenant, principal
-                )  # None for a hidden tool, as for a missing one
-                if tool_rate is not None:
-                    await self._hit(tool_rate, f"tool {name}", "tool", tenant.id, name)
+            # The entry is None for a hidden tool, as for a missing one: no rate of its own.
+            tool_rate = call.entry.rate if method == "tools/call" and call.entry is not None else None
+            if tool_rate is not None:
+                name = str(call.name)
+                await self._hit(tool_rate, f"tool {name}", "tool", tenant.id, name)
             if limits.principal_rate is not None:
                 await self._hit(limits.principal_rate, "principal", "principal", tenant.id, principal.subject)
             if limits.rate is not None:
@@ -583,7 +580,7 @@ class Limiter:
             retry_after = max(1, math.ceil(reset_at - time.monotonic()))
             self._usage.count(token.tenant.id, refused=True)
             self._audit.record(
-                tenant_id=token.tenant.id, principal=principal_label(token.principal),
+                tenant_id=token.tenant.id, principal=token.principal.label,
                 method=str(request["method"]), outcome="denied", reason=refusal.reason,
             )  # fmt: skip
             response = _too_many(
@@ -620,12 +617,12 @@ class Limiter:
             return
         prefix = f"{tenant.id}:"
         opening = self._opening.get(tenant.id, 0)
-        owners = manager._session_owners.values()
+        owners = session_owners(manager)
         open_now = sum(1 for owner in owners if str(owner.get("subject") or "").startswith(prefix))
         if open_now + opening >= limits.sessions:
             self._usage.count(tenant.id, refused=True)
             self._audit.record(
-                tenant_id=tenant.id, principal=principal_label(token.principal), method="http", outcome="denied",
+                tenant_id=tenant.id, principal=token.principal.label, method="http", outcome="denied",
                 reason=f"rate limited: sessions {limits.sessions}",
             )  # fmt: skip
             await _too_many(

@@ -54,3 +54,8 @@ class Principal:
 
     def has_scopes(self, required: frozenset[str]) -> bool:
         return required <= self.scopes
+
+    @property
+    def label(self) -> str:
+        """How audit events and logs name the caller: `key:<key id>` or `jwt:<subject>`."""
+        return f"key:{self.key_id}" if self.key_id else f"jwt:{self.subject}"

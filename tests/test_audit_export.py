@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tenant_mcp.audit import _iso
+from tenant_mcp.audit.log import _iso
 from tenant_mcp.controlplane import AuditEvent, ControlPlane
 from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, mcp_client, standard_tenants
 from tests.test_postgres import migrated

@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tenant_mcp.audit import AuditLog
+from tenant_mcp.audit.log import AuditLog
 from tenant_mcp.auth.authenticator import Authenticator
 from tenant_mcp.auth.jwt import JWTSettings, JWTVerifier
 from tenant_mcp.controlplane import ControlPlane

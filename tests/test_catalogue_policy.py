@@ -139,8 +139,8 @@ async def test_plan_defaults_and_other_kinds_answer_like_missing(served: Any) ->
 
 def test_enabling_never_widens_a_scope_or_plan_rule() -> None:
     """Data can turn an opt-in item on, never past the scopes and plans that code requires."""
-    from tenant_mcp.catalogue import Entry, Section, Visibility
     from tenant_mcp.models import Principal, Tenant
+    from tenant_mcp.scoping.catalogue import Entry, Section, Visibility
 
     section: Section[str, str] = Section("tool", "tool")
     rules = {

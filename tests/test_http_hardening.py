@@ -19,7 +19,7 @@ import httpx2
 import pytest
 
 from tenant_mcp.errors import ConfigurationError
-from tenant_mcp.http import HTTPOptions
+from tenant_mcp.transports.http import HTTPOptions
 from tests.conftest import ServerProcess, Tenants, mcp_client, postgres_database
 from tests.test_jwt import INIT, ISS, MCP_HEADERS, PUBLIC_PEM, claims, sign
 from tests.test_oauth import REDIRECT, ManualFlow, Person

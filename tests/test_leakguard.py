@@ -13,8 +13,8 @@ import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from tenant_mcp.audit.leakguard import LeakGuard, serialize
 from tenant_mcp.errors import TenantMCPError
-from tenant_mcp.leakguard import LeakGuard, serialize
 from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, mcp_client
 
 pytestmark = pytest.mark.anyio

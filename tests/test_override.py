@@ -12,7 +12,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
 from tenant_mcp import TenantContext, TenantMCP, TenantMCPError
-from tenant_mcp.tenancy import names_tenant
+from tenant_mcp.pipeline.overrides import names_tenant
 from tests.conftest import ServerProcess, Tenants, mcp_client
 
 pytestmark = pytest.mark.anyio

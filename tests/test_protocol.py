@@ -22,7 +22,7 @@ import anyio
 import httpx2
 import pytest
 
-from tenant_mcp.http import HTTPOptions
+from tenant_mcp.transports.http import HTTPOptions
 from tests.conftest import ServerProcess, Tenants, mcp_client, standard_tenants
 
 pytestmark = pytest.mark.anyio

@@ -22,8 +22,8 @@ import httpx2
 import pytest
 import redis
 
-from tenant_mcp.broker import Names
 from tenant_mcp.errors import ConfigurationError
+from tenant_mcp.replication.redis import Names
 from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, mcp_client
 from tests.test_oauth import MemoryStorage, Person, provider
 from tests.test_oauth import whoami as oauth_whoami

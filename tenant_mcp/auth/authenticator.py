@@ -3,7 +3,7 @@
 HTTP, stdio and every later transport call `Authenticator.authenticate`. Lookups are cached for
 `cache_seconds` (default 1 s) so the hot path does not hit the database on every request, which
 bounds how long a revoked key or a suspended tenant keeps working, also when the change was made
-by another process. With Redis (`tenant_mcp.broker`), revocations and suspensions also arrive as
+by another process. With Redis (`tenant_mcp.replication.redis`), revocations and suspensions also arrive as
 invalidations that drop the affected entries at once; the TTL stays as the backstop.
 
 The verified token itself is cached too, so a repeated credential costs one dict probe instead of
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mcp.server.auth.provider import AccessToken
 from pydantic import ConfigDict
@@ -29,8 +29,15 @@ from tenant_mcp.errors import AuthenticationError
 from tenant_mcp.models import Principal, Tenant
 
 if TYPE_CHECKING:
-    from tenant_mcp.broker import Invalidation
-    from tenant_mcp.oauth import OAuthServer
+    from tenant_mcp.auth.invalidation import Invalidation
+
+
+class GrantSource(Protocol):
+    """Where tokens of the built-in authorization server are looked up (`tenant_mcp.auth.oauth`)."""
+
+    resource: str
+
+    async def access_grant(self, token: str) -> dict[str, Any] | None: ...
 
 
 class TenantAccessToken(AccessToken):
@@ -86,7 +93,7 @@ class Authenticator:
         control_plane: ControlPlane,
         *,
         jwt: JWTVerifier | None = None,
-        oauth: OAuthServer | None = None,
+        oauth: GrantSource | None = None,
         cache_seconds: float = 1.0,
     ) -> None:
         self.control_plane = control_plane

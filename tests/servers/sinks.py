@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tenant_mcp.audit_sinks import JSONLSink, WebhookSink
+from tenant_mcp.audit.sinks import JSONLSink, WebhookSink
 from tests.servers.probe import app
 
 app.audit_sinks = [

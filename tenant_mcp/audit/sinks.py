@@ -23,7 +23,7 @@ import httpx2
 
 from tenant_mcp.controlplane import AuditEvent
 
-logger = logging.getLogger("tenant_mcp.audit")
+logger = logging.getLogger("tenant_mcp.audit.log")
 
 __all__ = ["AuditSink", "JSONLSink", "WebhookSink"]
 

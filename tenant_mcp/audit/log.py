@@ -24,11 +24,11 @@ from typing import Any, overload
 
 import anyio
 
-from tenant_mcp.audit_sinks import Forwarder
+from tenant_mcp.audit.sinks import Forwarder
 from tenant_mcp.controlplane import AuditEvent, ControlPlane
 from tenant_mcp.storage import sqlite_path
 
-logger = logging.getLogger("tenant_mcp.audit")
+logger = logging.getLogger("tenant_mcp.audit.log")
 
 
 # Outcomes recorded also when routine events are off.

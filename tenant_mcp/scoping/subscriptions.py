@@ -6,7 +6,7 @@ keeps one in-memory bus per tenant. Both `subscribe` (called by the listen handl
 a tenant's request) and `publish` (called from a tenant's tool) pick the bus from the current
 request's tenant; with no tenant there is nothing to pick, and they refuse rather than broadcast.
 
-With several replicas a relay (`tenant_mcp.broker.Broker`) carries each published event to the
+With several replicas a relay (`tenant_mcp.replication.redis.Broker`) carries each published event to the
 other replicas, which hand it to `deliver` for the same tenant; the relay is told which tenants
 have local listeners so it only receives what someone here is listening for.
 """
@@ -20,9 +20,9 @@ from typing import Protocol
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import ServerEvent
 
+from tenant_mcp.call import current_call
 from tenant_mcp.errors import TenantMCPError
 from tenant_mcp.models import Tenant
-from tenant_mcp.tenancy import current_call
 
 
 class EventRelay(Protocol):

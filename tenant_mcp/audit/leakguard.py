@@ -45,7 +45,7 @@ MarkerKind = Literal["slug", "name", "identifier", "canary", "secret"]
 MIN_MARKER_LENGTH = 4
 _MERGE_AT = 2048
 _WORD = re.compile(r"\w")
-logger = logging.getLogger("tenant_mcp.leakguard")
+logger = logging.getLogger("tenant_mcp.audit.leakguard")
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Container, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import pydantic_core
 from mcp.server.auth.middleware.auth_context import get_access_token
-from mcp.server.context import ServerRequestContext
+from mcp.server.context import ServerMiddleware, ServerRequestContext
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import (
@@ -46,10 +46,6 @@ from mcp_types import (
     EmptyResult,
     GetPromptResult,
     InputRequiredResult,
-    ListPromptsResult,
-    ListResourcesResult,
-    ListToolsResult,
-    PaginatedRequestParams,
     PromptReference,
     ResourceTemplateReference,
     SetLevelRequestParams,
@@ -64,17 +60,17 @@ from mcp_types import ResourceTemplate as MCPResourceTemplate
 from mcp_types import Tool as MCPTool
 from pydantic.networks import AnyUrl
 
+from tenant_mcp import _sdk
+from tenant_mcp.audit.leakguard import Markers
 from tenant_mcp.auth.authenticator import TenantAccessToken
-from tenant_mcp.catalogue import Catalogue, StaticResource
+from tenant_mcp.call import Call, current_call
 from tenant_mcp.context import TenantContext
-from tenant_mcp.leakguard import Markers
-from tenant_mcp.models import Principal, Tenant
+from tenant_mcp.scoping.catalogue import Catalogue, StaticResource
+from tenant_mcp.scoping.subscriptions import TenantSubscriptionBus
 from tenant_mcp.secrets import TenantSecrets
-from tenant_mcp.subscriptions import TenantSubscriptionBus
-from tenant_mcp.tenancy import Call, TenancyMiddleware, current_call, schema_names
 
 if TYPE_CHECKING:
-    from tenant_mcp.app import Runtime
+    from tenant_mcp.runtime import Runtime
 
 CompletionHandler = Callable[..., Any]
 
@@ -104,28 +100,31 @@ class ScopedServer(MCPServer[Any]):
         name: str,
         *,
         catalogue: Catalogue,
-        runtime: Callable[[], Runtime | None],
+        pipeline: ServerMiddleware[Any],
         instructions: str | None,
         version: str,
         max_subscriptions: tuple[int, int] = (1000, 10_000),
     ) -> None:
         self.catalogue = catalogue
         self.tenant_bus = TenantSubscriptionBus()
-        self._runtime = runtime
+        # Set by `TenantMCP.running()` while the server serves: the services tools are bound to.
+        self.runtime: Runtime | None = None
         self.completion_handler: CompletionHandler | None = None
         super().__init__(
             name,
             instructions=instructions,
             version=version,
             subscriptions=self.tenant_bus,
-            middleware=[TenancyMiddleware(runtime, self._declared_parameters)],
+            middleware=[pipeline],
             warn_on_duplicate_tools=False,
         )
+        ll = _sdk.lowlevel(self)
         # The SDK validates Mcp-Param headers against the tool's schema *before* middleware. Its
         # own lookup finds hidden tools (an oracle); without one it runs a whole scoped tools/list
         # per call (audited as a listing the client never sent). Answer for the caller instead.
-        self._lowlevel_server.get_tool_input_schema = self._input_schema
-        ll = self._lowlevel_server
+        ll.get_tool_input_schema = self._input_schema
+        for method in ("tools/list", "prompts/list", "resources/list"):
+            _sdk.before_request(self, method, self._watch_lists)
         ll.add_request_handler("completion/complete", CompleteRequestParams, self._complete)
         ll.add_request_handler("logging/setLevel", SetLevelRequestParams, self._set_level)
         ll.add_request_handler("resources/subscribe", SubscribeRequestParams, self._subscribe)
@@ -152,18 +151,9 @@ class ScopedServer(MCPServer[Any]):
         entry = self.catalogue.tools.visible(name, token.tenant, token.principal)
         return entry.wire.input_schema if entry else None
 
-    def _declared_parameters(
-        self, method: str, name: str, tenant: Tenant, principal: Principal
-    ) -> Container[str]:
-        if method == "tools/call":
-            entry = self.catalogue.tools.visible(name, tenant, principal)
-            return schema_names(entry.item.parameters) if entry else ()
-        entry = self.catalogue.prompts.visible(name, tenant, principal)
-        return {a.name for a in entry.item.arguments or ()} if entry else ()
-
     def _bind(self, base: Context[Any, Any] | None, call: Call) -> TenantContext:
         base = base or Context(mcp_server=self, subscriptions=self.tenant_bus)
-        rt = self._runtime()
+        rt = self.runtime
         if rt is None:
             return TenantContext._bind(base, call.tenant, call.principal, None)
         db = rt.store.database(call.tenant.id)
@@ -177,12 +167,24 @@ class ScopedServer(MCPServer[Any]):
         )
         return TenantContext._bind(base, call.tenant, call.principal, db, markers, secrets)
 
+    @contextlib.asynccontextmanager
+    async def _context(self, base: Context[Any, Any] | None, call: Call) -> AsyncIterator[TenantContext]:
+        """The caller's `TenantContext` for one handler: its database work commits when the
+        handler returns and rolls back when it raises."""
+        ctx = self._bind(base, call)
+        try:
+            yield ctx
+        except BaseException:
+            await self._end(ctx, call, commit=False)
+            raise
+        await self._end(ctx, call, commit=True)
+
     @staticmethod
-    async def _end(ctx: TenantContext, *, commit: bool) -> None:
+    async def _end(ctx: TenantContext, call: Call, *, commit: bool) -> None:
         if ctx._db is not None:
             await ctx.db._finish(commit=commit)
             if ctx._db.refusal is not None:  # recorded even when the tool caught the error
-                _require_call().denied = ctx._db.refusal
+                call.denied = ctx._db.refusal
 
     @staticmethod
     def _hidden(call: Call, kind: str, key: str, exists: bool) -> None:
@@ -221,30 +223,12 @@ class ScopedServer(MCPServer[Any]):
                 task.add_done_callback(self._forwarding.discard)
 
         self._list_watchers[owner] = self.tenant_bus.subscribe(listener)
-        ctx.session._connection.exit_stack.callback(self._unwatch_lists, owner)
+        _sdk.on_session_end(ctx.session, self._unwatch_lists, owner)
 
     def _unwatch_lists(self, owner: tuple[str, str]) -> None:
         release = self._list_watchers.pop(owner, None)
         if release is not None:
             release()
-
-    async def _handle_list_tools(
-        self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
-    ) -> ListToolsResult:
-        self._watch_lists(ctx)
-        return await super()._handle_list_tools(ctx, params)
-
-    async def _handle_list_prompts(
-        self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
-    ) -> ListPromptsResult:
-        self._watch_lists(ctx)
-        return await super()._handle_list_prompts(ctx, params)
-
-    async def _handle_list_resources(
-        self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
-    ) -> ListResourcesResult:
-        self._watch_lists(ctx)
-        return await super()._handle_list_resources(ctx, params)
 
     # -- tools ---------------------------------------------------------------------------------
 
@@ -256,19 +240,18 @@ class ScopedServer(MCPServer[Any]):
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         call = _require_call()
-        entry = self.catalogue.tools.visible(name, call.tenant, call.principal)
+        # The pipeline looked the entry up once for this request; look up only a name it did not.
+        if call.method == "tools/call" and call.name == name:
+            entry = call.entry
+        else:
+            entry = self.catalogue.tools.visible(name, call.tenant, call.principal)
         if entry is None:
             self._hidden(call, "tool", name, self._exists(self.catalogue.tools, name))
             raise ToolError(f"Unknown tool: {name}")  # the SDK's own words for a missing tool
-        ctx = self._bind(context, call)
-        try:
+        async with self._context(context, call) as ctx:
             result: CallToolResult | InputRequiredResult = await entry.item.run(
                 arguments, ctx, convert_result=True
             )
-        except BaseException:
-            await self._end(ctx, commit=False)
-            raise
-        await self._end(ctx, commit=True)
         return result
 
     @staticmethod
@@ -289,15 +272,8 @@ class ScopedServer(MCPServer[Any]):
         self, uri: AnyUrl | str, context: Context[Any, Any] | None = None
     ) -> Iterable[ReadResourceContents] | InputRequiredResult:
         call = _require_call()
-        uri = str(uri)
-        ctx = self._bind(context, call)
-        try:
-            contents = await self._read(uri, call, ctx)
-        except BaseException:
-            await self._end(ctx, commit=False)
-            raise
-        await self._end(ctx, commit=True)
-        return contents
+        async with self._context(context, call) as ctx:
+            return await self._read(str(uri), call, ctx)
 
     async def _read(
         self, uri: str, call: Call, ctx: TenantContext
@@ -343,7 +319,10 @@ class ScopedServer(MCPServer[Any]):
         self, name: str, arguments: dict[str, Any] | None = None, context: Context[Any, Any] | None = None
     ) -> GetPromptResult | InputRequiredResult:
         call = _require_call()
-        entry = self.catalogue.prompts.visible(name, call.tenant, call.principal)
+        if call.method == "prompts/get" and call.name == name:
+            entry = call.entry
+        else:
+            entry = self.catalogue.prompts.visible(name, call.tenant, call.principal)
         if entry is None:
             self._hidden(call, "prompt", name, self._exists(self.catalogue.prompts, name))
             # An MCPError, not the SDK's ValueError: that one is logged with a full traceback, and
@@ -353,16 +332,13 @@ class ScopedServer(MCPServer[Any]):
         missing = [a.name for a in entry.item.arguments or () if a.required and a.name not in given]
         if missing:  # checked here for the same reason (the SDK raises ValueError)
             raise MCPError(code=INVALID_PARAMS, message=f"Missing required arguments: {', '.join(missing)}")
-        ctx = self._bind(context, call)
-        try:
-            rendered = await entry.item.render(arguments, ctx)
-        except MCPError:
-            await self._end(ctx, commit=False)
-            raise
-        except Exception as exc:
-            await self._end(ctx, commit=False)
-            raise ValueError(str(exc)) from exc
-        await self._end(ctx, commit=True)
+        async with self._context(context, call) as ctx:
+            try:
+                rendered = await entry.item.render(arguments, ctx)
+            except MCPError:
+                raise
+            except Exception as exc:
+                raise ValueError(str(exc)) from exc
         if isinstance(rendered, InputRequiredResult):
             return rendered
         return GetPromptResult(
@@ -448,13 +424,13 @@ class ScopedServer(MCPServer[Any]):
             # When the session ends (DELETE, idle timeout, shutdown) the SDK unwinds its
             # connection's exit stack (reachable from a lowlevel handler only through the
             # session): release all of the session's subscriptions then.
-            ctx.session._connection.exit_stack.callback(self._drop, owner)
+            _sdk.on_session_end(ctx.session, self._drop, owner)
         session = ctx.session
         loop = asyncio.get_running_loop()
 
         # Whether the subscriber's credential still holds is the transport's to check, against the
         # credential live now (a refreshed token included): it gates every push and closes the
-        # streams of a revoked one (`tenant_mcp.http`).
+        # streams of a revoked one (`tenant_mcp.transports.http`).
         async def forward() -> None:
             try:
                 await session.send_resource_updated(uri)
@@ -515,20 +491,18 @@ class ScopedServer(MCPServer[Any]):
                 key = ref.name if isinstance(ref, PromptReference) else getattr(ref, "uri", "?")
                 self._hidden(call, "completion ref", str(key), False)
             return empty
-        tctx = self._bind(Context(request_context=ctx, mcp_server=self, subscriptions=self.tenant_bus), call)
-        try:
-            result = self.completion_handler(ref, params.argument, tctx)
-            if hasattr(result, "__await__"):
-                result = await result
-        except MCPError:
-            await self._end(tctx, commit=False)
-            raise
-        except Exception as exc:
-            await self._end(tctx, commit=False)
-            raise MCPError(
-                code=INTERNAL_ERROR, message=f"Error completing argument {params.argument.name}"
-            ) from exc
-        await self._end(tctx, commit=True)
+        base = Context(request_context=ctx, mcp_server=self, subscriptions=self.tenant_bus)
+        async with self._context(base, call) as tctx:
+            try:
+                result = self.completion_handler(ref, params.argument, tctx)
+                if hasattr(result, "__await__"):
+                    result = await result
+            except MCPError:
+                raise
+            except Exception as exc:
+                raise MCPError(
+                    code=INTERNAL_ERROR, message=f"Error completing argument {params.argument.name}"
+                ) from exc
         if result is None:
             return empty
         if isinstance(result, Completion):

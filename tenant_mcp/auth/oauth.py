@@ -46,14 +46,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenant_mcp.auth.client_metadata import ClientMetadataFetcher
-from tenant_mcp.broker import Invalidation
+from tenant_mcp.auth.invalidation import Invalidation
 from tenant_mcp.errors import AuthenticationError
 from tenant_mcp.storage.sql import Database
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from tenant_mcp.app import Runtime
+    from tenant_mcp.runtime import Runtime
 
 ACCESS_SECONDS = 15 * 60
 REFRESH_SECONDS = 30 * 24 * 3600
@@ -132,13 +130,13 @@ class OAuthServer:
 
     def __init__(
         self,
-        runtime: Callable[[], Runtime],
         *,
         issuer: str,
         resource: str,
         client_metadata: ClientMetadataFetcher | None = None,
     ) -> None:
-        self._runtime = runtime  # the routes exist before the server runs; state comes from the runtime
+        # The routes exist before the server runs; the serving runtime is handed over when it does.
+        self.runtime: Runtime | None = None
         self.issuer = issuer.rstrip("/")
         self.resource = resource
         self.client_metadata = client_metadata or ClientMetadataFetcher()
@@ -150,8 +148,14 @@ class OAuthServer:
         return _digest(f"{self.issuer}\n{secret}")
 
     @property
+    def _rt(self) -> Runtime:
+        if self.runtime is None:
+            raise AuthenticationError("the server is not running")
+        return self.runtime
+
+    @property
     def _db(self) -> Database:
-        return self._runtime().control_plane.db
+        return self._rt.control_plane.db
 
     def routes(self) -> list[Route]:
         """The SDK's authorization-server routes, adjusted: the metadata names RFC 9207 `iss`,
@@ -383,15 +387,10 @@ class OAuthServer:
 
     async def _revoked(self, family: str) -> None:
         """Authenticators cache grants for a moment: drop them now, on every replica with Redis."""
-        rt = self._runtime()
-        invalidation = Invalidation(kind="oauth", id=family)
-        if rt.broker is not None:
-            await rt.broker.publish_invalidation(invalidation)
-        else:
-            rt.authenticator.invalidate(invalidation)
+        await self._rt.invalidate(Invalidation(kind="oauth", id=family))
 
     async def _check_key(self, key_id: str, tenant_id: str) -> None:
-        control_plane = self._runtime().control_plane
+        control_plane = self._rt.control_plane
         record = await control_plane.key(key_id)
         tenant = await control_plane.tenant_by_id(tenant_id)
         if record is None or record.revoked_at is not None or tenant is None or not tenant.active:
@@ -483,7 +482,7 @@ class OAuthServer:
                 construct_redirect_uri(redirect, error="access_denied", state=params.state, iss=self.issuer)
             )
         try:
-            token = await self._runtime().authenticator.authenticate(str(form.get("api_key", "")).strip())
+            token = await self._rt.authenticator.authenticate(str(form.get("api_key", "")).strip())
         except AuthenticationError:
             token = None
         # Only an API key signs in: an access token (or a JWT) approving a grant would mint a new,

@@ -45,7 +45,7 @@ import anyio
 
 from tenant_mcp.app import TenantMCP
 from tenant_mcp.controlplane import ControlPlane
-from tenant_mcp.testing import _catalogue_access, _connect, _free_port, _harvest, _load, _request, _tls
+from tenant_mcp.testing._kit import _catalogue_access, _connect, _free_port, _harvest, _load, _request, _tls
 
 # Small and shared by both tenants: interference mostly shows where their values collide.
 _WORDS = ["alpha", "beta", "gamma", "delta", "alpha-1", "Beta", "kit", "x"]

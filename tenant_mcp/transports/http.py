@@ -21,14 +21,14 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-from mcp.server.auth.middleware.auth_context import auth_context_var
+from mcp.server.auth.middleware.auth_context import auth_context_var, get_access_token
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -38,20 +38,21 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tenant_mcp import _sdk
 from tenant_mcp.auth.authenticator import Authenticator, TenantAccessToken
 from tenant_mcp.auth.client_metadata import ClientMetadataFetcher
 from tenant_mcp.auth.jwt import JWTSettings
-from tenant_mcp.broker import check_reachable, store_session_events
-from tenant_mcp.controlplane import ControlPlane
+from tenant_mcp.auth.oauth import OAuthServer
 from tenant_mcp.errors import AuthenticationError, ConfigurationError
-from tenant_mcp.oauth import OAuthServer
-from tenant_mcp.storage import is_postgres
-from tenant_mcp.tenancy import names_tenant, principal_label
+from tenant_mcp.pipeline.overrides import names_tenant
+from tenant_mcp.replication.redis import SessionEventStore
+from tenant_mcp.runtime import Runtime
+from tenant_mcp.scoping.server import ScopedServer
 
-logger = logging.getLogger("tenant_mcp.http")
+logger = logging.getLogger("tenant_mcp.transports.http")
 
-if TYPE_CHECKING:
-    from tenant_mcp.app import TenantMCP
+# `TenantMCP.running`: opens the runtime for as long as the app serves.
+Running = Callable[..., AbstractAsyncContextManager[Runtime]]
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
@@ -248,8 +249,10 @@ def _jsonrpc_error(status: int, code: int, message: str) -> Response:
 class _Gate:
     """ASGI app for the MCP endpoint: authenticate, then hand over to the SDK."""
 
-    def __init__(self, app: TenantMCP, options: HTTPOptions, hosts: _Hosts) -> None:
-        self._app = app
+    def __init__(self, server: ScopedServer, options: HTTPOptions, hosts: _Hosts) -> None:
+        self._server = server
+        # Handed over by the lifespan when the app starts serving.
+        self.runtime: Runtime | None = None
         self._options = options
         self._hosts = hosts
         self._required = frozenset(options.required_scopes)
@@ -295,7 +298,10 @@ class _Gate:
         if origins and (len(origins) > 1 or not self._hosts.accepts(origins[0], origin=True)):
             await Response("Invalid Origin header", status_code=403)(scope, receive, send)
             return
-        rt = self._app.runtime
+        rt = self.runtime
+        if rt is None:
+            await Response("The server is not serving", status_code=503)(scope, receive, send)
+            return
         # Exactly one credential: with two, a proxy and this server could disagree on the tenant.
         authorization = authorizations[0].decode("latin-1") if len(authorizations) == 1 else ""
         scheme, _, credential = authorization.partition(" ")
@@ -311,7 +317,7 @@ class _Gate:
         if override is not None:
             rt.audit.record(
                 tenant_id=token.tenant.id,
-                principal=principal_label(token.principal),
+                principal=token.principal.label,
                 method="http",
                 outcome="denied",
                 reason=f"tenant override attempt: header {override}",
@@ -339,28 +345,25 @@ class _Gate:
         self._open.add(exchange)
         try:
             with exchange.scope:
-                await rt.limiter.serve(
-                    token, self._app._server.session_manager, scope, receive, exchange.send
-                )
+                await rt.limiter.serve(token, self._server.session_manager, scope, receive, exchange.send)
         finally:
             self._open.discard(exchange)
             auth_context_var.reset(reset)
         if exchange.scope.cancelled_caught:
             rt.audit.record(
                 tenant_id=token.tenant.id,
-                principal=principal_label(token.principal),
+                principal=token.principal.label,
                 method="http",
                 outcome="denied",
                 reason="credential ended: open stream closed",
             )
             await exchange.close(scope, self._unauthorized())
 
-    async def sweep(self) -> None:
+    async def sweep(self, rt: Runtime) -> None:
         """Close the open exchanges (GET SSE streams, `subscriptions/listen` streams, long calls)
         whose credential has since been revoked or whose tenant was suspended. Each credential is
         re-checked once its last check is older than the cache window, so a revocation ends its
         streams within about that window; nothing is pushed in between (`_Exchange.send`)."""
-        rt = self._app.runtime
         interval = max(0.05, rt.authenticator.cache_seconds / 2)
         while True:
             await anyio.sleep(interval)
@@ -420,10 +423,16 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
+def build_app(
+    server: ScopedServer, running: Running, options: HTTPOptions, *, replicated: bool = False
+) -> Starlette:
+    """The ASGI app serving `server` at `options.path`; its lifespan enters `running()` and hands
+    the runtime to the gate and the OAuth server. `replicated`: sessions keep their stream events
+    in Redis (the runtime's broker), so a client can resume on another replica."""
     if not options.path.startswith("/"):
         raise ConfigurationError("the MCP path must start with '/'")
-    server = app._server
+    hosts = _Hosts(options)
+    gate = _Gate(server, options, hosts)
     # Creates the SDK's session manager with our transport settings; we route to it ourselves.
     server.streamable_http_app(
         streamable_http_path=options.path,
@@ -435,19 +444,16 @@ def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
         host=options.host,
     )
     # Resumable SSE streams (Last-Event-ID) with Redis; the SDK keeps no events without a store.
-    if app.redis_url is not None and not options.stateless:
-        store_session_events(server.session_manager, lambda: app.runtime.broker)
+    if replicated and not options.stateless:
+        _store_session_events(server, gate)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    hosts = _Hosts(options)
-    gate = _Gate(app, options, hosts)
     routes = [Route(options.path, endpoint=gate), Route("/healthz", health)]
     oauth = None
     if options.oauth_issuer is not None:
         oauth = OAuthServer(
-            lambda: app.runtime,
             issuer=options.oauth_issuer,
             resource=options.resource_url,
             client_metadata=ClientMetadataFetcher(allow_private=options.client_metadata_allow_private),
@@ -471,13 +477,21 @@ def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with (
-            app.running(jwt=options.jwt, oauth=oauth),
+            running(jwt=options.jwt, oauth=oauth) as runtime,
             server.session_manager.run(),
             anyio.create_task_group() as tg,
         ):
-            tg.start_soon(gate.sweep)
-            yield {}
-            tg.cancel_scope.cancel()
+            gate.runtime = runtime
+            if oauth is not None:
+                oauth.runtime = runtime
+            tg.start_soon(gate.sweep, runtime)
+            try:
+                yield {}
+            finally:
+                gate.runtime = None
+                if oauth is not None:
+                    oauth.runtime = None
+                tg.cancel_scope.cancel()
 
     starlette = Starlette(routes=routes, lifespan=lifespan)
     # `/mcp/` -> `/mcp` would be a redirect built from the Host header: answer 404 instead.
@@ -486,32 +500,38 @@ def build_app(app: TenantMCP, options: HTTPOptions) -> Starlette:
     return starlette
 
 
+def _store_session_events(server: ScopedServer, gate: _Gate) -> None:
+    """Give every new stateful session its own `SessionEventStore` in Redis.
+
+    The SDK passes its manager's `event_store` to each session's transport as it admits the
+    session, inside the request that opens it, where the verified tenant is known. Without a
+    verified tenant the session gets no store (no resumability) rather than an unscoped one.
+    """
+    manager = server.session_manager
+
+    def choose() -> None:
+        token, rt = get_access_token(), gate.runtime
+        broker = rt.broker if rt is not None else None
+        if isinstance(token, TenantAccessToken) and broker is not None:
+            manager.event_store = SessionEventStore(broker, token.tenant.id)
+        else:
+            manager.event_store = None
+
+    _sdk.on_session_admitted(manager, choose)
+
+
 async def serve(
-    app: TenantMCP, options: HTTPOptions, *, log_level: str = "info", access_log: bool = False
+    asgi: Starlette, options: HTTPOptions, *, log_level: str = "info", access_log: bool = False
 ) -> None:
     """Serve until interrupted; on shutdown in-flight requests finish and the audit is flushed."""
     import uvicorn
 
-    # Migrate (when configured) and open the control plane once up front: a bad URL, a missing
-    # directory or an old schema is then a clean configuration error, not a traceback from
-    # inside uvicorn's lifespan.
-    if app.migration_url and is_postgres(app.database_url):
-        await app.migrate(app.migration_url)
-    async with ControlPlane(app.database_url) as control_plane:
-        # Likewise the data store: a PostgreSQL role that could bypass row-level security (or an
-        # old schema) is refused here in one line, not from inside uvicorn's lifespan.
-        await (await app._open_store(control_plane)).aclose()
-        await app._open_secrets(control_plane)
-    if app.redis_url is not None:
-        await check_reachable(app.redis_url)
     config = uvicorn.Config(
-        app.http_app(options),
+        asgi,
         host=options.host,
         port=options.port,
         log_level=log_level,
-        # Off by default: the audit trail (and the JSON request log) already say per request what
-        # an access line would, with the tenant; a line per request costs CPU at capacity.
-        access_log=access_log and app.telemetry.log_format != "json",
+        access_log=access_log,
         timeout_graceful_shutdown=15,
         lifespan="on",
     )

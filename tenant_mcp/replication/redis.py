@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import anyio
 from anyio.abc import TaskStatus
-from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp.shared.subscriptions import (
     PromptsListChanged,
@@ -43,16 +42,14 @@ from mcp.shared.subscriptions import (
 from mcp_types.jsonrpc import JSONRPCMessage, jsonrpc_message_adapter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tenant_mcp.auth.invalidation import Invalidation
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
 
 if TYPE_CHECKING:
-    from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
-    from mcp.server.streamable_http import StreamableHTTPServerTransport
-    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
     from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
 
-logger = logging.getLogger("tenant_mcp.broker")
+logger = logging.getLogger("tenant_mcp.replication.redis")
 
 DEFAULT_PREFIX = "tenant_mcp"
 # No ':' (the separator), so no deployment's names can fall inside another's.
@@ -97,21 +94,6 @@ class Names:
 
 
 # -- messages --------------------------------------------------------------------------------------
-
-
-class Invalidation(BaseModel):
-    """Cached credential lookups that another process has just made stale.
-
-    `key`: an API key was revoked (id = key id). `tenant`: a tenant was suspended, activated or
-    deleted (id = tenant id). `oauth`: tokens of the built-in authorization server were revoked
-    (id = token family; receivers drop every cached grant). `all`: drop everything (used locally
-    after a reconnect, when messages may have been missed).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["key", "tenant", "oauth", "all"]
-    id: str = Field(default="", max_length=200)
 
 
 _EventKind = Literal[
@@ -503,26 +485,3 @@ class SessionEventStore(EventStore):
                 continue
             await send_callback(EventMessage(message, event_id.decode()))
         return str(stream.decode())
-
-
-def store_session_events(manager: StreamableHTTPSessionManager, broker: Callable[[], Broker | None]) -> None:
-    """Give every new stateful session of `manager` its own `SessionEventStore`.
-
-    The SDK passes `manager.event_store` to each session's transport as it admits the session,
-    inside the request that opens it, where the verified tenant is known. Without a verified
-    tenant the session gets no store (no resumability) rather than an unscoped one.
-    """
-    from tenant_mcp.auth.authenticator import TenantAccessToken
-
-    admit: Callable[[AuthorizationContext | None], StreamableHTTPServerTransport | None]
-    admit = manager._admit_session  # the pinned SDK's one place where a session's transport is made
-
-    def admit_with_store(requestor: AuthorizationContext | None) -> StreamableHTTPServerTransport | None:
-        token, current = get_access_token(), broker()
-        if isinstance(token, TenantAccessToken) and current is not None:
-            manager.event_store = SessionEventStore(current, token.tenant.id)
-        else:
-            manager.event_store = None
-        return admit(requestor)
-
-    setattr(manager, "_admit_session", admit_with_store)  # noqa: B010 - mypy refuses assigning to a method

@@ -1,0 +1,1 @@
+"""What replicas share (credential revocations, tenant events, stream replay) through Redis."""
