@@ -153,6 +153,35 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant_id, day)
     );
     """,
+    # Upstream connections (tenant_mcp.connections): OAuth tokens of a tenant (or one principal in
+    # it) for another API, sealed with the tenant's data key; pending connect links, by digest.
+    """
+    CREATE TABLE connections (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        provider TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        ciphertext BLOB NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('active', 'broken')),
+        reason TEXT,
+        connected_by TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, provider, owner)
+    );
+    CREATE TABLE connection_links (
+        digest TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        provider TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        verifier TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        browser TEXT,
+        state TEXT UNIQUE,
+        expires_at REAL NOT NULL
+    );
+    """,
 )
 
 
@@ -268,6 +297,33 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
         calls BIGINT NOT NULL DEFAULT 0,
         refused BIGINT NOT NULL DEFAULT 0,
         PRIMARY KEY (tenant_id, day)
+    );
+    """,
+    """
+    CREATE TABLE connections (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        provider TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        ciphertext BYTEA NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('active', 'broken')),
+        reason TEXT,
+        connected_by TEXT NOT NULL,
+        version BIGINT NOT NULL DEFAULT 1,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, provider, owner)
+    );
+    CREATE TABLE connection_links (
+        digest TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+        provider TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        verifier TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        browser TEXT,
+        state TEXT UNIQUE,
+        expires_at DOUBLE PRECISION NOT NULL
     );
     """,
 )
@@ -553,10 +609,11 @@ class ControlPlane:
         and drops them."""
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,))
-            # secrets and tenant_keys: the data key goes, so no copy of a ciphertext can be read again
+            # secrets, connections and tenant_keys: the data key goes, so no copy of a ciphertext
+            # (a secret, an upstream token) can be read again
             for table in (
                 "api_keys", "oauth_codes", "oauth_tokens", "leak_markers", "audit_events", "secrets", "tenant_keys",
-                "tenant_limits", "tenant_usage",
+                "tenant_limits", "tenant_usage", "connections", "connection_links",
             ):  # fmt: skip
                 await tx.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (tenant_id,))
 
