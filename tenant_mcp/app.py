@@ -30,6 +30,10 @@ from tenant_mcp.audit.sinks import AuditSink, Forwarder
 from tenant_mcp.auth.authenticator import Authenticator
 from tenant_mcp.auth.invalidation import Invalidation
 from tenant_mcp.auth.jwt import JWTSettings, JWTVerifier
+from tenant_mcp.connections.pages import ConnectPages
+from tenant_mcp.connections.provider import ClientAuth, Per, Provider
+from tenant_mcp.connections.service import Connections
+from tenant_mcp.connections.store import ConnectionStore
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, POSTGRES_MIGRATIONS, ControlPlane
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
 from tenant_mcp.limits import Limiter, Limits, OnRedisError, parse_rate
@@ -260,6 +264,9 @@ class TenantMCP:
         self._tool_templates: dict[Hashable, Tool] = {}  # per-tenant tools built once per function
         self._migrations: list[Migration] = []
         self._runtime: Runtime | None = None
+        self._providers: dict[str, Provider] = {}
+        self._connect_pages = ConnectPages()
+        self._public_url: str | None = None  # where browsers reach the HTTP transport (connect links)
         self._background: set[asyncio.Task[None]] = set()
         self._pipeline = Pipeline(self._catalogue)
         self._server = ScopedServer(
@@ -446,6 +453,35 @@ class TenantMCP:
                 rows.append({"item": item, "visible": visible, "why": why})
         return rows
 
+    def connection(
+        self,
+        name: str,
+        *,
+        authorize_url: str,
+        token_url: str,
+        client_id: str,
+        client_secret: str | None = None,
+        scopes: Sequence[str] = (),
+        per: Per = "tenant",
+        api_base_url: str | None = None,
+        title: str | None = None,
+        client_auth: ClientAuth = "client_secret_basic",
+    ) -> Provider:
+        """Declare an upstream OAuth 2.1 provider tools call as the tenant (`per="tenant"`: one
+        connection per tenant) or as the calling person (`per="principal"`). Tools use
+        `ctx.connections.token(name)` or `ctx.connections.client(name)`; the provider's redirect
+        URI to register is ``<public URL>/connections/callback``. See docs/connections.md."""
+        if self._runtime is not None:
+            raise TenantMCPError("declare connections before the server runs")
+        if name in self._providers:
+            raise TenantMCPError(f"connection {name!r} is declared twice")
+        provider = Provider(
+            name, authorize_url, token_url, client_id, client_secret, tuple(scopes), per, api_base_url, title,
+            client_auth,
+        )  # fmt: skip
+        self._providers[name] = provider
+        return provider
+
     def tenant(self, slug: str) -> TenantScope:
         """Register items for one tenant only, also while serving."""
         return TenantScope(self, slug)
@@ -472,12 +508,16 @@ class TenantMCP:
             raise TenantMCPError("the server is not running")
         return self._runtime
 
-    @staticmethod
-    async def _open_secrets(control_plane: ControlPlane) -> SecretStore:
+    async def _open_secrets(self, control_plane: ControlPlane) -> SecretStore:
         secrets = SecretStore(control_plane.db, KeyRing.from_env())
         if not secrets.has_key and await secrets.configured():
             raise ConfigurationError(
                 "tenants have secrets but TENANT_MCP_SECRET_KEY is not set: the server cannot decrypt them"
+            )
+        if not secrets.has_key and self._providers:
+            raise ConfigurationError(
+                "connections store tokens encrypted: set TENANT_MCP_SECRET_KEY (make one with "
+                "`tenant-mcp secret new-key`)"
             )
         return secrets
 
@@ -561,9 +601,17 @@ class TenantMCP:
                     broker = await self._start_broker(tg, authenticator, limiter)
                     telemetry = Telemetry(self.telemetry)
                     telemetry.start(audit_depth=lambda: audit.depth, in_flight=lambda: limiter.in_flight)
-                    self._runtime = Runtime(
-                        control_plane, authenticator, audit, store, guard, telemetry, secrets, limiter, broker
+                    connections = (
+                        Connections(
+                            self._providers, ConnectionStore(control_plane.db, secrets), self._public_url
+                        )
+                        if self._providers
+                        else None
                     )
+                    self._runtime = Runtime(
+                        control_plane, authenticator, audit, store, guard, telemetry, secrets, limiter, broker,
+                        connections,
+                    )  # fmt: skip
                     self._server.runtime = self._runtime
                     self._pipeline.start(self._runtime)
                     try:
@@ -617,8 +665,11 @@ class TenantMCP:
         """The ASGI app serving MCP at ``/mcp`` (runs `running()` in its lifespan)."""
         from tenant_mcp.transports.http import HTTPOptions, build_app
 
+        options = options or HTTPOptions()
+        self._public_url = options.base_url
+        mounts = [self._connect_pages] if self._providers else []
         return build_app(
-            self._server, self.running, options or HTTPOptions(), replicated=self.redis_url is not None
+            self._server, self.running, options, replicated=self.redis_url is not None, mounts=mounts
         )
 
     async def check(self) -> None:

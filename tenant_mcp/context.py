@@ -13,6 +13,7 @@ from mcp.server.mcpserver import Context
 
 from tenant_mcp import _sdk
 from tenant_mcp.audit.leakguard import Markers
+from tenant_mcp.connections.tenant import TenantConnections
 from tenant_mcp.errors import TenantMCPError
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.secrets import TenantSecrets
@@ -25,6 +26,7 @@ class TenantContext(Context[Any, Any]):
     _db: TenantDatabase | None
     _markers: Markers | None
     _secrets: TenantSecrets | None
+    _connections: TenantConnections | None = None
 
     @classmethod
     def _bind(
@@ -66,6 +68,14 @@ class TenantContext(Context[Any, Any]):
         if self._secrets is None:
             raise TenantMCPError("the server is not running")
         return self._secrets
+
+    @property
+    def connections(self) -> TenantConnections:
+        """The caller's upstream connections (`await ctx.connections.token(name)`,
+        `ctx.connections.client(name)`); see `tenant_mcp.connections`."""
+        if self._connections is None:
+            raise TenantMCPError("this server declares no connections (app.connection(...))")
+        return self._connections
 
     @property
     def markers(self) -> Markers:

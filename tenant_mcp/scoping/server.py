@@ -64,6 +64,7 @@ from tenant_mcp import _sdk
 from tenant_mcp.audit.leakguard import Markers
 from tenant_mcp.auth.authenticator import TenantAccessToken
 from tenant_mcp.call import Call, current_call
+from tenant_mcp.connections.tenant import TenantConnections
 from tenant_mcp.context import TenantContext
 from tenant_mcp.scoping.catalogue import Catalogue, StaticResource
 from tenant_mcp.scoping.subscriptions import TenantSubscriptionBus
@@ -77,6 +78,16 @@ CompletionHandler = Callable[..., Any]
 
 def _ignore(value: str) -> None:
     """Without a leak guard there is nothing to register a secret with."""
+
+
+def _url_elicitation(ctx: Context[Any, Any]) -> bool:
+    """Whether the calling client declared URL-mode elicitation (then a connect link is one)."""
+    try:
+        capabilities = ctx.client_capabilities
+    except (AttributeError, RuntimeError, ValueError):
+        return False
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    return elicitation is not None and elicitation.url is not None
 
 
 def _require_call() -> Call:
@@ -159,13 +170,14 @@ class ScopedServer(MCPServer[Any]):
         db = rt.store.database(call.tenant.id)
         markers = Markers(rt.leak_guard, rt.control_plane, call.tenant.id)
         guard, tenant_id = rt.leak_guard, call.tenant.id
-        secrets = TenantSecrets(
-            rt.secrets,
-            tenant_id,
-            call.tenant.slug,
-            (lambda v: guard.add_secret(tenant_id, v)) if guard else _ignore,
-        )
-        return TenantContext._bind(base, call.tenant, call.principal, db, markers, secrets)
+        keep_secret = (lambda v: guard.add_secret(tenant_id, v)) if guard else _ignore
+        secrets = TenantSecrets(rt.secrets, tenant_id, call.tenant.slug, keep_secret)
+        ctx = TenantContext._bind(base, call.tenant, call.principal, db, markers, secrets)
+        if rt.connections is not None:
+            ctx._connections = TenantConnections(
+                rt.connections, call.tenant, call.principal, keep_secret, lambda: _url_elicitation(ctx)
+            )
+        return ctx
 
     @contextlib.asynccontextmanager
     async def _context(self, base: Context[Any, Any] | None, call: Call) -> AsyncIterator[TenantContext]:

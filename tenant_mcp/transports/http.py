@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import anyio
@@ -35,7 +35,7 @@ from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenant_mcp import _sdk
@@ -423,12 +423,26 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
+class Mount(Protocol):
+    """Routes of another concern served beside MCP (the upstream connect pages): mounted behind the
+    same Host check, handed the runtime while the app serves, like the OAuth server."""
+
+    runtime: Runtime | None
+
+    def routes(self) -> list[BaseRoute]: ...
+
+
 def build_app(
-    server: ScopedServer, running: Running, options: HTTPOptions, *, replicated: bool = False
+    server: ScopedServer,
+    running: Running,
+    options: HTTPOptions,
+    *,
+    replicated: bool = False,
+    mounts: Sequence[Mount] = (),
 ) -> Starlette:
     """The ASGI app serving `server` at `options.path`; its lifespan enters `running()` and hands
-    the runtime to the gate and the OAuth server. `replicated`: sessions keep their stream events
-    in Redis (the runtime's broker), so a client can resume on another replica."""
+    the runtime to the gate, the OAuth server and the `mounts`. `replicated`: sessions keep their
+    stream events in Redis (the runtime's broker), so a client can resume on another replica."""
     if not options.path.startswith("/"):
         raise ConfigurationError("the MCP path must start with '/'")
     hosts = _Hosts(options)
@@ -450,7 +464,9 @@ def build_app(
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    routes = [Route(options.path, endpoint=gate), Route("/healthz", health)]
+    routes: list[BaseRoute] = [Route(options.path, endpoint=gate), Route("/healthz", health)]
+    for mount in mounts:
+        routes += mount.routes()
     oauth = None
     if options.oauth_issuer is not None:
         oauth = OAuthServer(
@@ -484,10 +500,14 @@ def build_app(
             gate.runtime = runtime
             if oauth is not None:
                 oauth.runtime = runtime
+            for mount in mounts:
+                mount.runtime = runtime
             tg.start_soon(gate.sweep, runtime)
             try:
                 yield {}
             finally:
+                for mount in mounts:
+                    mount.runtime = None
                 gate.runtime = None
                 if oauth is not None:
                     oauth.runtime = None

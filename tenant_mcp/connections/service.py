@@ -1,0 +1,122 @@
+"""`Connections`: the declared providers and the stored tokens, while the server serves.
+
+Getting a token: a live one is returned as stored; an expired one is refreshed once (one refresh
+at a time per connection in this process; across replicas the stored version decides, so a
+replica that lost the race uses the winner's tokens instead of burning a rotated refresh token).
+When the provider refuses the refresh the connection is marked broken and the caller gets a new
+connect link; when it merely does not answer, nothing changes and the call fails for now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Mapping
+
+from tenant_mcp.connections import upstream
+from tenant_mcp.connections.provider import Provider, principal_id
+from tenant_mcp.connections.store import ConnectionStore
+from tenant_mcp.errors import TenantMCPError
+from tenant_mcp.models import Principal, Tenant
+
+CALLBACK_PATH = "/connections/callback"
+CONNECT_PATH = "/connections/connect"
+
+
+class NotConnected(Exception):
+    """No usable connection: `link` is where the principal that asked connects it."""
+
+    def __init__(self, provider: Provider, link: str, *, broken: bool) -> None:
+        super().__init__(provider.name)
+        self.provider = provider
+        self.link = link
+        self.broken = broken
+
+
+class UpstreamError(TenantMCPError):
+    """The provider did not answer a refresh; nothing was changed."""
+
+
+class Connections:
+    def __init__(
+        self, providers: Mapping[str, Provider], store: ConnectionStore, base_url: str | None
+    ) -> None:
+        self.providers = dict(providers)
+        self.store = store
+        # Where browsers reach this server (the HTTP transport's public URL); None over stdio.
+        self.base_url = base_url.rstrip("/") if base_url else None
+        self._locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    @property
+    def callback_url(self) -> str:
+        return f"{self.base_url}{CALLBACK_PATH}"
+
+    def provider(self, name: str) -> Provider:
+        provider = self.providers.get(name)
+        if provider is None:
+            raise TenantMCPError(f"no connection {name!r} is declared: use app.connection({name!r}, ...)")
+        return provider
+
+    async def link(self, tenant: Tenant, principal: Principal, provider: Provider) -> str:
+        """A new connect link, bound to `principal` of `tenant`."""
+        if self.base_url is None:
+            raise TenantMCPError(
+                f"connection {provider.name!r} needs the HTTP transport: the person connects in a browser"
+            )
+        secret = await self.store.new_link(
+            tenant.id,
+            provider.name,
+            provider.owner(principal),
+            principal_id(principal),
+            upstream.pkce_verifier(),
+        )
+        return f"{self.base_url}{CONNECT_PATH}?link={secret}"
+
+    async def token(
+        self, tenant: Tenant, principal: Principal, name: str, *, refused: str | None = None
+    ) -> str:
+        """The access token for `name` as `principal` of `tenant`. `refused`: the API just refused
+        this token, so it is refreshed even if it has not expired."""
+        provider = self.provider(name)
+        owner = provider.owner(principal)
+        stored = await self.store.load(tenant.id, name, owner)
+        if stored is not None and stored.status == "active" and stored.grant.usable(refused):
+            return stored.grant.access_token
+        key = (tenant.id, name, owner)
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        async with lock:
+            return await self._refresh(tenant, principal, provider, owner, refused)
+
+    async def _refresh(
+        self, tenant: Tenant, principal: Principal, provider: Provider, owner: str, refused: str | None
+    ) -> str:
+        stored = await self.store.load(tenant.id, provider.name, owner)
+        if stored is None or stored.status != "active":
+            raise NotConnected(
+                provider, await self.link(tenant, principal, provider), broken=stored is not None
+            )
+        grant = stored.grant
+        if grant.usable(refused):
+            return grant.access_token  # refreshed by the call that held the lock before this one
+        try:
+            fresh = await upstream.refresh(provider, grant)
+        except upstream.UpstreamUnavailable as exc:
+            raise UpstreamError(f"{exc}: try again later") from None
+        except upstream.GrantRejected as exc:
+            again = await self.store.load(tenant.id, provider.name, owner)
+            if again is not None and again.version != stored.version and again.status == "active":
+                return (
+                    again.grant.access_token
+                )  # another replica refreshed first, with the same refresh token
+            await self.store.mark_broken(tenant.id, provider.name, owner, str(exc), stored.version)
+            raise NotConnected(provider, await self.link(tenant, principal, provider), broken=True) from None
+        if not await self.store.update(tenant.id, provider.name, owner, fresh, stored.version):
+            again = await self.store.load(tenant.id, provider.name, owner)
+            if again is None or again.status != "active":
+                raise NotConnected(provider, await self.link(tenant, principal, provider), broken=True)
+            return again.grant.access_token
+        return fresh.access_token
