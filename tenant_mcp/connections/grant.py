@@ -31,15 +31,14 @@ class Grant:
             raise ValueError("the token endpoint's answer has no access_token")
         if str(body.get("token_type", "Bearer")).lower() != "bearer":
             raise ValueError("the token endpoint issued a token that is not a bearer token")
-        expires_in = body.get("expires_in")
-        refresh = body.get("refresh_token")
+        expires_in, refresh, scope = body.get("expires_in"), body.get("refresh_token"), body.get("scope")
+        if not (isinstance(refresh, str) and refresh):
+            refresh = previous.refresh_token if previous else None
         return cls(
             access_token=body["access_token"],
-            refresh_token=refresh
-            if isinstance(refresh, str) and refresh
-            else (previous and previous.refresh_token),
+            refresh_token=refresh,
             expires_at=time.time() + float(expires_in) if isinstance(expires_in, int | float) else None,
-            scope=body.get("scope") if isinstance(body.get("scope"), str) else (previous and previous.scope),
+            scope=scope if isinstance(scope, str) else previous.scope if previous else None,
         )
 
     def expired(self) -> bool:
