@@ -25,6 +25,7 @@ from tenant_mcp.app import TenantMCP
 from tenant_mcp.audit.leakguard import plant_canary
 from tenant_mcp.auth.invalidation import Invalidation
 from tenant_mcp.auth.jwt import JWTSettings
+from tenant_mcp.connections.store import ConnectionStore
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane, item_key
 from tenant_mcp.errors import ConfigurationError, NotFoundError, TenantMCPError
 from tenant_mcp.limits import FIELDS, Limits, parse_rate, read_override, usage, write_override
@@ -271,6 +272,31 @@ async def _secret_rotate(args: argparse.Namespace, cp: ControlPlane) -> None:
 
 def _secret_new_key(args: argparse.Namespace) -> None:
     print(KeyRing.new_key())
+
+
+# -- upstream connections -------------------------------------------------------------------------
+
+
+def _connections(cp: ControlPlane) -> ConnectionStore:
+    return ConnectionStore(cp.db, _secrets(cp))
+
+
+async def _connection_list(args: argparse.Namespace, cp: ControlPlane) -> None:
+    tenant = await cp.require_tenant(args.tenant)
+    items = [c.public(tenant.slug) for c in await _connections(cp).list(tenant.id, args.provider)]
+    rows = [
+        (c["provider"], c["owner"], c["status"], c["reason"], c["connected_by"], c["updated_at"])
+        for c in items
+    ]
+    _print(args, items, _table(rows, ("PROVIDER", "OWNER", "STATUS", "REASON", "CONNECTED BY", "UPDATED")))
+
+
+async def _connection_revoke(args: argparse.Namespace, cp: ControlPlane) -> None:
+    tenant = await cp.require_tenant(args.tenant)
+    count = await _connections(cp).revoke(tenant.id, args.provider)
+    what = f"{args.provider} connection(s)" if args.provider else "connection(s)"
+    _print(args, {"tenant": tenant.slug, "provider": args.provider, "revoked": count},
+           f"forgot {count} {what} of {tenant.slug} (revoke the grant at the provider too)")  # fmt: skip
 
 
 # -- canaries ------------------------------------------------------------------------------------
@@ -754,6 +780,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_secret_rotate)
     p = secret_cmds.add_parser("new-key", help="print a new random key for TENANT_MCP_SECRET_KEY")
     p.set_defaults(handler=None, run=_secret_new_key)
+
+    connection = commands.add_parser(
+        "connection", help="upstream OAuth connections of a tenant (tokens are never shown)",
+        description="Connections are made by people through connect links their tools hand them; "
+        "these commands show and forget them.",
+    )  # fmt: skip
+    connection_cmds = connection.add_subparsers(dest="command", required=True, metavar="ACTION")
+    for action, handler, text in (
+        ("list", _connection_list, "a tenant's connections: provider, owner, status (no tokens)"),
+        (
+            "revoke",
+            _connection_revoke,
+            "forget a tenant's connections (of PROVIDER, or all): calls get a new link",
+        ),
+    ):
+        p = connection_cmds.add_parser(action, parents=[common], help=text)
+        p.add_argument("tenant", help="tenant slug")
+        p.add_argument("provider", nargs="?", help="connection name, e.g. crm (default: all)")
+        p.set_defaults(handler=handler)
 
     tool = commands.add_parser(
         "tool", help="the per-tenant catalogue: what a tenant sees (tools, prompts, resources, templates)",
