@@ -165,6 +165,7 @@ _MIGRATIONS: tuple[str, ...] = (
         reason TEXT,
         connected_by TEXT NOT NULL,
         version INTEGER NOT NULL DEFAULT 1,
+        refreshing_until REAL,
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL,
         PRIMARY KEY (tenant_id, provider, owner)
@@ -309,6 +310,7 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
         reason TEXT,
         connected_by TEXT NOT NULL,
         version BIGINT NOT NULL DEFAULT 1,
+        refreshing_until DOUBLE PRECISION,
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL,
         PRIMARY KEY (tenant_id, provider, owner)

@@ -184,6 +184,27 @@ async def test_expiry_refreshes_once_for_concurrent_calls(stack: Stack) -> None:
     assert stack.admin("log")["refreshes"] == {"acme-user": 2}
 
 
+async def test_two_replicas_refresh_once_between_them(stack: Stack, tmp_path: Path) -> None:
+    """A rotating refresh token presented twice is refused (and would break the connection): the
+    replicas sharing the control plane take turns through the claim in the stored row."""
+    await _connect(stack, "acme", "acme-user")
+    replica = ServerProcess(
+        "tests.servers.connected:app", stack.t.db_url, log_dir=tmp_path, env=stack.server.env
+    )
+    try:
+        async with (
+            mcp_client(stack.server.url, stack.t.keys["acme"]) as a,
+            mcp_client(replica.url, stack.t.keys["acme"]) as b,
+        ):
+            for round_ in range(1, 4):
+                stack.admin("expire", "acme-user")
+                results = await asyncio.gather(*(c.call_tool("crm_whoami", {}) for c in (a, b) * 4))
+                assert [_text(r) for r in results] == ["acme-user"] * 8
+                assert stack.admin("log")["refreshes"] == {"acme-user": round_}
+    finally:
+        replica.stop()
+
+
 async def test_a_refresh_answer_without_a_refresh_token_keeps_the_old_one(stack: Stack) -> None:
     await _connect(stack, "acme", "acme-static")  # this account's refresh tokens do not rotate
     async with mcp_client(stack.server.url, stack.t.keys["acme"]) as a:

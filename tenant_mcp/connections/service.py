@@ -1,8 +1,9 @@
 """`Connections`: the declared providers and the stored tokens, while the server serves.
 
-Getting a token: a live one is returned as stored; an expired one is refreshed once (one refresh
-at a time per connection in this process; across replicas the stored version decides, so a
-replica that lost the race uses the winner's tokens instead of burning a rotated refresh token).
+Getting a token: a live one is returned as stored; an expired one is refreshed once. One refresh
+runs at a time per connection: in this process a lock, across replicas a claim in the stored row,
+so a rotating refresh token is never presented twice (the second use would be refused and break
+the connection); the others wait for the new tokens.
 When the provider refuses the refresh the connection is marked broken and the caller gets a new
 connect link; when it merely does not answer, nothing changes and the call fails for now.
 """
@@ -14,11 +15,14 @@ import weakref
 from collections.abc import Mapping
 
 from tenant_mcp.connections import upstream
+from tenant_mcp.connections.grant import Grant
 from tenant_mcp.connections.provider import Provider, principal_id
 from tenant_mcp.connections.store import ConnectionStore
 from tenant_mcp.errors import TenantMCPError
 from tenant_mcp.models import Principal, Tenant
 
+_CLAIM = upstream.TIMEOUT + 5  # a refresh claim outlives the token request it covers
+_POLL = 0.1
 CALLBACK_PATH = "/connections/callback"
 CONNECT_PATH = "/connections/connect"
 
@@ -94,29 +98,30 @@ class Connections:
     async def _refresh(
         self, tenant: Tenant, principal: Principal, provider: Provider, owner: str, refused: str | None
     ) -> str:
-        stored = await self.store.load(tenant.id, provider.name, owner)
-        if stored is None or stored.status != "active":
-            raise NotConnected(
-                provider, await self.link(tenant, principal, provider), broken=stored is not None
-            )
-        grant = stored.grant
-        if grant.usable(refused):
-            return grant.access_token  # refreshed by the call that held the lock before this one
+        while True:
+            stored = await self.store.load(tenant.id, provider.name, owner)
+            if stored is None or stored.status != "active":
+                link = await self.link(tenant, principal, provider)
+                raise NotConnected(provider, link, broken=stored is not None)
+            if stored.grant.usable(refused):
+                return stored.grant.access_token  # refreshed meanwhile, here or by another replica
+            if stored.refreshing:
+                await asyncio.sleep(_POLL)  # another replica is refreshing: wait for its tokens
+            elif await self.store.claim(tenant.id, provider.name, owner, stored.version, _CLAIM):
+                return await self._renew(tenant, principal, provider, owner, stored.grant, stored.version + 1)
+
+    async def _renew(
+        self, tenant: Tenant, principal: Principal, provider: Provider, owner: str, grant: Grant, claim: int
+    ) -> str:
         try:
             fresh = await upstream.refresh(provider, grant)
         except upstream.UpstreamUnavailable as exc:
+            await self.store.release(tenant.id, provider.name, owner, claim)
             raise UpstreamError(f"{exc}: try again later") from None
         except upstream.GrantRejected as exc:
-            again = await self.store.load(tenant.id, provider.name, owner)
-            if again is not None and again.version != stored.version and again.status == "active":
-                return (
-                    again.grant.access_token
-                )  # another replica refreshed first, with the same refresh token
-            await self.store.mark_broken(tenant.id, provider.name, owner, str(exc), stored.version)
+            await self.store.mark_broken(tenant.id, provider.name, owner, str(exc), claim)
             raise NotConnected(provider, await self.link(tenant, principal, provider), broken=True) from None
-        if not await self.store.update(tenant.id, provider.name, owner, fresh, stored.version):
-            again = await self.store.load(tenant.id, provider.name, owner)
-            if again is None or again.status != "active":
-                raise NotConnected(provider, await self.link(tenant, principal, provider), broken=True)
-            return again.grant.access_token
-        return fresh.access_token
+        if await self.store.update(tenant.id, provider.name, owner, fresh, claim):
+            return fresh.access_token
+        # Revoked, or connected anew, while the refresh ran: what is stored now decides.
+        return await self._refresh(tenant, principal, provider, owner, None)

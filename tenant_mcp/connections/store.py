@@ -46,6 +46,7 @@ class Connection:
     grant: Grant
     status: str
     version: int
+    refreshing: bool = False  # a process (this one or another replica) is refreshing it now
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class ConnectionStore:
     async def load(self, tenant_id: str, provider: str, owner: str) -> Connection | None:
         async with self._db.transaction() as tx:
             row = await tx.fetch_one(
-                "SELECT ciphertext, status, version FROM connections"
+                "SELECT ciphertext, status, version, refreshing_until FROM connections"
                 " WHERE tenant_id = ? AND provider = ? AND owner = ?",
                 (tenant_id, provider, owner),
             )
@@ -92,7 +93,10 @@ class ConnectionStore:
                 raise TenantMCPError(
                     f"connection {provider!r} failed to decrypt (tampered with or moved)"
                 ) from None
-        return None if data is None else Connection(Grant.loads(data), row["status"], int(row["version"]))
+        if data is None:
+            return None
+        refreshing = row["refreshing_until"] is not None and row["refreshing_until"] > time.time()
+        return Connection(Grant.loads(data), row["status"], int(row["version"]), refreshing)
 
     async def save(self, tenant_id: str, provider: str, owner: str, grant: Grant, connected_by: str) -> None:
         """A new connection (the connect link completed): replaces a broken or older one."""
@@ -103,18 +107,38 @@ class ConnectionStore:
                 "INSERT INTO connections (tenant_id, provider, owner, ciphertext, status, connected_by,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, 'active', ?, ?, ?)"
                 " ON CONFLICT (tenant_id, provider, owner) DO UPDATE SET ciphertext = excluded.ciphertext,"
-                " status = 'active', reason = NULL, connected_by = excluded.connected_by,"
+                " status = 'active', reason = NULL, connected_by = excluded.connected_by, refreshing_until = NULL,"
                 " version = connections.version + 1, created_at = excluded.created_at,"
                 " updated_at = excluded.updated_at",
                 (tenant_id, provider, owner, sealed, connected_by, now, now),
             )
+
+    async def claim(self, tenant_id: str, provider: str, owner: str, version: int, seconds: float) -> bool:
+        """Take the right to refresh (for `seconds`, in case this process dies meanwhile): one
+        refresh at a time across replicas, so a rotating refresh token is never used twice. The
+        claim is version `version + 1`; `update`, `release` and `mark_broken` end it."""
+        changed = await self._db.execute(
+            "UPDATE connections SET version = version + 1, refreshing_until = ?"
+            " WHERE tenant_id = ? AND provider = ? AND owner = ? AND version = ? AND status = 'active'"
+            " AND (refreshing_until IS NULL OR refreshing_until < ?)",
+            (time.time() + seconds, tenant_id, provider, owner, version, time.time()),
+        )
+        return changed == 1
+
+    async def release(self, tenant_id: str, provider: str, owner: str, version: int) -> None:
+        await self._db.execute(
+            "UPDATE connections SET refreshing_until = NULL"
+            " WHERE tenant_id = ? AND provider = ? AND owner = ? AND version = ?",
+            (tenant_id, provider, owner, version),
+        )
 
     async def update(self, tenant_id: str, provider: str, owner: str, grant: Grant, version: int) -> bool:
         """Store refreshed tokens, unless someone else wrote since `version` (then False)."""
         async with self._db.transaction() as tx:
             sealed = await self._secrets.seal(tx, tenant_id, _aad(tenant_id, provider, owner), grant.dumps())
             changed = await tx.execute(
-                "UPDATE connections SET ciphertext = ?, version = version + 1, updated_at = ?"
+                "UPDATE connections SET ciphertext = ?, version = version + 1, refreshing_until = NULL,"
+                " updated_at = ?"
                 " WHERE tenant_id = ? AND provider = ? AND owner = ? AND version = ? AND status = 'active'",
                 (sealed, _now(), tenant_id, provider, owner, version),
             )
@@ -124,7 +148,8 @@ class ConnectionStore:
         """The provider refused the refresh: the next call gets a connect link. The sealed tokens
         stay (an operator can see the reason; reconnecting replaces them)."""
         await self._db.execute(
-            "UPDATE connections SET status = 'broken', reason = ?, version = version + 1, updated_at = ?"
+            "UPDATE connections SET status = 'broken', reason = ?, version = version + 1, refreshing_until = NULL,"
+            " updated_at = ?"
             " WHERE tenant_id = ? AND provider = ? AND owner = ? AND version = ?",
             (reason[:200], _now(), tenant_id, provider, owner, version),
         )

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 CLIENT_ID = "tenant-mcp-test"
-CLIENT_SECRET = "upstream-client-secret-9f2c"  # noqa: S105 - the test provider's own client secret
+CLIENT_SECRET = "upstream-client-secret-9f2c"
 ACCESS_SECONDS = float(os.environ.get("UPSTREAM_ACCESS_SECONDS", "3600"))
 REDIRECT_URI = os.environ.get("UPSTREAM_REDIRECT_URI", "")
 
