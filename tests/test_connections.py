@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from mcp.shared.exceptions import MCPError
 from tenant_mcp.connections.store import ConnectionStore
 from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.secrets import KeyRing, SecretStore
-from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, free_port, mcp_client
+from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, free_port, mcp_client, postgres_database
+from tests.test_postgres import migrate_cli
 
 pytestmark = pytest.mark.anyio
 LINK = re.compile(r"http://127\.0\.0\.1:\d+/connections/connect\?link=[\w-]+")
@@ -46,9 +48,9 @@ class Stack:
         )  # fmt: skip
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    t = Tenants(f"sqlite:///{tmp_path}/control.db")
+@contextmanager
+def _stack(db_url: str, tmp_path: Path) -> Iterator[Stack]:
+    t = Tenants(db_url)
     t.create("acme", name="Acme Corporation")
     t.create("globex", name="Globex Industries")
     t.key("acme", label="alice")
@@ -85,6 +87,21 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         provider.terminate()
         provider.wait(10)
         up_log.close()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with _stack(f"sqlite:///{tmp_path}/control.db", tmp_path) as s:
+        yield s
+
+
+@pytest.fixture
+def pg_stack(tmp_path: Path) -> Iterator[Stack]:
+    with postgres_database() as pg:
+        done = migrate_cli("tests.servers.connected:app", pg)
+        assert done.returncode == 0, done.stderr
+        with _stack(pg.app, tmp_path) as s:
+            yield s
 
 
 def _text(result: Any) -> str:
@@ -368,3 +385,31 @@ def _ring(key: str) -> KeyRing:
     import base64
 
     return KeyRing([base64.b64decode(key)])
+
+
+async def test_on_postgresql_two_replicas_connect_refresh_and_break(pg_stack: Stack, tmp_path: Path) -> None:
+    """The same flow with the control plane on PostgreSQL: connect, interleaved calls, one refresh
+    between two replicas, a revoked grant breaking the connection."""
+    stack = pg_stack
+    await _connect(stack, "acme", "acme-user")
+    await _connect(stack, "globex", "globex-user")
+    replica = ServerProcess(
+        "tests.servers.connected:app", stack.t.db_url, log_dir=tmp_path, env=stack.server.env
+    )
+    try:
+        async with (
+            mcp_client(stack.server.url, stack.t.keys["acme"]) as a,
+            mcp_client(replica.url, stack.t.keys["globex"]) as b,
+            mcp_client(replica.url, stack.t.keys["acme"]) as a_there,
+        ):
+            stack.admin("expire", "acme-user")
+            calls = [(a, "acme-user"), (b, "globex-user"), (a_there, "acme-user")] * 4
+            results = await asyncio.gather(*(c.call_tool("crm_whoami", {}) for c, _ in calls))
+            assert [_text(r) for r in results] == [want for _, want in calls]
+            assert stack.admin("log")["refreshes"] == {"acme-user": 1}
+            stack.admin("revoke", "globex-user")
+            broken = await b.call_tool("crm_whoami", {})
+            assert broken.is_error and LINK.search(_text(broken))
+            assert _text(await a.call_tool("crm_whoami", {})) == "acme-user"
+    finally:
+        replica.stop()
