@@ -52,23 +52,17 @@ from mcp_types import Tool as MCPTool
 from pydantic.networks import AnyUrl
 
 from tenant_mcp import _sdk
-from tenant_mcp.audit.leakguard import Markers
 from tenant_mcp.auth.authenticator import TenantAccessToken
 from tenant_mcp.call import Call, current_call
 from tenant_mcp.context import TenantContext
 from tenant_mcp.scoping.catalogue import Catalogue, StaticResource
 from tenant_mcp.scoping.sessions import SessionSubscriptions
 from tenant_mcp.scoping.subscriptions import TenantSubscriptionBus
-from tenant_mcp.secrets import TenantSecrets
 
 if TYPE_CHECKING:
     from tenant_mcp.runtime import Runtime
 
 CompletionHandler = Callable[..., Any]
-
-
-def _ignore(value: str) -> None:
-    """Without a leak guard there is nothing to register a secret with."""
 
 
 def _require_call() -> Call:
@@ -136,40 +130,18 @@ class ScopedServer(MCPServer[Any]):
         entry = self.catalogue.tools.visible(name, token.tenant, token.principal)
         return entry.wire.input_schema if entry else None
 
-    def _bind(self, base: Context[Any, Any] | None, call: Call) -> TenantContext:
-        base = base or Context(mcp_server=self, subscriptions=self.tenant_bus)
-        rt = self.runtime
-        if rt is None:
-            return TenantContext._bind(base, call.tenant, call.principal, None)
-        db = rt.store.database(call.tenant.id)
-        markers = Markers(rt.leak_guard, rt.control_plane, call.tenant.id)
-        guard, tenant_id = rt.leak_guard, call.tenant.id
-        secrets = TenantSecrets(
-            rt.secrets,
-            tenant_id,
-            call.tenant.slug,
-            (lambda v: guard.add_secret(tenant_id, v)) if guard else _ignore,
-        )
-        return TenantContext._bind(base, call.tenant, call.principal, db, markers, secrets)
-
     @contextlib.asynccontextmanager
     async def _context(self, base: Context[Any, Any] | None, call: Call) -> AsyncIterator[TenantContext]:
         """The caller's `TenantContext` for one handler: its database work commits when the
         handler returns and rolls back when it raises."""
-        ctx = self._bind(base, call)
+        base = base or Context(mcp_server=self, subscriptions=self.tenant_bus)
+        ctx = TenantContext._bind(base, call.tenant, call.principal, self.runtime)
         try:
             yield ctx
         except BaseException:
-            await self._end(ctx, call, commit=False)
+            call.denied = await ctx._finish(commit=False) or call.denied
             raise
-        await self._end(ctx, call, commit=True)
-
-    @staticmethod
-    async def _end(ctx: TenantContext, call: Call, *, commit: bool) -> None:
-        if ctx._db is not None:
-            await ctx.db._finish(commit=commit)
-            if ctx._db.refusal is not None:  # recorded even when the tool caught the error
-                call.denied = ctx._db.refusal
+        call.denied = await ctx._finish(commit=True) or call.denied
 
     @staticmethod
     def _hidden(call: Call, kind: str, key: str, exists: bool) -> None:
