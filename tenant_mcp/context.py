@@ -53,7 +53,7 @@ class TenantContext(Context[Any, Any]):
     def _bind(
         cls, base: Context[Any, Any], tenant: Tenant, principal: Principal, runtime: Runtime | None
     ) -> TenantContext:
-        ctx = cls(**_sdk.context_fields(base))
+        ctx = _sdk.derive_context(cls, base)
         ctx._tenancy = _Tenancy(tenant, principal, runtime)
         return ctx
 
