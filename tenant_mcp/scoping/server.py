@@ -55,7 +55,7 @@ from tenant_mcp import _sdk
 from tenant_mcp.auth.authenticator import TenantAccessToken
 from tenant_mcp.call import Call, current_call
 from tenant_mcp.context import TenantContext
-from tenant_mcp.scoping.catalogue import Catalogue, StaticResource
+from tenant_mcp.scoping.catalogue import Catalogue, Entry, Item, Section, StaticResource, Wire
 from tenant_mcp.scoping.sessions import SessionSubscriptions
 from tenant_mcp.scoping.subscriptions import TenantSubscriptionBus
 
@@ -144,6 +144,14 @@ class ScopedServer(MCPServer[Any]):
         call.denied = await ctx._finish(commit=True) or call.denied
 
     @staticmethod
+    def _entry(call: Call, method: str, section: Section[Item, Wire], name: str) -> Entry[Item, Wire] | None:
+        """The entry `name` as the caller sees it: the one the pipeline resolved for this request,
+        else (a name the request did not carry) looked up now."""
+        if call.method == method and call.name == name:
+            return call.entry
+        return section.visible(name, call.tenant, call.principal)
+
+    @staticmethod
     def _hidden(call: Call, kind: str, key: str, exists: bool) -> None:
         call.denied = f"{kind} {'not visible' if exists else 'unknown'}: {key}"
 
@@ -157,11 +165,7 @@ class ScopedServer(MCPServer[Any]):
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         call = _require_call()
-        # The pipeline looked the entry up once for this request; look up only a name it did not.
-        if call.method == "tools/call" and call.name == name:
-            entry = call.entry
-        else:
-            entry = self.catalogue.tools.visible(name, call.tenant, call.principal)
+        entry = self._entry(call, "tools/call", self.catalogue.tools, name)
         if entry is None:
             self._hidden(call, "tool", name, self._exists(self.catalogue.tools, name))
             raise ToolError(f"Unknown tool: {name}")  # the SDK's own words for a missing tool
@@ -236,10 +240,7 @@ class ScopedServer(MCPServer[Any]):
         self, name: str, arguments: dict[str, Any] | None = None, context: Context[Any, Any] | None = None
     ) -> GetPromptResult | InputRequiredResult:
         call = _require_call()
-        if call.method == "prompts/get" and call.name == name:
-            entry = call.entry
-        else:
-            entry = self.catalogue.prompts.visible(name, call.tenant, call.principal)
+        entry = self._entry(call, "prompts/get", self.catalogue.prompts, name)
         if entry is None:
             self._hidden(call, "prompt", name, self._exists(self.catalogue.prompts, name))
             # An MCPError, not the SDK's ValueError: that one is logged with a full traceback, and
