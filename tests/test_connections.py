@@ -49,7 +49,7 @@ class Stack:
 
 
 @contextmanager
-def _stack(db_url: str, tmp_path: Path) -> Iterator[Stack]:
+def _stack(db_url: str, tmp_path: Path, app: str = "tests.servers.connected:app") -> Iterator[Stack]:
     t = Tenants(db_url)
     t.create("acme", name="Acme Corporation")
     t.create("globex", name="Globex Industries")
@@ -60,9 +60,10 @@ def _stack(db_url: str, tmp_path: Path) -> Iterator[Stack]:
     up_port = free_port()
     upstream = f"http://localhost:{up_port}"  # another host than the server: its own cookies
     server = ServerProcess(
-        "tests.servers.connected:app", t.db_url, log_dir=tmp_path, wait=False,
-        env={"TENANT_MCP_SECRET_KEY": secret_key, "UPSTREAM_URL": upstream,
-             "UPSTREAM_CLIENT_SECRET": "upstream-client-secret-9f2c"},
+        app, t.db_url, log_dir=tmp_path, wait=False,
+        env={"TENANT_MCP_SECRET_KEY": secret_key, "UPSTREAM_URL": upstream, "CRM_URL": upstream,
+             "UPSTREAM_CLIENT_SECRET": "upstream-client-secret-9f2c", "CRM_CLIENT_ID": "tenant-mcp-test",
+             "CRM_CLIENT_SECRET": "upstream-client-secret-9f2c"},
     )  # fmt: skip
     up_log = (tmp_path / "upstream.log").open("w")
     provider = subprocess.Popen(
@@ -413,3 +414,19 @@ async def test_on_postgresql_two_replicas_connect_refresh_and_break(pg_stack: St
             assert _text(await a.call_tool("crm_whoami", {})) == "acme-user"
     finally:
         replica.stop()
+
+
+async def test_the_example_server(tmp_path: Path) -> None:
+    with _stack(f"sqlite:///{tmp_path}/control.db", tmp_path, "example_servers.crm:app") as stack:
+        done = stack.cli("secret", "set", "acme", "weather_api_key", "--from-env", "WEATHER")
+        assert done.returncode != 0  # the variable is not set: nothing is stored, a clear error
+        set_ = subprocess.run(
+            [sys.executable, "-m", "tenant_mcp.cli", "secret", "set", "acme", "weather_api_key", "--db",
+             stack.t.db_url], input="acme-weather-key-123", cwd=ROOT, capture_output=True, text=True,
+            env=clean_env(TENANT_MCP_SECRET_KEY=stack.secret_key),
+        )  # fmt: skip
+        assert set_.returncode == 0, set_.stderr
+        await _connect(stack, "acme", "acme-user", {"tool": "crm_me"})
+        async with mcp_client(stack.server.url, stack.t.keys["acme"]) as a:
+            assert _text(await a.call_tool("crm_me", {})) == "acme-user"
+            assert "is set (20 characters)" in _text(await a.call_tool("weather_quota", {}))
