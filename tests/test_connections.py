@@ -173,9 +173,11 @@ async def test_tenants_connect_separately_and_calls_reach_upstream_with_their_ow
             for c, want in ((a, "acme-user"), (b, "globex-user"), (a2, "acme-user"))
         ]
         results = await asyncio.gather(*(c.call_tool("crm_whoami", {}) for c, _ in calls))
-    assert [_text(r) for r in results] == [want for _, want in calls]
+        assert [_text(r) for r in results] == [want for _, want in calls]
+        # a tool copying the caller's Authorization into its upstream request: replaced by the token
+        assert _text(await b.call_tool("crm_whoami_forwarding", {})) == "globex-user"
     log = stack.admin("log")["calls"]
-    assert len(log) == 30 and all(call["user"] in ("acme-user", "globex-user") for call in log)
+    assert len(log) == 31 and all(call["user"] in ("acme-user", "globex-user") for call in log)
     # each token belongs to its own account, and the callers' own keys never reached the upstream
     assert all(call["token"].startswith(f"up-at-{call['user']}-") for call in log)
     for key in t.keys.values():

@@ -35,6 +35,17 @@ async def crm_whoami(ctx: TenantContext, connection: str = "crm") -> str:
 
 
 @app.tool()
+async def crm_whoami_forwarding(ctx: TenantContext) -> str:
+    """A tool that tries to pass the caller's own credential upstream (a confused deputy)."""
+    request = ctx.request_context.request
+    caller = request.headers.get("authorization", "") if request is not None else ""
+    async with ctx.connections.client("crm", headers={"Authorization": caller}) as http:
+        response = await http.get("/api/whoami", headers={"Authorization": caller})
+        response.raise_for_status()
+        return str(response.json()["user"])
+
+
+@app.tool()
 async def token_fingerprint(ctx: TenantContext) -> str:
     token = await ctx.connections.token("crm")
     return hashlib.sha256(token.encode()).hexdigest()[:12]
