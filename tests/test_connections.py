@@ -432,3 +432,45 @@ async def test_the_example_server(tmp_path: Path) -> None:
         async with mcp_client(stack.server.url, stack.t.keys["acme"]) as a:
             assert _text(await a.call_tool("crm_me", {})) == "acme-user"
             assert "is set (20 characters)" in _text(await a.call_tool("weather_quota", {}))
+
+
+async def test_the_connect_page_in_a_real_browser(stack: Stack) -> None:
+    """Headless Chromium (Debian's, driven by Playwright): the page reads as a person sees it, a
+    wrong key is refused on the page, the right one goes to the provider and, after the person
+    approves on the provider's page, back (the cookie is `SameSite=Lax`: a `Strict` one would not
+    come back from a navigation the provider's page started; the CSP lets the form go there).
+    A screenshot is kept in tests/artifacts/."""
+    from tests.test_oauth_browser import ARTIFACTS, CHROMIUM, FLAGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (bash .ci/run installs it)")
+    playwright_api = pytest.importorskip("playwright.async_api")
+    link = await _link(stack, "acme", connection="crm_personal")
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            context = await browser.new_context()
+            await context.add_cookies(
+                [{"name": "upstream_user", "value": "acme-clicks", "url": stack.upstream}]
+            )
+            page = await context.new_page()
+            await page.goto(link)
+            assert await page.title() == "Connect Test CRM"
+            body = await page.inner_text("main")
+            assert "Acme Corporation" in body and "you (this key)" in body
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "connect-page.png"), full_page=True)
+            field = "Paste the API key your assistant uses, to prove the link is yours"
+            await page.get_by_label(field).fill(stack.t.keys["acme2"])  # a colleague's key
+            await page.get_by_role("button", name="Continue to Test CRM").click()
+            assert "not the key that asked" in await page.inner_text("[role=alert]")
+            await page.get_by_label(field).fill(stack.t.keys["acme"])
+            await page.get_by_role("button", name="Continue to Test CRM").click()
+            await page.wait_for_url(f"{stack.upstream}/authorize**")
+            await page.get_by_role("button", name="Approve").click()  # on the provider's own page
+            await page.wait_for_url(f"{stack.server.base}/connections/callback**")
+            assert await page.title() == "Test CRM connected"
+        finally:
+            await browser.close()
+    async with mcp_client(stack.server.url, stack.t.keys["acme"]) as a:
+        assert _text(await a.call_tool("crm_whoami", {"connection": "crm_personal"})) == "acme-clicks"

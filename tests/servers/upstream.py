@@ -2,7 +2,8 @@
 
 - ``GET /authorize``: the person is whoever the provider's own cookie ``upstream_user`` names (the
   account they are signed in with there); checks the client, redirect URI and S256 challenge, then
-  redirects back with a single-use code.
+  redirects back with a single-use code (for accounts named ``*-clicks``: after the person
+  approves on a page of the provider's, as real providers do).
 - ``POST /token``: client authentication (HTTP Basic), the authorization-code grant (PKCE
   verified) and the refresh grant (rotating refresh tokens; a used one is refused). For accounts
   named ``*-static`` refresh tokens do not rotate: a refresh answer carries none (RFC 6749 allows
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import os
 import secrets
 import time
@@ -24,7 +26,7 @@ from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 CLIENT_ID = "tenant-mcp-test"
@@ -44,7 +46,7 @@ def _error(status: int, error: str) -> JSONResponse:
 
 
 async def authorize(request: Request) -> Response:
-    q = request.query_params
+    q = request.query_params if request.method == "GET" else await request.form()
     if q.get("client_id") != CLIENT_ID or q.get("redirect_uri") != REDIRECT_URI:
         return _error(400, "invalid_client")
     if (
@@ -56,6 +58,12 @@ async def authorize(request: Request) -> Response:
     user = request.cookies.get("upstream_user")
     if not user:
         return Response("sign in first", status_code=401)
+    if request.method == "GET" and user.endswith("-clicks"):
+        # as real providers do: a page of its own where the person approves (a cross-site form post)
+        fields = "".join(f'<input type="hidden" name="{k}" value="{html.escape(v)}">' for k, v in q.items())
+        return HTMLResponse(
+            f'<title>Approve</title><form method="post">{fields}<button>Approve</button></form>'
+        )
     code = secrets.token_urlsafe(16)
     codes[code] = {"user": user, "challenge": q["code_challenge"], "redirect_uri": q["redirect_uri"],
                    "scope": q.get("scope", "")}  # fmt: skip
@@ -122,7 +130,7 @@ async def admin(request: Request) -> Response:
 
 
 app = Starlette(routes=[
-    Route("/authorize", authorize),
+    Route("/authorize", authorize, methods=["GET", "POST"]),
     Route("/token", token, methods=["POST"]),
     Route("/api/whoami", whoami),
     Route("/admin/{action}", admin, methods=["GET", "POST"]),
