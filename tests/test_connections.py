@@ -49,7 +49,9 @@ class Stack:
 
 
 @contextmanager
-def _stack(db_url: str, tmp_path: Path, app: str = "tests.servers.connected:app") -> Iterator[Stack]:
+def _stack(
+    db_url: str, tmp_path: Path, app: str = "tests.servers.connected:app", args: tuple[str, ...] = ()
+) -> Iterator[Stack]:
     t = Tenants(db_url)
     t.create("acme", name="Acme Corporation")
     t.create("globex", name="Globex Industries")
@@ -60,7 +62,7 @@ def _stack(db_url: str, tmp_path: Path, app: str = "tests.servers.connected:app"
     up_port = free_port()
     upstream = f"http://localhost:{up_port}"  # another host than the server: its own cookies
     server = ServerProcess(
-        app, t.db_url, log_dir=tmp_path, wait=False,
+        app, t.db_url, *args, log_dir=tmp_path, wait=False,
         env={"TENANT_MCP_SECRET_KEY": secret_key, "UPSTREAM_URL": upstream, "CRM_URL": upstream,
              "UPSTREAM_CLIENT_SECRET": "upstream-client-secret-9f2c", "CRM_CLIENT_ID": "tenant-mcp-test",
              "CRM_CLIENT_SECRET": "upstream-client-secret-9f2c"},
@@ -474,3 +476,35 @@ async def test_the_connect_page_in_a_real_browser(stack: Stack) -> None:
             await browser.close()
     async with mcp_client(stack.server.url, stack.t.keys["acme"]) as a:
         assert _text(await a.call_tool("crm_whoami", {"connection": "crm_personal"})) == "acme-clicks"
+
+
+async def test_a_jwt_principal_gets_a_bearer_link_of_its_own(tmp_path: Path) -> None:
+    """The documented limit: a JWT principal cannot prove itself on the page (the browser holds
+    no token), so its link is completed by whoever opens it first, with a warning on the page.
+    It still connects only that subject's own account, and another subject gets its own link."""
+    from tests.test_jwt import ISS, PUBLIC_PEM, claims, sign
+
+    pem = tmp_path / "idp.pem"
+    pem.write_bytes(PUBLIC_PEM)
+    args = ("--jwt-public-key", str(pem), "--jwt-issuer", ISS)
+    with _stack(f"sqlite:///{tmp_path}/control.db", tmp_path, args=args) as stack:
+        dave = sign(claims(stack.server.url, sub="dave", tenant="acme"))
+        erin = sign(claims(stack.server.url, sub="erin", tenant="acme"))
+        async with mcp_client(stack.server.url, dave) as d:
+            result = await d.call_tool("crm_whoami", {"connection": "crm_personal"})
+        found = LINK.search(_text(result))
+        assert result.is_error and found
+        browser = Browser(stack, "dave-account")
+        try:
+            page = await browser.open(found.group(0))
+            assert "Only continue if you asked for this yourself" in page.text and "api_key" not in page.text
+            done = await browser.submit(page, None)
+            assert done.status_code == 200 and "connected" in done.text.lower(), done.text
+        finally:
+            await browser.aclose()
+        async with mcp_client(stack.server.url, dave) as d, mcp_client(stack.server.url, erin) as e:
+            assert _text(await d.call_tool("crm_whoami", {"connection": "crm_personal"})) == "dave-account"
+            other = await e.call_tool("crm_whoami", {"connection": "crm_personal"})
+            assert other.is_error and LINK.search(_text(other))
+        rows = json.loads(stack.cli("connection", "list", "acme", "--json").stdout)
+        assert [r["owner"] for r in rows] == [f"jwt:{ISS}#dave"]
