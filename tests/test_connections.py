@@ -508,3 +508,21 @@ async def test_a_jwt_principal_gets_a_bearer_link_of_its_own(tmp_path: Path) -> 
             assert other.is_error and LINK.search(_text(other))
         rows = json.loads(stack.cli("connection", "list", "acme", "--json").stdout)
         assert [r["owner"] for r in rows] == [f"jwt:{ISS}#dave"]
+
+
+async def test_over_stdio_a_missing_connection_says_it_needs_the_http_transport(tmp_path: Path) -> None:
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    t = Tenants(f"sqlite:///{tmp_path}/control.db")
+    t.create("acme")
+    key = t.key("acme")
+    params = StdioServerParameters(
+        command=sys.executable, cwd=ROOT,
+        args=["-m", "tenant_mcp.cli", "serve", "tests.servers.connected:app", "--transport", "stdio", "--db", t.db_url],
+        env=clean_env(TENANT_MCP_API_KEY=key, TENANT_MCP_SECRET_KEY=KeyRing.new_key()),
+    )  # fmt: skip
+    with (tmp_path / "stderr.log").open("a") as err:
+        async with Client(stdio_client(params, errlog=err)) as client:
+            result = await client.call_tool("crm_whoami", {})
+    assert result.is_error and "needs the HTTP transport" in _text(result), _text(result)

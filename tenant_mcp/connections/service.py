@@ -37,8 +37,9 @@ class NotConnected(Exception):
         self.broken = broken
 
 
-class UpstreamError(TenantMCPError):
-    """The provider did not answer a refresh; nothing was changed."""
+class Unavailable(TenantMCPError):
+    """No token now, and no link would help: the provider did not answer a refresh (nothing was
+    changed), or this transport has no browser to send a link to. The caller sees the message."""
 
 
 class Connections:
@@ -66,7 +67,7 @@ class Connections:
     async def link(self, tenant: Tenant, principal: Principal, provider: Provider) -> str:
         """A new connect link, bound to `principal` of `tenant`."""
         if self.base_url is None:
-            raise TenantMCPError(
+            raise Unavailable(
                 f"connection {provider.name!r} needs the HTTP transport: the person connects in a browser"
             )
         secret = await self.store.new_link(
@@ -117,7 +118,7 @@ class Connections:
             fresh = await upstream.refresh(provider, grant)
         except upstream.UpstreamUnavailable as exc:
             await self.store.release(tenant.id, provider.name, owner, claim)
-            raise UpstreamError(f"{exc}: try again later") from None
+            raise Unavailable(f"{exc}: try again later") from None
         except upstream.GrantRejected as exc:
             await self.store.mark_broken(tenant.id, provider.name, owner, str(exc), claim)
             raise NotConnected(provider, await self.link(tenant, principal, provider), broken=True) from None

@@ -22,7 +22,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import UrlElicitationRequiredError
 from mcp_types import ElicitRequestURLParams
 
-from tenant_mcp.connections.service import Connections, NotConnected, UpstreamError
+from tenant_mcp.connections.service import Connections, NotConnected, Unavailable
 from tenant_mcp.connections.store import LINK_SECONDS
 from tenant_mcp.models import Principal, Tenant
 
@@ -60,7 +60,7 @@ class TenantConnections:
             token = await self._connections.token(self._tenant, self._principal, name, refused=refused)
         except NotConnected as missing:
             raise self._connect(missing) from None
-        except UpstreamError as exc:
+        except Unavailable as exc:
             raise ToolError(str(exc)) from None
         self._guard(token)
         return token
