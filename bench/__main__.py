@@ -41,19 +41,21 @@ _MODES = (("stateless JSON", "stateless-json", JSON, "json"), ("stateful SSE ses
           ("2026-07-28 requests", "stateful", (), "modern"))  # fmt: skip
 
 
-def _realistic(small: provision.Plane) -> list[Comparison]:
+def _realistic(planes: list[provision.Plane]) -> list[Comparison]:
     """Issue #17's target 2: calls with arguments doing SQLite work, against the bare SDK doing
-    the same work on one file."""
+    the same work on one file. Each comparison has a control plane (and notes table) of its own,
+    as the bare server has a fresh file: both sides start empty and write the same rows."""
     found = []
-    for tool, arguments in (("create_note", _NOTE), ("search_notes", (("query", "plan"),))):
-        for label, bare_mode, flags, mode in _MODES:
-            found.append(Comparison(
-                "17.2", f"{tool}, {label}",
-                Side("bare SDK", _bare(bare_mode), Load(("bench-static-token",), mode=mode, tool=tool, arguments=arguments)),
-                Side("tenant_mcp", _tenant_mcp("tenant_mcp", small.url, *flags, app="example_servers.notes:app"),
-                     Load((small.key,), mode=mode, tool=tool, arguments=arguments)),
-                goal=">= 0.9", threshold=0.9, requests=1500,
-            ))  # fmt: skip
+    runs = [(tool, arguments, mode) for tool, arguments in (("create_note", _NOTE), ("search_notes", (("query", "plan"),)))
+            for mode in _MODES]  # fmt: skip
+    for small, (tool, arguments, (label, bare_mode, flags, mode)) in zip(planes, runs, strict=True):
+        found.append(Comparison(
+            "17.2", f"{tool}, {label}",
+            Side("bare SDK", _bare(bare_mode), Load(("bench-static-token",), mode=mode, tool=tool, arguments=arguments)),
+            Side("tenant_mcp", _tenant_mcp("tenant_mcp", small.url, *flags, app="example_servers.notes:app"),
+                 Load((small.key,), mode=mode, tool=tool, arguments=arguments)),
+            goal=">= 0.9", threshold=0.9, requests=1500,
+        ))  # fmt: skip
     return found
 
 
@@ -68,6 +70,7 @@ def comparisons(
     jwt: tuple[Path, str],
     n: int,
     policied: provision.Plane,
+    realistic: list[provision.Plane],
 ) -> list[Comparison]:
     key = Load((small.key,))
     notes = "example_servers.notes:app"
@@ -92,7 +95,7 @@ def comparisons(
                    Side("tenant_mcp", _tenant_mcp("tenant_mcp", small.url, app=notes),
                         Load((small.key,), mode="modern")),
                    goal=">= 0.95", threshold=0.95),
-        *_realistic(small),
+        *_realistic(realistic),
         Comparison("17.5", "whoami, default logging",
                    Side("--log-level warning", _tenant_mcp("quiet", small.url, *JSON, "--log-level", "warning"), key),
                    Side("default", _tenant_mcp("default", small.url, *JSON), key),
@@ -208,8 +211,14 @@ def main(argv: list[str] | None = None) -> int:
                                                      markers_each=markers_each))  # fmt: skip
         policied = asyncio.run(provision.control_plane(root / "policied" / "control.db", tenants=n,
                                                        policies_each=10))  # fmt: skip
+        notes = []
+        for i in range(len(_MODES) * 2):
+            (root / f"notes{i}").mkdir()
+            notes.append(asyncio.run(provision.control_plane(root / f"notes{i}" / "control.db")))
         public_key, private_key = provision.jwt_key_pair(root)
-        selected = comparisons(small, big, marked, (public_key, provision.mint(private_key)), n, policied)
+        selected = comparisons(
+            small, big, marked, (public_key, provision.mint(private_key)), n, policied, notes
+        )
         if args.only:
             selected = [c for c in selected if c.target in args.only.split(",")]
         gen = LoadGenerator()
