@@ -82,7 +82,8 @@ class ConnectPages:
             else "<p><strong>Only continue if you asked for this yourself, just now.</strong> Anyone holding "
             "this link could complete it.</p>"
         )
-        whom = "you (this key)" if provider.per == "principal" else f"everyone in {html.escape(tenant.name)}"
+        you = "you (this key)" if by_key else "you"
+        whom = you if provider.per == "principal" else f"everyone in {html.escape(tenant.name)}"
         alert = f'<p role="alert" class="error">{html.escape(error)}</p>' if error else ""
         body = f"""{alert}
 <p>Connect <strong>{html.escape(provider.label)}</strong> for <strong>{html.escape(tenant.name)}</strong>.
