@@ -631,7 +631,7 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"  {slug:7} key: {key}")
     print("\nClaude Desktop (claude_desktop_config.json), over stdio:")
     print(json.dumps(desktop, indent=2))
-    print("\nMCP Inspector CLI, over HTTP:")
+    print("\nMCP Inspector (CLI mode; Node.js 22.19+), over HTTP:")
     print(
         f"  npx @modelcontextprotocol/inspector --cli {url} --transport http "
         f'--header "Authorization: Bearer {keys["acme"]}" --method tools/list'
