@@ -135,10 +135,16 @@ class ScopedServer(MCPServer[Any]):
         self._resource_subscriptions: dict[tuple[str, str], dict[str, Callable[[], None]]] = {}
         # tenant slug -> its resource subscriptions plus its open listen streams, in this process
         self._per_tenant: dict[str, int] = {}
+        self._listening = 0  # open listen streams, every tenant's
         self.max_subscriptions_per_session, self.max_subscriptions_per_tenant = max_subscriptions
         self._forwarding: set[asyncio.Task[None]] = set()
         # 2025-era sessions that listed items: they hear list_changed for their tenant
         self._list_watchers: dict[tuple[str, str], Callable[[], None]] = {}
+
+    @property
+    def open_listen_streams(self) -> int:
+        """`subscriptions/listen` streams open in this process, for the metrics."""
+        return self._listening
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -462,6 +468,7 @@ class ScopedServer(MCPServer[Any]):
         stream counts against the tenant's subscription cap."""
         slug = _require_call().tenant.slug
         self._take_place(slug, None)
+        self._listening += 1
         try:
             release = await self.tenant_bus.hold()
             try:
@@ -469,6 +476,7 @@ class ScopedServer(MCPServer[Any]):
             finally:
                 release()
         finally:
+            self._listening -= 1
             self._free_place(slug)
 
     # -- completion ----------------------------------------------------------------------------

@@ -23,7 +23,14 @@ import aiosqlite
 import anyio
 
 from tenant_mcp.errors import TenantMCPError
-from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, Admit, OwnedUnit, Result, TenantDatabase
+from tenant_mcp.storage.database import (
+    DEFAULT_HOLD_SECONDS,
+    Admit,
+    OwnedUnit,
+    PoolUsage,
+    Result,
+    TenantDatabase,
+)
 from tenant_mcp.storage.sql import ConstraintError, GatewayRefusal, Params
 
 # Read-only introspection is harmless; every other pragma could change durability or the
@@ -103,6 +110,12 @@ class DatabasePool:
     @property
     def open_count(self) -> int:
         return len(self._handles)
+
+    def usage(self) -> PoolUsage:
+        """Open tenant files, and how many a call holds (read from the metrics thread: one
+        atomic copy of the table, no awaits)."""
+        handles = list(self._handles.values())
+        return PoolUsage("sqlite", len(handles), sum(1 for h in handles if h.lock.value == 0))
 
     async def _handle(self, tenant_id: str) -> _Handle:
         handle = self._handles.get(tenant_id)
