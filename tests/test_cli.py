@@ -690,6 +690,8 @@ def test_help(cli: ForkRunner, command: list[str], tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [], "--help created files (a database?)"
     if command and command[-1] in ("create", "list", "suspend", "activate", "delete", "export", "revoke"):
         assert "--db" in run.stdout and "--json" in run.stdout, run.stdout
+    if command in (["serve"], ["demo"]):  # they print nothing to parse: no --json that means nothing
+        assert "--db" in run.stdout and "--json" not in run.stdout.replace("--json-response", ""), run.stdout
     if command == ["tenant", "delete"]:
         assert "--yes" in run.stdout
     if command == []:
@@ -721,7 +723,9 @@ class Demo:
     def __init__(self, db_url: str, port: int) -> None:
         self.port = port
         env = clean_env()
-        env["PATH"] = f"{Path(TENANT_MCP).parent}{os.pathsep}{env.get('PATH', '')}"
+        # As after the Quickstart: the venv is not activated, its scripts are not on PATH.
+        venv_bin = Path(TENANT_MCP).parent
+        env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if Path(p) != venv_bin)
         self.proc = subprocess.Popen(
             [TENANT_MCP, "demo", "--port", str(port), "--db", db_url],
             cwd=ROOT,
