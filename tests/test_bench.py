@@ -30,8 +30,13 @@ def test_bench_quick_runs_and_writes_json(tmp_path: Path) -> None:
         "19",
         "19",
         "15",
+        "15",
         "-",
     ]
+    otlp = next(r for r in report["results"] if r["b"] == "telemetry on, OTLP")
+    assert otlp["rps_b"] > 0
+    # Every request of the OTLP server left a span that reached the local collector stand-in.
+    assert report["otlp"]["spans_received"] >= report["otlp"]["requests"] > 0
     assert all(r["rps_a"] > 0 and r["rps_b"] > 0 for r in report["results"])
     assert report["memory"]["bytes_per_private_tool"] > 0
     assert "| target | comparison |" in run.stdout
