@@ -17,21 +17,17 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import anyio
 
 from tenant_mcp.errors import TenantMCPError
-from tenant_mcp.storage.database import (
-    DEFAULT_HOLD_SECONDS,
-    Admit,
-    OwnedUnit,
-    PoolUsage,
-    Result,
-    TenantDatabase,
-)
+from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, OwnedUnit, PoolUsage, Result, TenantDatabase
 from tenant_mcp.storage.sql import ConstraintError, GatewayRefusal, Params
+
+if TYPE_CHECKING:
+    from tenant_mcp.storage.database import Admit
 
 # Read-only introspection is harmless; every other pragma could change durability or the
 # migration version, so tool code may not run it.
