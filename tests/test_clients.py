@@ -108,3 +108,26 @@ def test_the_inspector_command_for_a_clone_works_as_documented(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert {"whoami", "export_notes"} <= {t["name"] for t in json.loads(result.stdout)["tools"]}
+
+
+def test_every_python_snippet_of_the_docs_compiles_as_a_script() -> None:
+    """A snippet with a top-level `async with` or `await` is a SyntaxError when saved and run."""
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S):
+            compile(block, str(page), "exec")
+
+
+def test_the_python_client_snippet_runs_as_shown(
+    notes_server: ServerProcess, tenants: Tenants, tmp_path: Path
+) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "clients.md").read_text(), re.S)
+    script = next(b for b in blocks if "streamable_http_client" in b)
+    script = script.replace("http://127.0.0.1:8000/mcp", notes_server.url).replace(
+        "tmk_...", tenants.keys["globex"]
+    )
+    (tmp_path / "client.py").write_text(script)
+    ran = subprocess.run(
+        [sys.executable, "client.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "globex" in ran.stdout and "acme" not in ran.stdout, ran.stdout
