@@ -858,7 +858,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 90d")
     p.set_defaults(handler=_audit_prune)
 
-    serve = commands.add_parser("serve", parents=[database, shared], help="serve a TenantMCP app")
+    serve = commands.add_parser(
+        "serve",
+        parents=[database, shared],
+        help="serve a TenantMCP app",
+        epilog="Every option is also read from the environment, TENANT_MCP_<NAME> with NAME the option "
+        "in capitals, - as _ (TENANT_MCP_PORT=9000, TENANT_MCP_METRICS_ADDRESS, TENANT_MCP_STATELESS=1), except "
+        "--db (TENANT_MCP_DATABASE_URL) and --data-db (TENANT_MCP_DATA_URL); a flag given on the command "
+        "line wins. Over stdio the credential is TENANT_MCP_API_KEY.",
+    )
     serve.add_argument("app", help="MODULE:ATTR of a TenantMCP, e.g. example_servers.notes:app")
     serve.add_argument("--transport", default=_env("TRANSPORT", "streamable-http"),
                        choices=["streamable-http", "stdio"], help="default: streamable-http")  # fmt: skip
