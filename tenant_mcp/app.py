@@ -422,7 +422,12 @@ class TenantMCP:
                     await tg.start(limiter.run)
                     broker = await self._start_broker(tg, authenticator, limiter)
                     telemetry = Telemetry(self.telemetry)
-                    telemetry.start(audit_depth=lambda: audit.depth, in_flight=lambda: limiter.in_flight)
+                    telemetry.start(
+                        audit_depth=lambda: audit.depth,
+                        in_flight=lambda: limiter.in_flight,
+                        db=store.usage,
+                        listen_streams=lambda: self._server.open_listen_streams,
+                    )
                     self._runtime = Runtime(
                         control_plane, authenticator, audit, store, guard, telemetry, secrets, limiter, broker
                     )
