@@ -437,7 +437,7 @@ def test_the_gateway_reads_sql_as_sql() -> None:
 
 
 def test_control_plane_schemas_of_both_backends_match(pg_notes: Postgres, tmp_path: Path) -> None:
-    """The control plane's DDL is written once per dialect; a column added to one only must fail here."""
+    """Both DDLs come from one table spec; a renderer that drops or adds a column for one backend fails here."""
 
     async def create() -> None:
         async with ControlPlane(f"sqlite:///{tmp_path}/cp.db"):
