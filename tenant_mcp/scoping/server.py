@@ -8,10 +8,9 @@ two are byte-identical on the wire and nothing reveals that another tenant's ite
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import pydantic_core
@@ -28,17 +27,9 @@ from mcp.server.mcpserver.exceptions import (
 from mcp.server.mcpserver.resources.templates import ResourceSecurityError
 from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPError
-from mcp.shared.subscriptions import (
-    PromptsListChanged,
-    ResourcesListChanged,
-    ResourceUpdated,
-    ServerEvent,
-    ToolsListChanged,
-)
 from mcp_types import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
-    INVALID_REQUEST,
     CallToolResult,
     CompleteRequestParams,
     CompleteResult,
@@ -66,6 +57,7 @@ from tenant_mcp.auth.authenticator import TenantAccessToken
 from tenant_mcp.call import Call, current_call
 from tenant_mcp.context import TenantContext
 from tenant_mcp.scoping.catalogue import Catalogue, StaticResource
+from tenant_mcp.scoping.sessions import SessionSubscriptions
 from tenant_mcp.scoping.subscriptions import TenantSubscriptionBus
 from tenant_mcp.secrets import TenantSecrets
 
@@ -131,14 +123,7 @@ class ScopedServer(MCPServer[Any]):
         ll.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, self._unsubscribe)
         self._listen_handler = ListenHandler(self.tenant_bus)
         ll.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, self._listen)
-        # (tenant slug, session) -> uri -> release of the forwarding listener
-        self._resource_subscriptions: dict[tuple[str, str], dict[str, Callable[[], None]]] = {}
-        # tenant slug -> its resource subscriptions plus its open listen streams, in this process
-        self._per_tenant: dict[str, int] = {}
-        self.max_subscriptions_per_session, self.max_subscriptions_per_tenant = max_subscriptions
-        self._forwarding: set[asyncio.Task[None]] = set()
-        # 2025-era sessions that listed items: they hear list_changed for their tenant
-        self._list_watchers: dict[tuple[str, str], Callable[[], None]] = {}
+        self.sessions = SessionSubscriptions(self.tenant_bus, *max_subscriptions)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -189,46 +174,6 @@ class ScopedServer(MCPServer[Any]):
     @staticmethod
     def _hidden(call: Call, kind: str, key: str, exists: bool) -> None:
         call.denied = f"{kind} {'not visible' if exists else 'unknown'}: {key}"
-
-    # -- list_changed for 2025-era sessions -------------------------------------------------------
-
-    def _watch_lists(self, ctx: ServerRequestContext[Any, Any]) -> None:
-        """A session that lists items hears when its tenant's lists change (a catalogue policy, a
-        run-time registration), for as long as it lives. Requests without a session id (stateless,
-        2026-07-28) are left out: they have no stream to hear on, or listen streams of their own."""
-        call = current_call()
-        headers = getattr(ctx.request, "headers", None)
-        session_id = headers.get("mcp-session-id") if headers is not None else f"connection:{id(ctx.session)}"
-        if call is None or session_id is None:
-            return
-        owner = (call.tenant.slug, session_id)
-        if owner in self._list_watchers:
-            return
-        session, loop = ctx.session, asyncio.get_running_loop()
-        senders = {
-            ToolsListChanged: session.send_tool_list_changed,
-            PromptsListChanged: session.send_prompt_list_changed,
-            ResourcesListChanged: session.send_resource_list_changed,
-        }
-
-        async def send(notify: Callable[[], Awaitable[None]]) -> None:
-            with contextlib.suppress(Exception):  # the session is gone; the exit stack releases us
-                await notify()
-
-        def listener(event: ServerEvent) -> None:
-            notify = senders.get(type(event))
-            if notify is not None:
-                task = loop.create_task(send(notify))
-                self._forwarding.add(task)
-                task.add_done_callback(self._forwarding.discard)
-
-        self._list_watchers[owner] = self.tenant_bus.subscribe(listener)
-        _sdk.on_session_end(ctx.session, self._unwatch_lists, owner)
-
-    def _unwatch_lists(self, owner: tuple[str, str]) -> None:
-        release = self._list_watchers.pop(owner, None)
-        if release is not None:
-            release()
 
     # -- tools ---------------------------------------------------------------------------------
 
@@ -365,111 +310,37 @@ class ScopedServer(MCPServer[Any]):
                 return False
         return False
 
-    @staticmethod
-    def _session_key(ctx: ServerRequestContext[Any, Any]) -> str:
-        headers = getattr(ctx.request, "headers", None)
-        return (
-            headers.get("mcp-session-id") if headers is not None else None
-        ) or f"connection:{id(ctx.session)}"
+    # -- list_changed, resource subscriptions, listen streams ------------------------------------
 
-    def _take_place(self, slug: str, session: dict[str, Callable[[], None]] | None) -> None:
-        """Count one more subscription of the tenant (and session), or refuse past a cap."""
-        if session is not None and len(session) >= self.max_subscriptions_per_session:
-            limit = f"{self.max_subscriptions_per_session} per session"
-        elif self._per_tenant.get(slug, 0) >= self.max_subscriptions_per_tenant:
-            limit = f"{self.max_subscriptions_per_tenant} per tenant"
-        else:
-            self._per_tenant[slug] = self._per_tenant.get(slug, 0) + 1
-            return
-        raise MCPError(code=INVALID_REQUEST, message=f"Subscription limit reached: at most {limit}")
-
-    def _free_place(self, slug: str) -> None:
-        left = self._per_tenant.get(slug, 0) - 1
-        if left > 0:
-            self._per_tenant[slug] = left
-        else:
-            self._per_tenant.pop(slug, None)
-
-    def _drop(self, owner: tuple[str, str], uri: str | None = None) -> None:
-        """Release one subscription of a session, or (uri None) all of them."""
-        session = self._resource_subscriptions.get(owner)
-        if session is None:
-            return
-        for key in [uri] if uri is not None else list(session):
-            release = session.pop(key, None)
-            if release is not None:
-                release()
-                self._free_place(owner[0])
-        if uri is None:  # kept while the session lives: its exit-stack callback is registered once
-            del self._resource_subscriptions[owner]
+    def _watch_lists(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        call = current_call()
+        if call is not None:
+            self.sessions.watch_lists(ctx, call.tenant.slug)
 
     async def _subscribe(
         self, ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams
     ) -> EmptyResult:
-        """Forward this tenant's updates of `uri` to this session. Another tenant's URI, or one the
-        caller cannot see, is refused exactly like an unknown resource. Capped per session and
-        per tenant; released by unsubscribe or with the session."""
+        """Another tenant's URI, or one the caller cannot see, is refused exactly like an unknown
+        resource."""
         call = _require_call()
         uri = str(params.uri)
         if not self._visible_uri(uri, call):
             self._hidden(call, "resource", uri, self._exists(self.catalogue.resources, uri))
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown resource: {uri}", data={"uri": uri})
-        owner = (call.tenant.slug, self._session_key(ctx))
-        known = self._resource_subscriptions.get(owner)
-        if known is not None and uri in known:
-            return EmptyResult()
-        self._take_place(owner[0], known or {})
-        if known is None:
-            known = self._resource_subscriptions[owner] = {}
-            # When the session ends (DELETE, idle timeout, shutdown) the SDK unwinds its
-            # connection's exit stack (reachable from a lowlevel handler only through the
-            # session): release all of the session's subscriptions then.
-            _sdk.on_session_end(ctx.session, self._drop, owner)
-        session = ctx.session
-        loop = asyncio.get_running_loop()
-
-        # Whether the subscriber's credential still holds is the transport's to check, against the
-        # credential live now (a refreshed token included): it gates every push and closes the
-        # streams of a revoked one (`tenant_mcp.transports.http`).
-        async def forward() -> None:
-            try:
-                await session.send_resource_updated(uri)
-            except Exception:  # the session is gone: stop forwarding to it
-                self._drop(owner, uri)
-
-        def listener(event: ServerEvent) -> None:
-            if isinstance(event, ResourceUpdated) and event.uri == uri:
-                task = loop.create_task(forward())
-                self._forwarding.add(task)
-                task.add_done_callback(self._forwarding.discard)
-
-        known[uri] = self.tenant_bus.subscribe(listener)
-        (await self.tenant_bus.hold())()  # returns once other replicas' updates can arrive
+        await self.sessions.subscribe(ctx, call.tenant.slug, uri)
         return EmptyResult()
 
     async def _unsubscribe(
         self, ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams
     ) -> EmptyResult:
-        call = _require_call()
-        self._drop((call.tenant.slug, self._session_key(ctx)), str(params.uri))
+        self.sessions.unsubscribe(ctx, _require_call().tenant.slug, str(params.uri))
         return EmptyResult()
 
     async def _listen(
         self, ctx: ServerRequestContext[Any, Any], params: SubscriptionsListenRequestParams
     ) -> SubscriptionsListenResult:
-        """The SDK's listen handler, once the tenant's events from other replicas can arrive: it
-        acknowledges right after subscribing, and the client may act on the ack at once. An open
-        stream counts against the tenant's subscription cap."""
-        slug = _require_call().tenant.slug
-        self._take_place(slug, None)
-        try:
-            release = await self.tenant_bus.hold()
-            try:
-                return await self._listen_handler(ctx, params)
-            finally:
-                release()
-        finally:
-            self._free_place(slug)
+        async with self.sessions.listening(_require_call().tenant.slug):
+            return await self._listen_handler(ctx, params)
 
     # -- completion ----------------------------------------------------------------------------
 
