@@ -406,7 +406,7 @@ class TenantMCP:
         number of steps applied per component.
         SQLite needs none of this: it migrates itself when opened.
         """
-        from tenant_mcp.storage.postgres import current_role, migrate  # asyncpg is an optional extra
+        from tenant_mcp.storage.pg_migrate import current_role, migrate  # asyncpg is an optional extra
 
         target = url or self.migration_url or self.database_url
         if not is_postgres(target):
@@ -490,12 +490,10 @@ class TenantMCP:
                 hold_seconds=self.db_hold_seconds,
                 admit=admit,
             )
-        from tenant_mcp.storage.postgres import (  # asyncpg is an optional extra
-            PostgresStore,
-            check_control_role,
-            check_version,
-            read_binding_key,
-        )
+        # asyncpg is an optional extra
+        from tenant_mcp.storage.pg_migrate import check_version
+        from tenant_mcp.storage.pg_roles import check_control_role, read_binding_key
+        from tenant_mcp.storage.postgres import PostgresStore
 
         if not self.data_url or not is_postgres(self.data_url):
             raise ConfigurationError(

@@ -15,7 +15,7 @@ import pytest
 from tenant_mcp import TenantMCPError
 from tenant_mcp.controlplane import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS, ControlPlane
 from tenant_mcp.controlplane.schema import Column, Index, Table, render_table
-from tenant_mcp.storage.postgres import migrate
+from tenant_mcp.storage.pg_migrate import migrate
 from tests import controlplane_ddl_v1 as v1
 from tests.conftest import APP_ROLE, DATA_ROLE, Postgres, in_thread, postgres_database
 

@@ -22,7 +22,8 @@ import pytest
 from tenant_mcp import ConstraintError, TenantMCPError
 from tenant_mcp.controlplane import POSTGRES_MIGRATIONS, ControlPlane
 from tenant_mcp.storage.gateway import check
-from tenant_mcp.storage.postgres import PostgresStore, migrate
+from tenant_mcp.storage.pg_migrate import migrate
+from tenant_mcp.storage.postgres import PostgresStore
 from tests.conftest import (
     DATA_ROLE,
     ROOT,

@@ -179,7 +179,8 @@ class ControlPlane:
         if self._db is not None:
             return
         if self.postgres:
-            from tenant_mcp.storage.postgres import PostgresDatabase, check_version
+            from tenant_mcp.storage.pg_control import PostgresDatabase
+            from tenant_mcp.storage.pg_migrate import check_version
 
             pg = await PostgresDatabase.open(self.url)
             try:
