@@ -31,7 +31,7 @@ from tenant_mcp.auth.authenticator import Authenticator
 from tenant_mcp.auth.invalidation import Invalidation
 from tenant_mcp.auth.jwt import JWTSettings, JWTVerifier
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, POSTGRES_MIGRATIONS, ControlPlane
-from tenant_mcp.errors import ConfigurationError, TenantMCPError
+from tenant_mcp.errors import ConfigurationError, TenantMCPError, required
 from tenant_mcp.limits import Limiter, Limits, OnRedisError, parse_rate
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.pipeline import Pipeline
@@ -468,9 +468,7 @@ class TenantMCP:
 
     @property
     def runtime(self) -> Runtime:
-        if self._runtime is None:
-            raise TenantMCPError("the server is not running")
-        return self._runtime
+        return required(self._runtime, "the server is not running")
 
     @staticmethod
     async def _open_secrets(control_plane: ControlPlane) -> SecretStore:

@@ -13,7 +13,7 @@ from mcp.server.mcpserver import Context
 
 from tenant_mcp import _sdk
 from tenant_mcp.audit.leakguard import Markers
-from tenant_mcp.errors import TenantMCPError
+from tenant_mcp.errors import required
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.secrets import TenantSecrets
 from tenant_mcp.storage import TenantDatabase
@@ -56,20 +56,14 @@ class TenantContext(Context[Any, Any]):
     @property
     def db(self) -> TenantDatabase:
         """The caller's tenant database; see `tenant_mcp.storage`."""
-        if self._db is None:
-            raise TenantMCPError("this server has no tenant database configured")
-        return self._db
+        return required(self._db, "this server has no tenant database configured")
 
     @property
     def secrets(self) -> TenantSecrets:
         """The caller's tenant's secrets (`await ctx.secrets.get(name)`); see `tenant_mcp.secrets`."""
-        if self._secrets is None:
-            raise TenantMCPError("the server is not running")
-        return self._secrets
+        return required(self._secrets, "the server is not running")
 
     @property
     def markers(self) -> Markers:
         """Register identifiers of this tenant for the outbound leak guard; see `tenant_mcp.audit.leakguard`."""
-        if self._markers is None:
-            raise TenantMCPError("the server is not running")
-        return self._markers
+        return required(self._markers, "the server is not running")

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from tenant_mcp.auth import apikeys
 from tenant_mcp.controlplane.tables import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS, TENANT_TABLES
-from tenant_mcp.errors import ConfigurationError, NotFoundError, TenantMCPError
+from tenant_mcp.errors import ConfigurationError, NotFoundError, TenantMCPError, required
 from tenant_mcp.models import Tenant, TenantStatus
 from tenant_mcp.storage import data_dir, is_postgres, sqlite_path
 from tenant_mcp.storage.sql import Connection, ConstraintError, Database
@@ -205,9 +205,7 @@ class ControlPlane:
 
     @property
     def db(self) -> Database:
-        if self._db is None:
-            raise TenantMCPError("the control plane is not open")
-        return self._db
+        return required(self._db, "the control plane is not open")
 
     async def _migrate(self) -> None:
         async with self.db.transaction() as tx:

@@ -4,14 +4,11 @@ connecting, and PostgreSQL's errors and statuses in the framework's terms."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from tenant_mcp.errors import ConfigurationError
-from tenant_mcp.storage.sql import ConstraintError
 
 CONTROL_SCHEMA = "tenant_mcp"
 DATA_SCHEMA = "public"
@@ -27,15 +24,6 @@ class _ResettingConnection(asyncpg.Connection):
 
     def get_reset_query(self) -> str:
         return super().get_reset_query() + "\nDISCARD TEMP;\nDISCARD SEQUENCES;"
-
-
-@contextmanager
-def constraints() -> Iterator[None]:
-    """The same exception for a broken constraint on both backends."""
-    try:
-        yield
-    except asyncpg.IntegrityConstraintViolationError as exc:
-        raise ConstraintError(str(exc)) from None
 
 
 def rowcount(status: str) -> int:

@@ -14,10 +14,9 @@ from tenant_mcp.storage.pg import (
     AnyConnection,
     close_pool,
     connect_pool,
-    constraints,
     rowcount,
 )
-from tenant_mcp.storage.sql import Params, to_postgres
+from tenant_mcp.storage.sql import Params, constraint_errors, to_postgres
 
 
 class PostgresConnection:
@@ -30,7 +29,7 @@ class PostgresConnection:
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         text, args = to_postgres(sql, params)
-        with constraints():
+        with constraint_errors(asyncpg.IntegrityConstraintViolationError):
             return rowcount(await self._target.execute(text, *args))
 
     async def execute_many(self, sql: str, rows: Iterable[Params]) -> None:

@@ -48,12 +48,11 @@ from tenant_mcp.storage.pg import (
     AnyConnection,
     close_pool,
     connect_pool,
-    constraints,
     rowcount,
 )
 from tenant_mcp.storage.pg_control import PostgresConnection
 from tenant_mcp.storage.pg_roles import check_data_role, read_binding_key
-from tenant_mcp.storage.sql import Params, to_postgres
+from tenant_mcp.storage.sql import Params, constraint_errors, to_postgres
 
 _BIND = f"SELECT set_config('{BINDING_SETTING}', $1, true)"
 
@@ -160,7 +159,7 @@ class _Unit(OwnedUnit):
         conn = await self._connection()
         self._busy += 1
         try:
-            with constraints():
+            with constraint_errors(asyncpg.IntegrityConstraintViolationError):
                 yield conn
         finally:
             self._busy -= 1
