@@ -14,7 +14,9 @@ import pytest
 
 from tenant_mcp import TenantMCPError
 from tenant_mcp.controlplane import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS, ControlPlane
-from tenant_mcp.controlplane.schema import Column, Index, Table, render_table
+from tenant_mcp.controlplane.schema import AddColumn, Column, Index, Table, current_tables, render_table
+from tenant_mcp.controlplane.tables import STEPS
+from tenant_mcp.models import Tenant
 from tenant_mcp.storage.pg_migrate import migrate
 from tests import controlplane_ddl_v1 as v1
 from tests.conftest import APP_ROLE, DATA_ROLE, Postgres, in_thread, postgres_database
@@ -195,5 +197,37 @@ def test_a_table_spec_refuses_what_it_cannot_render() -> None:
         Table("t", (Column("id", "integer", identity=True), Column("k", "text")), primary_key=("k",))
     with pytest.raises(ValueError, match="does not have"):
         Table("t", (Column("id", "text"),), primary_key=("id",), indexes=(Index("t_x", ("x",)),))
+    with pytest.raises(ValueError, match="NOT NULL one without a default"):
+        AddColumn("t", Column("x", "text"))
     with pytest.raises(ValueError, match="declared twice"):
         Table("t", (Column("id", "text"), Column("id", "text")))
+
+
+def _sample(column: Column, tenant: Tenant) -> Any:
+    """A value `column` accepts, distinct per tenant where it is text (keys are text)."""
+    if column.name == "tenant_id":
+        return tenant.id
+    if column.choices:
+        return column.choices[0]
+    return {"text": f"{tenant.slug}-{column.name}", "integer": 1, "real": 1.0, "blob": b"x"}[column.type]
+
+
+async def test_deleting_a_tenant_empties_every_table_with_a_tenant_id(tmp_path: Path) -> None:
+    """A table added to the spec with a tenant_id column is purged with its tenant, unasked."""
+    async with ControlPlane(f"sqlite:///{tmp_path}/cp.db") as cp:
+        gone, kept = await cp.create_tenant("gone"), await cp.create_tenant("kept")
+        tables = [
+            t for t in current_tables(STEPS, "sqlite").values() if "tenant_id" in {c.name for c in t.columns}
+        ]
+        assert len(tables) >= 9
+        for table in tables:
+            for tenant in (gone, kept):
+                values = {c.name: _sample(c, tenant) for c in table.columns if not c.identity}
+                await cp.db.execute(
+                    f"INSERT INTO {table.name} ({', '.join(values)}) VALUES ({', '.join('?' for _ in values)})",
+                    list(values.values()),
+                )
+        await cp.delete_tenant("gone")
+        for table in tables:
+            rows = await cp.db.fetch_all(f"SELECT tenant_id FROM {table.name}")
+            assert [r["tenant_id"] for r in rows] == [kept.id], table.name

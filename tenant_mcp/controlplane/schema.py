@@ -90,8 +90,18 @@ class CreateTable:
 
 @dataclass(frozen=True, slots=True)
 class AddColumn:
+    """``ALTER TABLE ... ADD COLUMN``, within what SQLite can add to a table with rows."""
+
     table: str
     column: Column
+
+    def __post_init__(self) -> None:
+        c = self.column
+        if c.unique or c.identity or (not c.null and c.default is None):
+            raise ValueError(
+                f"column {self.table}.{c.name}: SQLite adds no UNIQUE or identity column, nor a NOT NULL one "
+                "without a default; create a new table instead"
+            )
 
 
 Operation = CreateTable | AddColumn
