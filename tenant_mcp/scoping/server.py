@@ -52,23 +52,17 @@ from mcp_types import Tool as MCPTool
 from pydantic.networks import AnyUrl
 
 from tenant_mcp import _sdk
-from tenant_mcp.audit.leakguard import Markers
 from tenant_mcp.auth.authenticator import TenantAccessToken
 from tenant_mcp.call import Call, current_call
 from tenant_mcp.context import TenantContext
-from tenant_mcp.scoping.catalogue import Catalogue, StaticResource
+from tenant_mcp.scoping.catalogue import Catalogue, Entry, Item, Section, StaticResource, Wire
 from tenant_mcp.scoping.sessions import SessionSubscriptions
 from tenant_mcp.scoping.subscriptions import TenantSubscriptionBus
-from tenant_mcp.secrets import TenantSecrets
 
 if TYPE_CHECKING:
     from tenant_mcp.runtime import Runtime
 
 CompletionHandler = Callable[..., Any]
-
-
-def _ignore(value: str) -> None:
-    """Without a leak guard there is nothing to register a secret with."""
 
 
 def _require_call() -> Call:
@@ -136,40 +130,26 @@ class ScopedServer(MCPServer[Any]):
         entry = self.catalogue.tools.visible(name, token.tenant, token.principal)
         return entry.wire.input_schema if entry else None
 
-    def _bind(self, base: Context[Any, Any] | None, call: Call) -> TenantContext:
-        base = base or Context(mcp_server=self, subscriptions=self.tenant_bus)
-        rt = self.runtime
-        if rt is None:
-            return TenantContext._bind(base, call.tenant, call.principal, None)
-        db = rt.store.database(call.tenant.id)
-        markers = Markers(rt.leak_guard, rt.control_plane, call.tenant.id)
-        guard, tenant_id = rt.leak_guard, call.tenant.id
-        secrets = TenantSecrets(
-            rt.secrets,
-            tenant_id,
-            call.tenant.slug,
-            (lambda v: guard.add_secret(tenant_id, v)) if guard else _ignore,
-        )
-        return TenantContext._bind(base, call.tenant, call.principal, db, markers, secrets)
-
     @contextlib.asynccontextmanager
     async def _context(self, base: Context[Any, Any] | None, call: Call) -> AsyncIterator[TenantContext]:
         """The caller's `TenantContext` for one handler: its database work commits when the
         handler returns and rolls back when it raises."""
-        ctx = self._bind(base, call)
+        base = base or Context(mcp_server=self, subscriptions=self.tenant_bus)
+        ctx = TenantContext._bind(base, call.tenant, call.principal, self.runtime)
         try:
             yield ctx
         except BaseException:
-            await self._end(ctx, call, commit=False)
+            call.denied = await ctx._finish(commit=False) or call.denied
             raise
-        await self._end(ctx, call, commit=True)
+        call.denied = await ctx._finish(commit=True) or call.denied
 
     @staticmethod
-    async def _end(ctx: TenantContext, call: Call, *, commit: bool) -> None:
-        if ctx._db is not None:
-            await ctx.db._finish(commit=commit)
-            if ctx._db.refusal is not None:  # recorded even when the tool caught the error
-                call.denied = ctx._db.refusal
+    def _entry(call: Call, method: str, section: Section[Item, Wire], name: str) -> Entry[Item, Wire] | None:
+        """The entry `name` as the caller sees it: the one the pipeline resolved for this request,
+        else (a name the request did not carry) looked up now."""
+        if call.method == method and call.name == name:
+            return call.entry
+        return section.visible(name, call.tenant, call.principal)
 
     @staticmethod
     def _hidden(call: Call, kind: str, key: str, exists: bool) -> None:
@@ -185,11 +165,7 @@ class ScopedServer(MCPServer[Any]):
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         call = _require_call()
-        # The pipeline looked the entry up once for this request; look up only a name it did not.
-        if call.method == "tools/call" and call.name == name:
-            entry = call.entry
-        else:
-            entry = self.catalogue.tools.visible(name, call.tenant, call.principal)
+        entry = self._entry(call, "tools/call", self.catalogue.tools, name)
         if entry is None:
             self._hidden(call, "tool", name, self._exists(self.catalogue.tools, name))
             raise ToolError(f"Unknown tool: {name}")  # the SDK's own words for a missing tool
@@ -264,10 +240,7 @@ class ScopedServer(MCPServer[Any]):
         self, name: str, arguments: dict[str, Any] | None = None, context: Context[Any, Any] | None = None
     ) -> GetPromptResult | InputRequiredResult:
         call = _require_call()
-        if call.method == "prompts/get" and call.name == name:
-            entry = call.entry
-        else:
-            entry = self.catalogue.prompts.visible(name, call.tenant, call.principal)
+        entry = self._entry(call, "prompts/get", self.catalogue.prompts, name)
         if entry is None:
             self._hidden(call, "prompt", name, self._exists(self.catalogue.prompts, name))
             # An MCPError, not the SDK's ValueError: that one is logged with a full traceback, and
