@@ -126,7 +126,9 @@ def render_column(column: Column, dialect: Dialect, *, primary_key: bool = False
         parts.append("GENERATED ALWAYS AS IDENTITY")
     if primary_key:
         parts.append("PRIMARY KEY")
-    elif not column.null and not column.identity:  # both imply NOT NULL (as written before)
+    elif not column.null and not column.identity:
+        # Key and identity columns keep the DDL of existing databases: PostgreSQL implies NOT NULL
+        # there; SQLite only for an INTEGER key (the store never writes a NULL key).
         parts.append("NOT NULL")
     if column.unique:
         parts.append("UNIQUE")
