@@ -25,7 +25,7 @@ from tenant_mcp.connections.provider import ClientAuth, Per, Provider
 from tenant_mcp.connections.service import Connections
 from tenant_mcp.connections.store import ConnectionStore
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, POSTGRES_MIGRATIONS, ControlPlane
-from tenant_mcp.errors import ConfigurationError, TenantMCPError
+from tenant_mcp.errors import ConfigurationError, TenantMCPError, required
 from tenant_mcp.limits import Limiter, Limits, OnRedisError
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.pipeline import Pipeline
@@ -275,7 +275,7 @@ class TenantMCP:
         number of steps applied per component.
         SQLite needs none of this: it migrates itself when opened.
         """
-        from tenant_mcp.storage.postgres import current_role, migrate  # asyncpg is an optional extra
+        from tenant_mcp.storage.pg_migrate import current_role, migrate  # asyncpg is an optional extra
 
         target = url or self.migration_url or self.database_url
         if not is_postgres(target):
@@ -366,9 +366,7 @@ class TenantMCP:
 
     @property
     def runtime(self) -> Runtime:
-        if self._runtime is None:
-            raise TenantMCPError("the server is not running")
-        return self._runtime
+        return required(self._runtime, "the server is not running")
 
     async def _open_secrets(self, control_plane: ControlPlane) -> SecretStore:
         secrets = SecretStore(control_plane.db, KeyRing.from_env())
@@ -392,12 +390,10 @@ class TenantMCP:
                 hold_seconds=self.db_hold_seconds,
                 admit=admit,
             )
-        from tenant_mcp.storage.postgres import (  # asyncpg is an optional extra
-            PostgresStore,
-            check_control_role,
-            check_version,
-            read_binding_key,
-        )
+        # asyncpg is an optional extra
+        from tenant_mcp.storage.pg_migrate import check_version
+        from tenant_mcp.storage.pg_roles import check_control_role, read_binding_key
+        from tenant_mcp.storage.postgres import PostgresStore
 
         if not self.data_url or not is_postgres(self.data_url):
             raise ConfigurationError(
@@ -462,7 +458,12 @@ class TenantMCP:
                     await tg.start(limiter.run)
                     broker = await self._start_broker(tg, authenticator, limiter)
                     telemetry = Telemetry(self.telemetry)
-                    telemetry.start(audit_depth=lambda: audit.depth, in_flight=lambda: limiter.in_flight)
+                    telemetry.start(
+                        audit_depth=lambda: audit.depth,
+                        in_flight=lambda: limiter.in_flight,
+                        db=store.usage,
+                        listen_streams=lambda: self._server.open_listen_streams,
+                    )
                     connections = (
                         Connections(
                             self._providers, ConnectionStore(control_plane.db, secrets), self._public_url

@@ -49,7 +49,7 @@ from tenant_mcp.auth.client_metadata import ClientMetadataFetcher
 from tenant_mcp.auth.invalidation import Invalidation
 from tenant_mcp.auth.pages import page as _page
 from tenant_mcp.auth.pages import redirect as _redirect
-from tenant_mcp.errors import AuthenticationError
+from tenant_mcp.errors import AuthenticationError, required
 from tenant_mcp.storage.sql import Database
 
 if TYPE_CHECKING:
@@ -142,9 +142,7 @@ class OAuthServer:
 
     @property
     def _rt(self) -> Runtime:
-        if self.runtime is None:
-            raise AuthenticationError("the server is not running")
-        return self.runtime
+        return required(self.runtime, "the server is not running", AuthenticationError)
 
     @property
     def _db(self) -> Database:
