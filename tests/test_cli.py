@@ -38,7 +38,7 @@ from mcp.client.stdio import StdioServerParameters
 from tenant_mcp.controlplane import AuditEvent, ControlPlane
 from tenant_mcp.storage import migration_sql, new_id
 from tenant_mcp.storage.sqlite import DatabasePool
-from tests.conftest import ROOT, Tenants, clean_env, free_port, mcp_client
+from tests.helpers import ROOT, Tenants, clean_env, free_port, mcp_client
 
 TENANT_MCP = str(Path(sys.executable).parent / "tenant-mcp")
 SECRET = "acme-cli-secret-93b2"

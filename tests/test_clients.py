@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ServerProcess, Tenants
+from tests.helpers import ServerProcess, Tenants
 from tests.nodejs import JS, node_bin_dir, node_env, require_js_tools
 
 INSPECTOR = JS / "node_modules" / "@modelcontextprotocol" / "inspector-cli" / "build"

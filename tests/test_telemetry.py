@@ -13,14 +13,9 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ServerProcess, Tenants, free_port, mcp_client, standard_tenants
+from tests.helpers import ServerProcess, Tenants, free_port, mcp_client, standard_tenants, tool_result
 
 pytestmark = pytest.mark.anyio
-
-
-def _rows(result: Any) -> Any:
-    assert not result.is_error, result.content
-    return result.structured_content["result"]
 
 
 @pytest.fixture
@@ -43,7 +38,7 @@ async def test_spans_carry_their_own_tenant_under_interleaved_load(tenants: Tena
             await asyncio.gather(calls(a, "acme"), calls(b, "globex"))
             headers = (await a.call_tool("outbound_headers", {})).structured_content
             assert headers is not None
-            spans = _rows(await a.call_tool("recorded_spans", {}))
+            spans = tool_result(await a.call_tool("recorded_spans", {}))
     finally:
         server.stop()
     by_id = {s["id"]: s for s in spans}
