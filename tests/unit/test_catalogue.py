@@ -54,7 +54,11 @@ def test_plans_and_scopes_decide_what_code_allows(tools: Section[str, str]) -> N
         "whoami", "report", "export", "export_pro", "private_report",
     }  # fmt: skip
     assert names(tools, GLOBEX, principal(GLOBEX, "notes:export")) == {"whoami", "export", "globex_only"}
-    assert names(tools, GLOBEX, principal(GLOBEX, "notes:export", "admin")) == {"whoami", "export", "globex_only"}
+    assert names(tools, GLOBEX, principal(GLOBEX, "notes:export", "admin")) == {
+        "whoami",
+        "export",
+        "globex_only",
+    }
 
 
 def test_a_private_item_is_its_tenants_alone(tools: Section[str, str]) -> None:
@@ -102,7 +106,9 @@ def test_policy_names_use_the_sections_item_kind() -> None:
     templates.add_shared(entry("notes://{id}"))
     acme = replace(ACME, disabled=frozenset({"template:notes://{id}"}))
     assert templates.visible("notes://{id}", acme, principal(acme)) is None
-    assert templates.visible("notes://{id}", ACME, principal(ACME, items=frozenset({"template:notes://{id}"})))
+    assert templates.visible(
+        "notes://{id}", ACME, principal(ACME, items=frozenset({"template:notes://{id}"}))
+    )
 
 
 def test_names_are_unique_across_shared_and_private_items(tools: Section[str, str]) -> None:
@@ -115,7 +121,10 @@ def test_names_are_unique_across_shared_and_private_items(tools: Section[str, st
     with pytest.raises(ValueError, match="'private_report' is already registered"):
         tools.add_private("acme", entry("private_report"))
     tools.add_private("globex", entry("private_report"))  # another tenant's item of the same name
-    assert tools.visible("private_report", GLOBEX, principal(GLOBEX)) is tools.private["globex"]["private_report"]
+    assert (
+        tools.visible("private_report", GLOBEX, principal(GLOBEX))
+        is tools.private["globex"]["private_report"]
+    )
 
 
 def test_removing_a_private_item(tools: Section[str, str]) -> None:

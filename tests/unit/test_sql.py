@@ -99,7 +99,9 @@ def test_a_wrong_number_of_values_is_refused_like_sqlite_refuses_it(sql: str, pa
         ("SELECT :missing", {"a": 1}, "no value for SQL parameter :missing"),
     ],
 )
-def test_malformed_statements_and_mismatched_values_are_refused(sql: str, params: Params, message: str) -> None:
+def test_malformed_statements_and_mismatched_values_are_refused(
+    sql: str, params: Params, message: str
+) -> None:
     with pytest.raises(TenantMCPError, match=re.escape(message)):
         to_postgres(sql, params)
 
