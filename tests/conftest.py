@@ -9,6 +9,12 @@ import pytest
 from tests.helpers import ServerProcess, Tenants, keyed_tenants, sqlite_url, standard_tenants
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The unit tests (tests/unit: no server process) first, so a broken pure piece is reported
+    within seconds; the order of everything else is kept."""
+    items.sort(key=lambda item: item.path.parent.name != "unit")
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
