@@ -149,13 +149,7 @@ class ServerProcess:
         raise RuntimeError(f"server did not start: {self.log.read_text()}")
 
     def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        interrupt(self.proc)
         self._log_file.close()
         return self.proc.returncode
 
@@ -164,6 +158,19 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def interrupt(proc: subprocess.Popen[Any], timeout: float = 20) -> bool:
+    """Stop `proc` as Ctrl-C would (SIGINT), killing it after `timeout` s; False if it had to be killed."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return False
+    return True
 
 
 @asynccontextmanager
