@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -351,9 +351,26 @@ async def until(condition: Callable[[], object], *, within: float = 5.0, then: f
     await anyio.sleep(then)
 
 
-def resource_updates(into: list[str]) -> Callable[[Any], Any]:
-    """A legacy client's message handler that records the URI of each resource-updated notice."""
+@asynccontextmanager
+async def legacy_subscribers(
+    url: str, keys: Mapping[str, str], uri: str
+) -> AsyncIterator[tuple[dict[str, Client], dict[str, list[str]]]]:
+    """A 2025-era (legacy) session per name in `keys`, each subscribed to `uri`; yields the clients
+    and, per name, the URIs it was told were updated."""
+    seen: dict[str, list[str]] = {name: [] for name in keys}
+    async with AsyncExitStack() as stack:
+        clients = {
+            name: await stack.enter_async_context(
+                mcp_client(url, key, mode="legacy", message_handler=_resource_updates(seen[name]))
+            )
+            for name, key in keys.items()
+        }
+        for client in clients.values():
+            await client.subscribe_resource(uri)
+        yield clients, seen
 
+
+def _resource_updates(into: list[str]) -> Callable[[Any], Any]:
     async def on_message(message: Any) -> None:
         root = getattr(message, "root", message)
         if getattr(root, "method", None) == "notifications/resources/updated":

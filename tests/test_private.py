@@ -7,7 +7,7 @@ import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.helpers import ServerProcess, Tenants, listening, mcp_client, resource_updates, until
+from tests.helpers import ServerProcess, Tenants, legacy_subscribers, listening, mcp_client, until
 
 pytestmark = pytest.mark.anyio
 
@@ -61,17 +61,9 @@ async def test_resource_updates_reach_only_the_publishing_tenant(
 async def test_legacy_resource_subscriptions_are_per_tenant(probe: tuple[ServerProcess, Tenants]) -> None:
     server, t = probe
     uri = "items://7"
-    seen: dict[str, list[str]] = {"acme": [], "globex": []}
-    async with (
-        mcp_client(
-            server.url, t.keys["acme"], mode="legacy", message_handler=resource_updates(seen["acme"])
-        ) as a,
-        mcp_client(
-            server.url, t.keys["globex"], mode="legacy", message_handler=resource_updates(seen["globex"])
-        ) as b,
-    ):
-        await a.subscribe_resource(uri)
-        await b.subscribe_resource(uri)
+    keys = {slug: t.keys[slug] for slug in ("acme", "globex")}
+    async with legacy_subscribers(server.url, keys, uri) as (clients, seen):
+        a, b = clients["acme"], clients["globex"]
         with pytest.raises(MCPError) as hidden:
             await b.subscribe_resource("nowhere://1")
         assert hidden.value.error.message == "Unknown resource: nowhere://1"

@@ -32,9 +32,9 @@ from tests.helpers import (
     ServerProcess,
     Tenants,
     clean_env,
+    legacy_subscribers,
     listening,
     mcp_client,
-    resource_updates,
     run_cli,
     until,
 )
@@ -292,17 +292,8 @@ async def test_legacy_resource_subscriptions_hear_other_replicas(
 ) -> None:
     first, second, t = replicas
     uri = "items://5"
-    seen: dict[str, list[str]] = {"acme": [], "globex": []}
-    async with (
-        mcp_client(
-            second.url, t.keys["acme"], mode="legacy", message_handler=resource_updates(seen["acme"])
-        ) as a,
-        mcp_client(
-            second.url, t.keys["globex"], mode="legacy", message_handler=resource_updates(seen["globex"])
-        ) as b,
-    ):
-        await a.subscribe_resource(uri)
-        await b.subscribe_resource(uri)
+    keys = {slug: t.keys[slug] for slug in ("acme", "globex")}
+    async with legacy_subscribers(second.url, keys, uri) as (_, seen):
         async with mcp_client(first.url, t.keys["acme"]) as publisher:
             await publisher.call_tool("touch_resource", {"uri": uri})
         await until(lambda: seen["acme"], then=0.3)
