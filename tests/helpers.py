@@ -144,7 +144,7 @@ class ServerProcess:
                     return
             except httpx2.HTTPError:
                 pass
-            time.sleep(0.05)  # a start-up costs half this on average: poll often
+            time.sleep(0.05)  # every start waits half of this on average
         self.stop()
         raise RuntimeError(f"server did not start: {self.log.read_text()}")
 
