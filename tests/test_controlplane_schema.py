@@ -19,7 +19,7 @@ from tenant_mcp.controlplane.tables import STEPS
 from tenant_mcp.models import Tenant
 from tenant_mcp.storage.pg_migrate import migrate
 from tests import controlplane_ddl_v1 as v1
-from tests.conftest import APP_ROLE, DATA_ROLE, Postgres, in_thread, postgres_database
+from tests.helpers import APP_ROLE, DATA_ROLE, Postgres, in_thread, postgres_database
 
 pytestmark = pytest.mark.anyio
 
