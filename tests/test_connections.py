@@ -24,8 +24,17 @@ from mcp.shared.exceptions import MCPError
 from tenant_mcp.connections.store import ConnectionStore
 from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.secrets import KeyRing, SecretStore
-from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, free_port, mcp_client, postgres_database
-from tests.test_postgres import migrate_cli
+from tests.helpers import (
+    ROOT,
+    ServerProcess,
+    Tenants,
+    clean_env,
+    free_port,
+    interrupt,
+    mcp_client,
+    migrated,
+    run_cli,
+)
 
 pytestmark = pytest.mark.anyio
 LINK = re.compile(r"http://127\.0\.0\.1:\d+/connections/connect\?link=[\w-]+")
@@ -41,11 +50,8 @@ class Stack:
     def admin(self, action: str, user: str = "") -> dict[str, Any]:
         return dict(httpx2.post(f"{self.upstream}/admin/{action}", params={"user": user}, timeout=10).json())
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "tenant_mcp.cli", *args, "--db", self.t.db_url], cwd=ROOT,
-            env=clean_env(TENANT_MCP_SECRET_KEY=self.secret_key), capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, db=self.t.db_url, env={"TENANT_MCP_SECRET_KEY": self.secret_key}, stdin=stdin)
 
 
 @contextmanager
@@ -87,8 +93,7 @@ def _stack(
         yield Stack(t, server, upstream, secret_key)
     finally:
         server.stop()
-        provider.terminate()
-        provider.wait(10)
+        interrupt(provider)
         up_log.close()
 
 
@@ -100,11 +105,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 @pytest.fixture
 def pg_stack(tmp_path: Path) -> Iterator[Stack]:
-    with postgres_database() as pg:
-        done = migrate_cli("tests.servers.connected:app", pg)
-        assert done.returncode == 0, done.stderr
-        with _stack(pg.app, tmp_path) as s:
-            yield s
+    with migrated("tests.servers.connected:app") as pg, _stack(pg.app, tmp_path) as s:
+        yield s
 
 
 def _text(result: Any) -> str:
@@ -364,10 +366,7 @@ async def test_tenant_delete_makes_the_stored_tokens_undecryptable(stack: Stack)
     [(copied,)] = db.execute("SELECT ciphertext FROM connections WHERE tenant_id = ?", (stack.t.ids["acme"],))
     db.close()
     stack.server.stop()
-    deleted = subprocess.run(
-        [sys.executable, "-m", "tenant_mcp.cli", "tenant", "delete", "acme", "--yes", "--db", stack.t.db_url],
-        cwd=ROOT, env=clean_env(TENANT_MCP_SECRET_KEY=stack.secret_key), capture_output=True, text=True,
-    )  # fmt: skip
+    deleted = stack.cli("tenant", "delete", "acme", "--yes")
     assert deleted.returncode == 0, deleted.stderr
     tenant_id = stack.t.ids["acme"]
     db = sqlite3.connect(path)
@@ -424,11 +423,7 @@ async def test_the_example_server(tmp_path: Path) -> None:
     with _stack(f"sqlite:///{tmp_path}/control.db", tmp_path, "example_servers.crm:app") as stack:
         done = stack.cli("secret", "set", "acme", "weather_api_key", "--from-env", "WEATHER")
         assert done.returncode != 0  # the variable is not set: nothing is stored, a clear error
-        set_ = subprocess.run(
-            [sys.executable, "-m", "tenant_mcp.cli", "secret", "set", "acme", "weather_api_key", "--db",
-             stack.t.db_url], input="acme-weather-key-123", cwd=ROOT, capture_output=True, text=True,
-            env=clean_env(TENANT_MCP_SECRET_KEY=stack.secret_key),
-        )  # fmt: skip
+        set_ = stack.cli("secret", "set", "acme", "weather_api_key", stdin="acme-weather-key-123")
         assert set_.returncode == 0, set_.stderr
         await _connect(stack, "acme", "acme-user", {"tool": "crm_me"})
         async with mcp_client(stack.server.url, stack.t.keys["acme"]) as a:
