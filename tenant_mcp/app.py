@@ -38,7 +38,7 @@ from tenant_mcp.pipeline import Pipeline
 from tenant_mcp.pipeline.overrides import plain_name
 from tenant_mcp.replication.redis import DEFAULT_PREFIX, Broker, check_reachable
 from tenant_mcp.runtime import Runtime
-from tenant_mcp.scoping.catalogue import Catalogue, Entry, Section, StaticResource, Visibility
+from tenant_mcp.scoping.catalogue import Catalogue, CatalogueItem, Entry, Section, StaticResource, Visibility
 from tenant_mcp.scoping.server import ScopedServer
 from tenant_mcp.secrets import KeyRing, SecretStore
 from tenant_mcp.storage import DEFAULT_HOLD_SECONDS, Admit, DataStore, is_postgres, migration_sql, open_store
@@ -422,6 +422,11 @@ class TenantMCP:
             app_role=app_role,
             data_role=data_role,
         )
+
+    def items(self) -> list[CatalogueItem]:
+        """The items registered for every tenant (not those of `tenant(slug)`), with the rules
+        code gives them: what tools and tests that inspect an app read, instead of its internals."""
+        return self._catalogue.shared_items()
 
     def catalogue_report(self, tenant: Tenant) -> list[dict[str, Any]]:
         """Each shared item, whether `tenant` sees it (with a key holding the scopes the item
