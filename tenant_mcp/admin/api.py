@@ -85,6 +85,7 @@ class Admin:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the databases (``async with`` does this)."""
         try:
             if self._store is not None:
                 await self._store.aclose()
@@ -113,9 +114,11 @@ class Admin:
         return await self._control_plane.create_tenant(slug, name=name, plan=plan, metadata=metadata)
 
     async def tenant(self, slug: str) -> Tenant:
+        """The tenant with this slug, with its plan's catalogue defaults folded into its policy."""
         return await self._control_plane.require_tenant(slug)
 
     async def list_tenants(self) -> list[Tenant]:
+        """Every tenant, by slug."""
         return await self._control_plane.list_tenants()
 
     async def suspend(self, slug: str) -> Tenant:
@@ -123,6 +126,7 @@ class Admin:
         return await self._set_status(slug, "suspended")
 
     async def activate(self, slug: str) -> Tenant:
+        """Lift a suspension."""
         return await self._set_status(slug, "active")
 
     async def _set_status(self, slug: str, status: TenantStatus) -> Tenant:
@@ -177,6 +181,7 @@ class Admin:
         return await self._control_plane.create_key(tenant, scopes=scopes, label=label, items=items)
 
     async def list_keys(self, tenant: str) -> list[KeyRecord]:
+        """The tenant's keys, revoked ones included, oldest first (never their plaintext)."""
         return await self._control_plane.list_keys(tenant)
 
     async def key(self, key_id: str, *, tenant: str | None = None) -> KeyRecord:
@@ -266,6 +271,7 @@ class Admin:
         return await self._secret_store().list(found.id)
 
     async def delete_secret(self, tenant: str, name: str) -> None:
+        """Delete one secret; a name the tenant does not have raises `NotFoundError`."""
         found = await self._control_plane.require_tenant(tenant)
         if not await self._secret_store().delete(found.id, name):
             raise NotFoundError(f"tenant {found.slug!r} has no secret {name!r}")

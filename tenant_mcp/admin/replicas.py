@@ -49,4 +49,5 @@ class Replicas:
             self._on_error(exc)
 
     async def tenant_changed(self, tenant_id: str, *, deleted: bool = False) -> None:
+        """A tenant's status, catalogue policy or limits changed, or (`deleted`) it is gone."""
         await self.announce(Invalidation(kind="tenant", id=tenant_id), deleted=deleted)
