@@ -102,13 +102,8 @@ class Admin:
     # -- tenants ------------------------------------------------------------------------------
 
     async def create_tenant(
-        self,
-        slug: str,
-        *,
-        name: str | None = None,
-        plan: str = "free",
-        metadata: dict[str, Any] | None = None,
-    ) -> Tenant:
+        self, slug: str, *, name: str | None = None, plan: str = "free", metadata: dict[str, Any] | None = None,
+    ) -> Tenant:  # fmt: skip
         """A new active tenant. Its slug and name must differ from every other tenant's, even
         normalised: they are leak-guard markers, and a shared one would protect neither tenant."""
         return await self._control_plane.create_tenant(slug, name=name, plan=plan, metadata=metadata)

@@ -32,7 +32,7 @@ class Replicas:
     def __init__(
         self, redis_url: str | None, prefix: str | None = None, *, on_error: OnAnnounceError | None = None
     ) -> None:
-        self.redis_url = redis_url
+        self.redis_url = redis_url or None  # "" (an empty variable) is no Redis
         self.prefix = prefix or DEFAULT_PREFIX
         self._on_error = on_error or _log
 
