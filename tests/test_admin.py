@@ -225,6 +225,8 @@ async def test_bad_input_is_refused_and_changes_nothing(backend: Backend) -> Non
             with pytest.raises(TenantMCPError):
                 await admin.set_limits(slug, bad)
         assert (await admin.limits(slug)).override == {"daily": 7}
+        with pytest.raises(TenantMCPError, match="YYYY-MM-DD"):
+            await admin.usage(slug, since="last week")
         with pytest.raises(TenantMCPError, match="drain_seconds"):
             await admin.delete_tenant(slug, drain_seconds=-1)
         assert (await admin.tenant(slug)).status == "active", "a refused deletion suspended the tenant"

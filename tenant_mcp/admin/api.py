@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets as _random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ from tenant_mcp.secrets import KeyRing, SecretInfo, SecretStore
 from tenant_mcp.storage import DataStore, open_store
 
 DEFAULT_DRAIN_SECONDS = 2.0
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class AppSettings(Protocol):
@@ -242,8 +244,10 @@ class Admin:
 
     async def usage(self, tenant: str, since: str | None = None) -> Usage:
         """Calls and refusals per UTC day from `since` (YYYY-MM-DD; default: this month's first)."""
-        found = await self.limits(tenant)
         since = since or month_start()
+        if not _DAY.fullmatch(since):
+            raise TenantMCPError(f"since is a UTC date YYYY-MM-DD (got {since[:40]!r})")
+        found = await self.limits(tenant)
         rows = await usage_rows(self._control_plane, found.tenant.id, min(since, month_start()))
         return usage(found, since, rows)
 
