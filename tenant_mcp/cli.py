@@ -1,7 +1,8 @@
 """`tenant-mcp`: manage tenants and keys, read the audit trail, serve an app.
 
 Every command takes `--db URL` (or `TENANT_MCP_DATABASE_URL`) and `--json`. User mistakes print
-one line to stderr and exit non-zero; no traceback.
+one line to stderr and exit non-zero; no traceback. The commands that manage tenants only parse
+arguments and print: the work is the admin API's (`tenant_mcp.admin`), which programs use alike.
 """
 
 from __future__ import annotations
