@@ -42,7 +42,14 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
-from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, Admit, OwnedUnit, Result, TenantDatabase
+from tenant_mcp.storage.database import (
+    DEFAULT_HOLD_SECONDS,
+    Admit,
+    OwnedUnit,
+    PoolUsage,
+    Result,
+    TenantDatabase,
+)
 from tenant_mcp.storage.gateway import SQLAllowList, check
 from tenant_mcp.storage.sql import Connection, ConstraintError, Params, to_postgres
 
@@ -351,6 +358,10 @@ class PostgresStore:
 
     def database(self, tenant_id: str) -> TenantDatabase:
         return TenantDatabase(_Unit(self, tenant_id))
+
+    def usage(self) -> PoolUsage:
+        size = self._pool.get_size()
+        return PoolUsage("postgresql", size, size - self._pool.get_idle_size())
 
     def _binding(self, tenant_id: str, conn: _Conn) -> str:
         return binding_value(self._key, tenant_id, conn.get_server_pid())

@@ -17,14 +17,17 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import anyio
 
 from tenant_mcp.errors import TenantMCPError
-from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, Admit, OwnedUnit, Result, TenantDatabase
+from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, OwnedUnit, PoolUsage, Result, TenantDatabase
 from tenant_mcp.storage.sql import ConstraintError, GatewayRefusal, Params
+
+if TYPE_CHECKING:
+    from tenant_mcp.storage.database import Admit
 
 # Read-only introspection is harmless; every other pragma could change durability or the
 # migration version, so tool code may not run it.
@@ -103,6 +106,12 @@ class DatabasePool:
     @property
     def open_count(self) -> int:
         return len(self._handles)
+
+    def usage(self) -> PoolUsage:
+        """Open tenant files, and how many a call holds (read from the metrics thread: one
+        atomic copy of the table, no awaits)."""
+        handles = list(self._handles.values())
+        return PoolUsage("sqlite", len(handles), sum(1 for h in handles if h.lock.value == 0))
 
     async def _handle(self, tenant_id: str) -> _Handle:
         handle = self._handles.get(tenant_id)
