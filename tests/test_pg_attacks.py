@@ -19,7 +19,8 @@ import asyncpg
 import pytest
 
 from tenant_mcp import FULL_TEXT_SEARCH, SQLAllowList
-from tenant_mcp.storage.postgres import PostgresStore, migrate
+from tenant_mcp.storage.pg_migrate import migrate
+from tenant_mcp.storage.postgres import PostgresStore
 from tenant_mcp.storage.sql import GatewayRefusal
 from tests.conftest import (
     DATA_ROLE,

@@ -22,7 +22,8 @@ import pytest
 from tenant_mcp import ConstraintError, TenantMCPError
 from tenant_mcp.controlplane import POSTGRES_MIGRATIONS, ControlPlane
 from tenant_mcp.storage.gateway import check
-from tenant_mcp.storage.postgres import PostgresStore, migrate
+from tenant_mcp.storage.pg_migrate import migrate
+from tenant_mcp.storage.postgres import PostgresStore
 from tests.conftest import (
     DATA_ROLE,
     ROOT,
@@ -437,7 +438,7 @@ def test_the_gateway_reads_sql_as_sql() -> None:
 
 
 def test_control_plane_schemas_of_both_backends_match(pg_notes: Postgres, tmp_path: Path) -> None:
-    """The control plane's DDL is written once per dialect; a column added to one only must fail here."""
+    """Both DDLs come from one table spec; a renderer that drops or adds a column for one backend fails here."""
 
     async def create() -> None:
         async with ControlPlane(f"sqlite:///{tmp_path}/cp.db"):

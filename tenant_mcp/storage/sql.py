@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -148,6 +148,15 @@ class GatewayRefusal(TenantMCPError):
 
 class ConstraintError(TenantMCPError):
     """A statement broke a UNIQUE, CHECK or FOREIGN KEY constraint (either backend)."""
+
+
+@contextmanager
+def constraint_errors(engine_error: type[Exception]) -> Iterator[None]:
+    """The engine's exception for a broken constraint as `ConstraintError`, the same on both backends."""
+    try:
+        yield
+    except engine_error as exc:
+        raise ConstraintError(str(exc)) from None
 
 
 class Connection(Protocol):

@@ -14,20 +14,24 @@ import re
 import secrets
 import sqlite3
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiosqlite
 import anyio
 
 from tenant_mcp.errors import TenantMCPError
-from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, OwnedUnit, PoolUsage, Result, TenantDatabase
-from tenant_mcp.storage.sql import ConstraintError, GatewayRefusal, Params
-
-if TYPE_CHECKING:
-    from tenant_mcp.storage.database import Admit
+from tenant_mcp.storage.database import (
+    DEFAULT_HOLD_SECONDS,
+    Admit,
+    OwnedUnit,
+    PoolUsage,
+    Result,
+    TenantDatabase,
+)
+from tenant_mcp.storage.sql import GatewayRefusal, Params, constraint_errors
 
 # Read-only introspection is harmless; every other pragma could change durability or the
 # migration version, so tool code may not run it.
@@ -215,15 +219,6 @@ def _split(script: str) -> Iterable[str]:
         yield buffer
 
 
-@contextmanager
-def _constraints() -> Iterator[None]:
-    """The same exception for a broken constraint on both backends."""
-    try:
-        yield
-    except sqlite3.IntegrityError as exc:
-        raise ConstraintError(str(exc)) from None
-
-
 def remove_files(path: Path) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
@@ -273,7 +268,7 @@ class _Unit(OwnedUnit):
             handle.refused = None
             self._busy += 1
             try:
-                with _constraints():
+                with constraint_errors(sqlite3.IntegrityError):
                     yield handle.conn
             except sqlite3.DatabaseError as exc:
                 if handle.refused is not None:
@@ -395,7 +390,7 @@ class _Statements:
         self._conn = conn
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        with _constraints():
+        with constraint_errors(sqlite3.IntegrityError):
             async with self._conn.execute(sql, params) as cur:
                 return cur.rowcount
 
