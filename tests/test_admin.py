@@ -7,11 +7,10 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -24,7 +23,8 @@ from tenant_mcp.errors import ConfigurationError
 from tenant_mcp.replication.redis import BrokerError
 from tenant_mcp.secrets import KeyRing
 from tenant_mcp.storage import open_store
-from tests.conftest import ROOT, ServerProcess, clean_env, mcp_client, postgres_database
+from tests.conftest import ServerProcess, mcp_client, postgres_database
+from tests.test_postgres import migrate_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -37,7 +37,7 @@ TENANT_TABLES = ("api_keys", "audit_events", "leak_markers", "secrets", "tenant_
 @dataclass
 class Backend:
     url: str
-    log_dir: Any
+    log_dir: Path
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -47,11 +47,7 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         yield Backend(f"sqlite:///{logs}/cp.db", logs)
         return
     with postgres_database() as pg:
-        done = subprocess.run(
-            [sys.executable, "-m", "tenant_mcp.cli", "migrate", APP, "--db", pg.app, "--data-db", pg.data,
-             "--migration-url", pg.owner],
-            cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        done = migrate_cli(APP, pg)
         assert done.returncode == 0, done.stderr
         yield Backend(pg.app, logs)
 
