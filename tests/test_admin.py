@@ -23,13 +23,11 @@ from tenant_mcp.errors import ConfigurationError
 from tenant_mcp.replication.redis import BrokerError
 from tenant_mcp.secrets import KeyRing
 from tenant_mcp.storage import open_store
-from tests.conftest import ServerProcess, mcp_client, postgres_database
-from tests.test_postgres import migrate_cli
+from tests.helpers import REDIS_URL, ServerProcess, mcp_client, migrate_cli, postgres_database
 
 pytestmark = pytest.mark.anyio
 
 APP = "tests.servers.replica:app"
-REDIS_URL = os.environ.get("TENANT_MCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 SECRET_KEY = KeyRing.new_key()  # the servers of a module share its databases, secrets included
 TENANT_TABLES = ("api_keys", "audit_events", "leak_markers", "secrets", "tenant_keys", "tenant_limits")
 

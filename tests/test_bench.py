@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, clean_env
+from tests.helpers import ROOT, clean_env
 
 
 def test_bench_quick_runs_and_writes_json(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -38,7 +37,7 @@ from mcp.client.stdio import StdioServerParameters
 from tenant_mcp.controlplane import AuditEvent, ControlPlane
 from tenant_mcp.storage import migration_sql, new_id
 from tenant_mcp.storage.sqlite import DatabasePool
-from tests.conftest import ROOT, Tenants, clean_env, free_port, mcp_client
+from tests.helpers import ROOT, Tenants, clean_env, free_port, interrupt, mcp_client
 
 TENANT_MCP = str(Path(sys.executable).parent / "tenant-mcp")
 SECRET = "acme-cli-secret-93b2"
@@ -769,14 +768,8 @@ class Demo:
         return "".join(self.lines)
 
     def interrupt(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError("demo did not stop on SIGINT") from None
+        if not interrupt(self.proc):
+            raise AssertionError("demo did not stop on SIGINT")
         self._out.join(5)
         self._err.join(5)
         return self.proc.returncode

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ServerProcess, Tenants
+from tests.helpers import ServerProcess, Tenants
 from tests.nodejs import JS, node_bin_dir, node_env, require_js_tools
 
 ROOT = JS.parent.parent

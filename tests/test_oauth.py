@@ -27,7 +27,7 @@ from mcp.shared.auth import (
 )
 
 from tenant_mcp.admin import Admin
-from tests.conftest import ServerProcess, Tenants, mcp_client, postgres_database
+from tests.helpers import ServerProcess, Tenants, mcp_client, postgres_database
 
 pytestmark = pytest.mark.anyio
 REDIRECT = "http://127.0.0.1:9/callback"

@@ -17,7 +17,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import (
+from tests.helpers import (
     ROOT,
     ServerProcess,
     Tenants,
@@ -26,14 +26,10 @@ from tests.conftest import (
     mcp_client,
     postgres_database,
     standard_tenants,
+    tool_result,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-def _rows(result: Any) -> Any:
-    assert not result.is_error, result.content
-    return result.structured_content["result"]
 
 
 @pytest.fixture
@@ -56,7 +52,7 @@ async def test_spans_carry_their_own_tenant_under_interleaved_load(tenants: Tena
             await asyncio.gather(calls(a, "acme"), calls(b, "globex"))
             headers = (await a.call_tool("outbound_headers", {})).structured_content
             assert headers is not None
-            spans = _rows(await a.call_tool("recorded_spans", {}))
+            spans = tool_result(await a.call_tool("recorded_spans", {}))
     finally:
         server.stop()
     by_id = {s["id"]: s for s in spans}

@@ -100,15 +100,16 @@ def _numbered(sql: str) -> tuple[str, tuple[str | int, ...]]:
     out: list[str] = []
     order: list[str | int] = []
     last = 0
-    sequential = 0
+    following = 0  # the index a bare `?` takes: one past the largest so far, as in SQLite
     for text, start, end in _placeholders(sql):
         if text == "?":
-            key: str | int = sequential
-            sequential += 1
+            key: str | int = following
+            following += 1
         elif text.startswith("?"):
             key = int(text[1:]) - 1
             if key < 0:
                 raise TenantMCPError("SQL parameter numbers start at ?1")
+            following = max(following, key + 1)
         else:
             key = text[1:]
         if key not in order:
