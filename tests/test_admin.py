@@ -5,7 +5,6 @@ running server (another replica) acts on at once through Redis."""
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import time
 from collections.abc import Iterator

@@ -16,7 +16,7 @@ import pytest
 
 from tenant_mcp.audit.log import _iso
 from tenant_mcp.controlplane import AuditEvent, ControlPlane
-from tests.helpers import ServerProcess, Tenants, mcp_client, in_thread, migrated, run_cli, standard_tenants
+from tests.helpers import ServerProcess, Tenants, in_thread, mcp_client, migrated, run_cli, standard_tenants
 
 pytestmark = pytest.mark.anyio
 
