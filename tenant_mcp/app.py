@@ -31,7 +31,7 @@ from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.pipeline import Pipeline
 from tenant_mcp.replication.redis import DEFAULT_PREFIX, Broker, check_reachable
 from tenant_mcp.runtime import Runtime
-from tenant_mcp.scoping.catalogue import Catalogue, Section, Visibility
+from tenant_mcp.scoping.catalogue import Catalogue, CatalogueItem, Section, Visibility
 from tenant_mcp.scoping.entries import prompt_entry, resource_entry, tool_entry, visibility
 from tenant_mcp.scoping.server import ScopedServer
 from tenant_mcp.secrets import KeyRing, SecretStore
@@ -291,6 +291,11 @@ class TenantMCP:
             app_role=app_role,
             data_role=data_role,
         )
+
+    def items(self) -> list[CatalogueItem]:
+        """The items registered for every tenant (not those of `tenant(slug)`), with the rules
+        code gives them: what tools and tests that inspect an app read, instead of its internals."""
+        return self._catalogue.shared_items()
 
     def catalogue_report(self, tenant: Tenant) -> list[dict[str, Any]]:
         """Each shared item, whether `tenant` sees it (with a key holding the scopes the item

@@ -872,7 +872,7 @@ def test_demo(tmp_path: Path) -> None:
     assert "Traceback" not in again.stderr, again.stderr
 
     tenants = Tenants(db_url)
-    listed = tenants.run(lambda cp: cp.list_tenants())
+    listed = tenants.run(lambda admin: admin.list_tenants())
     assert [(t.slug, t.plan) for t in listed] == [("acme", "pro"), ("globex", "free")], (
         "demo duplicated tenants"
     )
