@@ -2,6 +2,7 @@
 
     python -m bench            # the full run, under 5 minutes
     python -m bench --quick    # 1,000 tenants instead of 10,000, fewer rounds: under a minute
+    python -m bench --paired   # both servers of a comparison loaded at once, on one shared CPU
 
 Each comparison starts its servers as separate processes (see `bench.harness`), drives them with
 the load generator in a third (`bench.load`), warms both up, runs alternating rounds and reports
@@ -24,7 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from bench import provision
-from bench.harness import ROOT, Comparison, Load, LoadGenerator, Server, Side, compare, free_port, serve
+from bench.harness import (
+    ROOT,
+    Comparison,
+    Load,
+    LoadGenerator,
+    Pairing,
+    Server,
+    Side,
+    compare,
+    free_port,
+    serve,
+)
 
 PRIVATE_TOOLS = 20
 
@@ -142,8 +154,8 @@ def _table(report: dict[str, Any]) -> str:
     lines = [
         f"{report['date']}, {report['machine']}, `{report['command']}`",
         "",
-        "| target | comparison | A | B | A | B | B/A | CPU ms/request A, B | capacity B/A | goal | met |",
-        "|---|---|---|---|---:|---:|---:|---|---:|---|---|",
+        "| target | comparison | A | B | A | B | B/A | CPU ms/request A, B | capacity B/A | p99 ms A, B | goal | met |",
+        "|---|---|---|---|---:|---:|---:|---|---:|---|---|---|",
     ]
     for r in report["results"]:
         latency = r["metric"] == "latency"
@@ -152,7 +164,8 @@ def _table(report: dict[str, Any]) -> str:
         )
         met = "-" if r["target"] == "-" else ("yes" if r["met"] else "**no**")
         lines.append(f"| {r['target']} | {r['name']} | {r['a']} | {r['b']} | {a} {unit} | {b} {unit} | {r['ratio']} "
-                     f"| {r['cpu_ms_per_request_a']}, {r['cpu_ms_per_request_b']} | {r['capacity_ratio']} "
+                     f"| {r['cpu_ms_per_request_a']}, {r['cpu_ms_per_request_b']} | {r['capacity_ratio']}"
+                     f"{' (paired)' if r['method'] == 'paired' else ''} | {r['p99_ms_a']}, {r['p99_ms_b']} "
                      f"| {r['goal']} {'(p50)' if latency else '(capacity)'} | {met} |")  # fmt: skip
     m = report["memory"]
     lines += ["", f"Memory (server RSS): {m['bytes_per_idle_tenant']:,} bytes per idle tenant (goal {m['goal_bytes_per_idle_tenant']}: "
@@ -165,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1,000 tenants, fewer rounds: under a minute")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"), help="JSON results file")
     parser.add_argument("--only", help="comma-separated targets to run, e.g. 1,4 (memory runs with 2)")
+    parser.add_argument("--paired", action="store_true",
+                        help="load both servers of a comparison at once, pinned to one CPU (two distinct "
+                        "servers compared on capacity; the others alternate as usual)")  # fmt: skip
     args = parser.parse_args(argv)
     rounds, requests = (3, 120) if args.quick else (5, 1200)
     n, markers_each = (1000, 10) if args.quick else (10_000, 100)
@@ -189,18 +205,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.only:
             selected = [c for c in selected if c.target in args.only.split(",")]
         gen = LoadGenerator()
+        paired = Pairing(seconds=1.0 if args.quick else 4.0) if args.paired else None
         try:
             for c in selected:
                 c.requests //= 8 if args.quick else 1
-            results = [compare(gen, c, rounds=rounds, requests=requests) for c in selected]
+            results = [compare(gen, c, rounds=rounds, requests=requests, paired=paired) for c in selected]
             mem = memory(gen, results, big, n) if any(r["target"] == "2" for r in results) else {}
         finally:
             gen.close()
+            if paired is not None:
+                paired.close()
 
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": _machine(),
-        "command": "python -m bench" + (" --quick" if args.quick else ""),
+        "command": "python -m bench" + (" --quick" if args.quick else "") + (" --paired" if args.paired else ""),
         "tenants": n, "rounds": rounds, "requests_per_round": requests,
         "seconds": round(time.monotonic() - started),
         "results": results, "memory": mem,
