@@ -39,6 +39,7 @@ from bench.harness import (
 )
 
 PRIVATE_TOOLS = 20
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _tenant_mcp(label: str, db: str, *flags: str, app: str = "bench.servers:app", **env: str) -> Server:
@@ -54,6 +55,22 @@ def _bare(mode: str) -> Server:
 JSON = ("--stateless", "--json-response")
 
 
+def _workers(small: provision.Plane, redis_prefix: str) -> list[Comparison]:
+    """`serve --workers 2` against one process, both --stateless and on Redis (as --workers needs):
+    throughput with 16 in flight, so that one process cannot keep up alone."""
+    redis = ("--redis-url", REDIS_URL, "--redis-prefix", redis_prefix)
+    notes = "example_servers.notes:app"
+    one = _tenant_mcp("1 worker", small.url, *JSON, *redis, app=notes)
+    two = _tenant_mcp("2 workers", small.url, *JSON, *redis, "--workers", "2", app=notes)
+    return [
+        Comparison("workers", f"whoami, {label}, 2 workers vs 1",
+                   Side("1 worker", one, Load((small.key,), mode=mode, concurrency=16)),
+                   Side("2 workers", two, Load((small.key,), mode=mode, concurrency=16)),
+                   metric="scaling", goal=">= 1.7", threshold=1.7)
+        for mode, label in (("json", "stateless JSON"), ("modern", "2026-07-28 requests"))
+    ]  # fmt: skip
+
+
 def comparisons(
     small: provision.Plane,
     big: provision.Plane,
@@ -61,6 +78,7 @@ def comparisons(
     jwt: tuple[Path, str],
     n: int,
     policied: provision.Plane,
+    redis_prefix: str = "tenant_mcp_bench",
 ) -> list[Comparison]:
     key = Load((small.key,))
     notes = "example_servers.notes:app"
@@ -115,6 +133,7 @@ def comparisons(
                        "telemetry on", small.url, *JSON, "--metrics-address", f"127.0.0.1:{free_port()}",
                        OTEL_TRACES_EXPORTER="console"), key),
                    goal=">= 0.95", threshold=0.95),
+        *_workers(small, redis_prefix),
         Comparison("-", "whoami, leak guard",
                    Side("guard off", _tenant_mcp("guard off", marked.url, *JSON, BENCH_GUARD="0"), Load((marked.key,))),
                    Side("guard on", _tenant_mcp("guard on", marked.url, *JSON), Load((marked.key,))),
@@ -166,7 +185,7 @@ def _table(report: dict[str, Any]) -> str:
         lines.append(f"| {r['target']} | {r['name']} | {r['a']} | {r['b']} | {a} {unit} | {b} {unit} | {r['ratio']} "
                      f"| {r['cpu_ms_per_request_a']}, {r['cpu_ms_per_request_b']} | {r['capacity_ratio']}"
                      f"{' (paired)' if r['method'] == 'paired' else ''} | {r['p99_ms_a']}, {r['p99_ms_b']} "
-                     f"| {r['goal']} {'(p50)' if latency else '(capacity)'} | {met} |")  # fmt: skip
+                     f"| {r['goal']} ({_JUDGED[r['metric']]}) | {met} |")  # fmt: skip
     m = report["memory"]
     lines += ["", f"Memory (server RSS): {m['bytes_per_idle_tenant']:,} bytes per idle tenant (goal {m['goal_bytes_per_idle_tenant']}: "
               f"{'met' if m['met'] else 'missed'}), {m['bytes_per_private_tool']:,} bytes per private tool; RSS KiB {m['rss_kib']}"]  # fmt: skip
@@ -201,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         policied = asyncio.run(provision.control_plane(root / "policied" / "control.db", tenants=n,
                                                        policies_each=10))  # fmt: skip
         public_key, private_key = provision.jwt_key_pair(root)
-        selected = comparisons(small, big, marked, (public_key, provision.mint(private_key)), n, policied)
+        redis_prefix = f"tenant_mcp_bench_{os.getpid()}"
+        selected = comparisons(
+            small, big, marked, (public_key, provision.mint(private_key)), n, policied, redis_prefix
+        )
         if args.only:
             selected = [c for c in selected if c.target in args.only.split(",")]
         gen = LoadGenerator()
@@ -231,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+_JUDGED = {"latency": "p50", "scaling": "throughput", "throughput": "capacity"}
 _NO_MEMORY = {"bytes_per_idle_tenant": 0, "bytes_per_private_tool": 0, "goal_bytes_per_idle_tenant": "-",
               "met": False, "rss_kib": "not measured"}  # fmt: skip
 

@@ -75,16 +75,29 @@ class Running:
     pid: int
     log: IO[bytes] = field(repr=False)
 
+    def _tree(self) -> list[int]:
+        """The server process and its descendants (the workers of `serve --workers N`)."""
+        pids, i = [self.pid], 0
+        while i < len(pids):
+            for task in Path(f"/proc/{pids[i]}/task").iterdir():
+                pids += [int(child) for child in (task / "children").read_text().split()]
+            i += 1
+        return pids
+
     def cpu_seconds(self) -> float:
-        """User and system time of the whole server process, all threads."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK
+        """User and system time of the whole server (every process, all threads)."""
+        total = 0
+        for pid in self._tree():
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / _TICK
 
     def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        total = 0
+        for pid in self._tree():
+            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            total += next(int(line.split()[1]) for line in lines if line.startswith("VmRSS:"))
+        return total
 
 
 @contextmanager
@@ -185,7 +198,7 @@ class Comparison:
     name: str
     a: Side
     b: Side
-    metric: str = "throughput"  # or "latency"
+    metric: str = "throughput"  # judged on capacity; "scaling": on throughput; "latency": on p50
     goal: str = ""
     threshold: float = 0.0
     requests: int = 0  # per round; 0 means the run's default
@@ -262,7 +275,9 @@ def compare(
     # Throughput on a shared machine swings with other processes' load; CPU time per request of
     # the server itself barely does, and its inverse ratio is B's capacity relative to A's.
     capacity = med(c.a, "cpu_ms") / med(c.b, "cpu_ms")
-    met = ratio <= c.threshold if c.metric == "latency" else capacity >= c.threshold
+    met = {"latency": ratio <= c.threshold, "scaling": ratio >= c.threshold}.get(
+        c.metric, capacity >= c.threshold
+    )
     result: dict[str, Any] = {
         "target": c.target, "name": c.name, "a": c.a.label, "b": c.b.label, "metric": c.metric,
         "rps_a": round(rps_a, 1), "rps_b": round(rps_b, 1),
