@@ -18,13 +18,14 @@ import json
 import resource
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from tenant_mcp.storage.database import new_id
-from tenant_mcp.storage.sqlite import WORKERS, SQLiteStore
+from tenant_mcp.storage.sqlite import SQLiteStore
 
 _SCHEMA = "CREATE TABLE notes (id INTEGER PRIMARY KEY, title TEXT NOT NULL, body TEXT NOT NULL)"
 
@@ -74,7 +75,7 @@ async def run(tenants: int, max_open: int, calls: int, rounds: int, where: str |
             rss_one = _rss_kib()
             await _calls(store, ids[:max_open], max_open * 2)  # the pool full
             rss_full = _rss_kib()
-            opened = store.open_count
+            opened, threads = store.open_count, threading.active_count()
             one, rotating = [], []
             for _ in range(rounds):
                 one.append(await _calls(store, ids[:1], calls))
@@ -90,7 +91,7 @@ async def run(tenants: int, max_open: int, calls: int, rounds: int, where: str |
         "max_open": max_open,
         "cpu_us_per_call": {"1 tenant": round(a * 1e6, 1), f"rotating over {tenants:,}": round(b * 1e6, 1)},
         "ratio": round(a / b, 3),
-        "worker_threads": WORKERS.threads,
+        "threads_with_the_pool_full": threads,
         "open_tenants": opened,
         "bytes_per_open_tenant": round((rss_full - rss_one) * 1024 / max(opened - 1, 1)),
     }

@@ -29,7 +29,7 @@ class Workers:
     """The threads; `Serial.run` hands them work."""
 
     def __init__(self, *, core: int = 2, limit: int = 8, linger: float = 10.0) -> None:
-        self._ready: queue.SimpleQueue[Serial | None] = queue.SimpleQueue()
+        self._ready: queue.SimpleQueue[Serial] = queue.SimpleQueue()
         self._core = core
         self._limit = limit
         self._linger = linger
@@ -68,10 +68,6 @@ class Workers:
                 continue
             with self._lock:
                 self._idle -= 1
-            if serial is None:
-                with self._lock:
-                    self._threads -= 1
-                return
             serial._drain()
 
 
@@ -116,7 +112,7 @@ class Serial:
             error: BaseException | None = None
             try:
                 result = job()
-            except Exception as exc:
+            except BaseException as exc:  # the waiting task gets it; the thread goes on
                 error = exc
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_settle, future, result, error)
