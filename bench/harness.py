@@ -60,6 +60,7 @@ class Load:
     method: str = "tools/call"
     tool: str = "whoami"
     concurrency: int = 8
+    arguments: tuple[tuple[str, str], ...] = ()  # the tool's arguments, the same in every call
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ class LoadGenerator:
         assert self._proc.stdin is not None
         job = {"url": url, "requests": requests, "seconds": seconds, "tokens": list(load.tokens),
                "mode": load.mode, "method": load.method, "tool": load.tool,
-               "concurrency": load.concurrency}  # fmt: skip
+               "concurrency": load.concurrency, "arguments": dict(load.arguments)}  # fmt: skip
         self._proc.stdin.write(json.dumps(job) + "\n")
         self._proc.stdin.flush()
 

@@ -38,8 +38,12 @@ _HOMOGLYPHS = str.maketrans(
         **dict(zip("авеіјкмнопрстухѕԁԛԝһӏ", "abeijkmhonpctyxsdqwhl", strict=True)),  # Cyrillic
         **dict(zip("αβγεηικνορτυχω", "abyenikvoptuxw", strict=True)),  # Greek
         **dict(zip("օսցհոɡıȷ", "oughngij", strict=True)),  # Armenian, Latin extensions
+        **dict(zip("ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘʀꜱᴛᴜᴠᴡʏᴢ", "abcdefghijklmnoprstuvwyz", strict=True)),  # small capitals
     }
 )
+# Greek capitals that look like Latin ones while their small letters look like others (capital Nu
+# is an N, small nu a v): mapped before case folding.
+_CAPITALS = str.maketrans(dict(zip("\u039d\u039c\u0397\u03a5\u0396", "nmhyz", strict=True)))
 _MAX_DEPTH = 32  # levels of arguments or `_meta` searched for tenant names; deeper is refused
 
 
@@ -50,7 +54,7 @@ def _fold(name: str) -> str:
         return name.lower()
     chars = unicodedata.normalize("NFKD", name)
     kept = "".join(c for c in chars if unicodedata.category(c)[0] != "M" and unicodedata.category(c) != "Cf")
-    return kept.casefold().translate(_HOMOGLYPHS)
+    return kept.translate(_CAPITALS).casefold().translate(_HOMOGLYPHS)
 
 
 _SEPARATORS = re.compile(r"[\W_]+")

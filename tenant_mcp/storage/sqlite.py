@@ -20,16 +20,23 @@ import re
 import secrets
 import sqlite3
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 
 from tenant_mcp.errors import TenantMCPError
-from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, Admit, OwnedUnit, Result, TenantDatabase
-from tenant_mcp.storage.sql import ConstraintError, GatewayRefusal, Params
+from tenant_mcp.storage.database import (
+    DEFAULT_HOLD_SECONDS,
+    Admit,
+    OwnedUnit,
+    PoolUsage,
+    Result,
+    TenantDatabase,
+)
+from tenant_mcp.storage.sql import GatewayRefusal, Params, constraint_errors
 from tenant_mcp.storage.threads import Serial, Workers
 
 R = TypeVar("R")
@@ -164,6 +171,12 @@ class DatabasePool:
     def open_count(self) -> int:
         return len(self._handles)
 
+    def usage(self) -> PoolUsage:
+        """Open tenant files, and how many a call holds (read from the metrics thread: one
+        atomic copy of the table, no awaits)."""
+        handles = list(self._handles.values())
+        return PoolUsage("sqlite", len(handles), sum(1 for h in handles if h.lock.value == 0))
+
     def _handle(self, tenant_id: str) -> _Handle:
         # No await: a handle is created and registered at once; its connection opens in its first job.
         handle = self._handles.get(tenant_id)
@@ -283,15 +296,6 @@ def _split(script: str) -> Iterable[str]:
         yield buffer
 
 
-@contextmanager
-def _constraints() -> Iterator[None]:
-    """The same exception for a broken constraint on both backends."""
-    try:
-        yield
-    except sqlite3.IntegrityError as exc:
-        raise ConstraintError(str(exc)) from None
-
-
 def remove_files(path: Path) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
@@ -351,7 +355,7 @@ class _Unit(OwnedUnit):
 
             self._busy += 1
             try:
-                with _constraints():
+                with constraint_errors(sqlite3.IntegrityError):
                     return await handle.run(statement)
             except sqlite3.DatabaseError as exc:
                 if handle.refused is not None:
@@ -507,12 +511,12 @@ class _Statements:
         self._conn = conn
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        with _constraints():
+        with constraint_errors(sqlite3.IntegrityError):
             return await self._serial.run(lambda: _rowcount(self._conn.execute(sql, params)))
 
     async def execute_many(self, sql: str, rows: Iterable[Params]) -> None:
         batch = list(rows)
-        with _constraints():
+        with constraint_errors(sqlite3.IntegrityError):
             await self._serial.run(lambda: _rowcount(self._conn.executemany(sql, batch)))
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
