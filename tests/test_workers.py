@@ -5,7 +5,6 @@ one POST per request, each on a fresh connection, so the kernel spreads them ove
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -18,10 +17,9 @@ import httpx2
 import pytest
 import redis
 
-from tests.conftest import ROOT, ServerProcess, Tenants, clean_env
+from tests.helpers import REDIS_URL, ROOT, ServerProcess, Tenants, clean_env
 
 APP = "tests.servers.workers:app"
-REDIS_URL = os.environ.get("TENANT_MCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 MODERN = "2026-07-28"
 
 
