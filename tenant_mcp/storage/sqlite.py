@@ -5,8 +5,9 @@ runs on a connection that can only see that file: there is no tenant filter to f
 SQLite authorizer refuses `ATTACH`, `DETACH` and pragmas, so raw SQL cannot open another
 tenant's file either. Connections are pooled with an upper bound (least recently used closed
 first), opened lazily and migrated on first open, so an idle tenant costs nothing but its file.
-Statements run on a few worker threads shared by every connection (`tenant_mcp.storage.threads`):
-an open tenant holds a connection, not a thread.
+Statements run on a few worker threads shared by every tenant's connection
+(`tenant_mcp.storage.threads`; the control plane's connection has its own): an open tenant holds a
+connection, not a thread.
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ def _own(statement: str) -> str:
     return f"{statement} /* tenant_mcp {_NONCE} */"
 
 
-# Every SQLite connection of the process (tenant files and the control plane) runs its statements
-# on these few threads; an open connection holds no thread of its own.
+# Every tenant's SQLite connection runs its statements on these few threads; an open connection
+# holds no thread of its own. The control plane has its own, so that authentication never queues
+# behind tenants' slow statements.
 WORKERS = Workers()
+_CONTROL_WORKERS = Workers(core=1, limit=2)
 # Prepared statements kept per open tenant: a tool issues a handful of distinct texts; the cache
 # is memory held by every pooled connection.
 _STATEMENTS = 32
@@ -546,7 +549,7 @@ class SQLiteDatabase(_Statements):
                 raise
             return conn
 
-        serial = Serial(WORKERS)
+        serial = Serial(_CONTROL_WORKERS)
         return cls(serial, await serial.run(connect))
 
     async def close(self) -> None:
