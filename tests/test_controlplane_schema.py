@@ -231,3 +231,16 @@ async def test_deleting_a_tenant_empties_every_table_with_a_tenant_id(tmp_path: 
         for table in tables:
             rows = await cp.db.fetch_all(f"SELECT tenant_id FROM {table.name}")
             assert [r["tenant_id"] for r in rows] == [kept.id], table.name
+
+
+async def test_a_sqlite_control_plane_of_a_newer_release_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    async with ControlPlane(url):
+        pass
+    conn = sqlite3.connect(tmp_path / "cp.db")
+    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (len(SQLITE_MIGRATIONS) + 1,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(TenantMCPError, match="newer than this version of tenant_mcp knows"):
+        async with ControlPlane(url):
+            pass

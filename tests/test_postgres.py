@@ -6,6 +6,7 @@ owner (a superuser here); servers connect as `tenant_mcp_app`, a plain role.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
@@ -243,6 +244,23 @@ async def test_a_pooled_connection_carries_no_tenant(pg_probe: Postgres) -> None
         again = store.database(tenant)
         assert await again.fetch_value("SELECT count(*) FROM items WHERE id = 42") == 1
         await again._finish(commit=False)
+    finally:
+        await store.drop(tenant)
+        await store.aclose()
+
+
+async def test_two_tasks_of_one_call_share_its_connection_one_statement_at_a_time(pg_probe: Postgres) -> None:
+    """asyncpg runs one statement at a time per connection; a call's tasks take turns on its own."""
+    from tests.servers.probe import app
+
+    store = await PostgresStore.open(pg_probe.data, app._migrations, binding_key=pg_probe.binding_key())
+    tenant = "b" * 32
+    try:
+        db = store.database(tenant)
+        await db.insert("items", {"id": 7, "owner": "direct", "value": "v"})
+        counts = await asyncio.gather(*(db.fetch_value("SELECT count(*) FROM items") for _ in range(8)))
+        assert counts == [1] * 8
+        await db._finish(commit=True)
     finally:
         await store.drop(tenant)
         await store.aclose()

@@ -212,6 +212,11 @@ class ControlPlane:
             await tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = await tx.fetch_one("SELECT max(version) AS v FROM schema_version")
             current = (row["v"] if row else None) or 0
+            if current > len(SQLITE_MIGRATIONS):  # a newer tenant_mcp wrote it: never run against it
+                raise ConfigurationError(
+                    f"the control plane's schema is at version {current}, newer than this version of "
+                    f"tenant_mcp knows ({len(SQLITE_MIGRATIONS)}): upgrade tenant_mcp"
+                )
             for version, statements in enumerate(SQLITE_MIGRATIONS[current:], start=current + 1):
                 for statement in statements:
                     await tx.execute(statement)

@@ -68,15 +68,14 @@ def plain_name(name: str) -> str:
 @functools.lru_cache(maxsize=4096)  # argument names repeat (a list of 1,000 objects has few keys)
 def names_tenant(name: str) -> bool:
     """True for a name that selects a tenant: `tenant_id`, `X-Tenant-Id`, `io.acme/tenant`,
-    `com.example.tenant_id`, their full-width or Cyrillic look-alikes... Separators are dropped, and
-    every dotted suffix of the last `/` or `:` segment is tried, so a namespace in front hides nothing.
-    """
+    `com.example.tenant_id`, `target_tenant`, their full-width or Cyrillic look-alikes... Separators
+    are dropped; the word "tenant" anywhere in the last `/` or `:` segment is enough (fail closed),
+    and every dotted suffix of it is tried against the other words (`org_id`, `account_id`...), so
+    a namespace in front hides nothing."""
     parts = re.split(r"[/:]", _fold(name))[-1].split(".")
-    for i in range(len(parts)):
-        word = _SEPARATORS.sub("", "".join(parts[i:]))
-        if word in TENANT_WORDS or word.startswith("tenant"):
-            return True
-    return False
+    if "tenant" in _SEPARATORS.sub("", "".join(parts)):
+        return True
+    return any(_SEPARATORS.sub("", "".join(parts[i:])) in TENANT_WORDS for i in range(len(parts)))
 
 
 def schema_names(schema: Any) -> set[str]:

@@ -114,6 +114,7 @@ class _Unit(OwnedUnit):
         self._pool = store._pool
         self._conn: PoolConnectionProxy | None = None
         self._acquiring = asyncio.Lock()
+        self._statement = asyncio.Lock()  # asyncpg runs one statement at a time per connection
 
     async def _connection(self) -> PoolConnectionProxy:
         self._check_open()
@@ -164,12 +165,14 @@ class _Unit(OwnedUnit):
     @asynccontextmanager
     async def _use(self) -> AsyncIterator[PoolConnectionProxy]:
         conn = await self._connection()
-        self._busy += 1
-        try:
-            with constraint_errors(asyncpg.IntegrityConstraintViolationError):
-                yield conn
-        finally:
-            self._busy -= 1
+        async with self._statement:  # the call's tasks take turns on its connection
+            self._check_open()  # the call may have ended while this waited its turn
+            self._busy += 1
+            try:
+                with constraint_errors(asyncpg.IntegrityConstraintViolationError):
+                    yield conn
+            finally:
+                self._busy -= 1
 
     def _checked(self, sql: str, params: Params) -> tuple[str, list[Any]]:
         """The statement as PostgreSQL will receive it, after the gateway has read that text."""
