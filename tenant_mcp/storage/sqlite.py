@@ -161,7 +161,8 @@ class DatabasePool:
         self._handles: OrderedDict[str, _Handle] = OrderedDict()
         self._closing: dict[str, asyncio.Future[None]] = {}
         # tenant id -> (device, inode) of a file this process found migrated: the next open of the
-        # same file skips the schema check (a file replaced meanwhile is a new inode).
+        # same file skips the schema check. A file swapped for another is usually a new inode; one
+        # restored in place under a running server is checked again at the next start.
         self._migrated: dict[str, tuple[int, int]] = {}
 
     def path(self, tenant_id: str) -> Path:
