@@ -84,8 +84,8 @@ async def control_plane(
 async def _tenant_databases(data_dir: Path, tenant_ids: list[str]) -> None:
     pool = DatabasePool(data_dir, [migration_sql("sqlite", m) for m in notes._migrations], max_open=1)
     try:
-        async with pool.lease(tenant_ids[0]):
-            pass  # opens and migrates the first tenant's database
+        async with pool.lease(tenant_ids[0]) as handle:
+            await handle.run(lambda conn: None)  # opens and migrates the first tenant's database
     finally:
         await pool.aclose()
     template = pool.path(tenant_ids[0])

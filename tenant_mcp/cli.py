@@ -472,7 +472,8 @@ def _http_options(args: argparse.Namespace) -> HTTPOptions:
     return options
 
 
-def _serve(args: argparse.Namespace) -> None:
+def _configured(args: argparse.Namespace) -> tuple[TenantMCP, HTTPOptions]:
+    """The app and HTTP options of a `serve` command line."""
     app = load_app(args.app)
     if args.db_given:
         app.database_url = args.db
@@ -490,13 +491,58 @@ def _serve(args: argparse.Namespace) -> None:
         app.audit_retain_days = _duration(args.audit_retain) / 86400
     app.redis_url = args.redis_url or app.redis_url
     app.redis_prefix = args.redis_prefix or app.redis_prefix
-    options = _http_options(args)
+    return app, _http_options(args)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    app, options = _configured(args)
+    if args.workers < 1 or (args.workers > 1 and args.transport != "streamable-http"):
+        raise _UsageError("--workers is a number of processes, 1 or more, for streamable-http")
     if args.transport == "stdio":
         asyncio.run(app.serve_stdio(jwt=options.jwt))
+    elif args.workers > 1:
+        _serve_workers(args, app, options)
     elif args.transport == "streamable-http":
         asyncio.run(app.serve_http(options, log_level=args.log_level, access_log=args.access_log))
     else:
         raise _UsageError(f"unknown transport {args.transport!r}: use streamable-http or stdio")
+
+
+_WORKER_ARGV = "TENANT_MCP_WORKER_ARGV"
+
+
+def _serve_workers(args: argparse.Namespace, app: TenantMCP, options: HTTPOptions) -> None:
+    """`serve --workers N`: N processes on one socket; each rebuilds the app from this command line."""
+    if not options.stateless:
+        raise _UsageError(
+            f"--workers {args.workers} needs --stateless: a 2025-era session lives in the memory of the "
+            "worker that opened it, and connections, not sessions, are spread over the workers "
+            "(2026-07-28 clients never open sessions; --stateless serves them as well)"
+        )
+    if app.redis_url is None:
+        raise _UsageError(
+            f"--workers {args.workers} needs Redis (--redis-url or TENANT_MCP_REDIS_URL): the workers share "
+            "rate limits, credential revocations and tenant events through it"
+        )
+    from tenant_mcp.transports.http import serve_workers
+
+    asyncio.run(app.check())
+    os.environ[_WORKER_ARGV] = json.dumps(args.argv)
+    access_log = args.access_log and app.telemetry.log_format != "json"
+    serve_workers(
+        "tenant_mcp.cli:worker_app", options, args.workers, log_level=args.log_level, access_log=access_log
+    )
+
+
+def worker_app() -> Any:
+    """The ASGI app of one `serve --workers N` process (uvicorn calls this in each worker)."""
+    from tenant_mcp.transports.http import prepare_process
+
+    args = _parse(json.loads(os.environ[_WORKER_ARGV]))
+    app, options = _configured(args)
+    asgi = app.http_app(options)
+    prepare_process(args.log_level)
+    return asgi
 
 
 def _migrate(args: argparse.Namespace) -> None:
@@ -880,6 +926,8 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["critical", "error", "warning", "info", "debug"])  # fmt: skip
     serve.add_argument("--access-log", action="store_true", default=_flag("ACCESS_LOG"),
                        help="one uvicorn access line per HTTP request (off: the audit trail has them)")  # fmt: skip
+    serve.add_argument("--workers", type=int, default=int(_env("WORKERS", "1") or 1),
+                       help="serve from N processes sharing the port (needs --stateless and Redis)")  # fmt: skip
     serve.set_defaults(handler=None, run=_serve)
 
     p = commands.add_parser(
@@ -910,15 +958,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    raw = list(sys.argv[1:] if argv is None else argv)
+def _parse(raw: list[str]) -> argparse.Namespace:
     if raw[:1] == ["audit"] and len(raw) > 1 and raw[1] not in ("show", "export", "prune", "-h", "--help"):
-        raw.insert(1, "show")  # `audit TENANT`, as before there were actions
-    args = parser.parse_args(raw)
+        raw = [raw[0], "show", *raw[1:]]  # `audit TENANT`, as before there were actions
+    args = build_parser().parse_args(raw)
+    args.argv = raw
     args.db_given = (
         any(a == "--db" or a.startswith("--db=") for a in raw) or "TENANT_MCP_DATABASE_URL" in os.environ
     )
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
     try:
         if args.handler is None:
             args.run(args)

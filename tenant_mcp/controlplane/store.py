@@ -1,6 +1,6 @@
 """`ControlPlane`: tenants, API keys, policies, leak markers and audit events, in one database.
 
-SQLite through aiosqlite is the default so a single machine needs no service; every process that
+SQLite is the default so a single machine needs no service; every process that
 opens it brings the schema up to date inside one write transaction, so two processes starting
 together cannot apply a step twice. On PostgreSQL (several replicas) the tables live in the
 ``tenant_mcp`` schema, migrated by `tenant-mcp migrate` as their owner; a server only checks

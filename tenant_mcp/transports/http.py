@@ -554,21 +554,19 @@ def _store_session_events(server: ScopedServer, gate: _Gate) -> None:
     _sdk.on_session_admitted(manager, choose)
 
 
-async def serve(
-    asgi: Starlette, options: HTTPOptions, *, log_level: str = "info", access_log: bool = False
-) -> None:
-    """Serve until interrupted; on shutdown in-flight requests finish and the audit is flushed."""
-    import uvicorn
+def _uvicorn_settings(options: HTTPOptions, log_level: str, access_log: bool) -> dict[str, Any]:
+    return {
+        "host": options.host,
+        "port": options.port,
+        "log_level": log_level,
+        "access_log": access_log,
+        "timeout_graceful_shutdown": 15,
+        "lifespan": "on",
+    }
 
-    config = uvicorn.Config(
-        asgi,
-        host=options.host,
-        port=options.port,
-        log_level=log_level,
-        access_log=access_log,
-        timeout_graceful_shutdown=15,
-        lifespan="on",
-    )
+
+def prepare_process(log_level: str) -> None:
+    """What a serving process does once its app is built, before it serves."""
     if log_level != "debug":  # the SDK's per-request INFO lines ("Terminating session" in stateless mode)
         quiet_sdk_request_lines()
     # What exists now (the SDK, the app, its catalogue) lives as long as the process. Frozen, the
@@ -576,4 +574,28 @@ async def serve(
     # with a small catalogue, more with many per-tenant tools.
     gc.collect()
     gc.freeze()
+
+
+async def serve(
+    asgi: Starlette, options: HTTPOptions, *, log_level: str = "info", access_log: bool = False
+) -> None:
+    """Serve until interrupted; on shutdown in-flight requests finish and the audit is flushed."""
+    import uvicorn
+
+    config = uvicorn.Config(asgi, **_uvicorn_settings(options, log_level, access_log))
+    prepare_process(log_level)
     await uvicorn.Server(config).serve()
+
+
+def serve_workers(
+    factory: str, options: HTTPOptions, workers: int, *, log_level: str = "info", access_log: bool = False
+) -> None:
+    """Serve from `workers` processes sharing one listening socket, until interrupted.
+
+    uvicorn's supervisor binds the socket, starts the processes (each imports `factory`,
+    "module:function", and calls it for its ASGI app), restarts one that dies, and on SIGINT or
+    SIGTERM stops them all, each finishing its in-flight requests and flushing its audit.
+    """
+    import uvicorn
+
+    uvicorn.run(factory, factory=True, workers=workers, **_uvicorn_settings(options, log_level, access_log))
