@@ -247,7 +247,17 @@ async def test_a_missing_table_says_which_and_what_to_do(tmp_path: Path) -> None
     store = SQLiteStore(tmp_path, [])
     db = store.database("0" * 32)
     try:
-        with pytest.raises(TenantMCPError, match=r"no such table: notes .*declare a migration"):
+        with pytest.raises(
+            TenantMCPError, match=r"no such table: notes .*none of the app's 0 migration\(s\) creates it"
+        ):
+            await db.fetch_all("SELECT * FROM notes")
+    finally:
+        await db._finish(commit=False)
+        await store.aclose()
+    store = SQLiteStore(tmp_path / "other", ["CREATE TABLE notes (id INTEGER PRIMARY KEY); DROP TABLE notes"])
+    db = store.database("0" * 32)
+    try:
+        with pytest.raises(TenantMCPError, match=r"no such table: notes .*migration 1 creates it"):
             await db.fetch_all("SELECT * FROM notes")
     finally:
         await db._finish(commit=False)

@@ -288,21 +288,34 @@ def _user_version(conn: sqlite3.Connection) -> int:
 
 
 def _split(script: str) -> Iterable[str]:
-    """Split a migration into statements, using SQLite's own notion of a complete statement."""
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip().rstrip(";").strip():
-                yield buffer
-            buffer = ""
-    if buffer.strip():
-        yield buffer
+    """Split a migration into statements, using SQLite's own notion of a complete statement (a
+    semicolon inside a literal or a trigger body does not end one; two on one line are two)."""
+    start = 0
+    for end, char in enumerate(script):
+        if char == ";" and sqlite3.complete_statement(script[start : end + 1]):
+            if script[start:end].strip():
+                yield script[start : end + 1]
+            start = end + 1
+    if script[start:].strip():
+        yield script[start:]
 
 
 def remove_files(path: Path) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def _missing_table(error: str, migrations: Sequence[str]) -> str:
+    """What a tool author needs to know when a statement names a table no migration made."""
+    table = error.removeprefix("no such table:").strip()
+    creates = re.compile(rf"CREATE\s+TABLE\s+(IF\s+NOT\s+EXISTS\s+)?[\"`]?{re.escape(table)}\b", re.I)
+    steps = [n for n, script in enumerate(migrations, 1) if creates.search(script)]
+    if steps:
+        return f"{error} in the tenant's database, though migration {steps[0]} creates it: was it dropped?"
+    return (
+        f"{error} in the tenant's database: none of the app's {len(migrations)} migration(s) creates it; "
+        "add one (app.migrations([...]); each tenant's file runs the new steps when next opened)"
+    )
 
 
 _BUSY_AT_END = (
@@ -365,10 +378,7 @@ class _Unit(OwnedUnit):
                 if handle.refused is not None:
                     raise GatewayRefusal(handle.refused) from None
                 if str(exc).startswith("no such table"):
-                    raise TenantMCPError(
-                        f"{exc} in the tenant's database: declare a migration that creates it "
-                        "(app.migrations([...]); each tenant's file runs the new steps when next opened)"
-                    ) from None
+                    raise TenantMCPError(_missing_table(str(exc), self._pool.migrations)) from None
                 raise
             finally:
                 self._busy -= 1
