@@ -34,6 +34,7 @@ from tests.helpers import (
     mcp_client,
     migrated,
     run_cli,
+    tool_result,
 )
 
 pytestmark = pytest.mark.anyio
@@ -521,3 +522,25 @@ async def test_over_stdio_a_missing_connection_says_it_needs_the_http_transport(
         async with Client(stdio_client(params, errlog=err)) as client:
             result = await client.call_tool("crm_whoami", {})
     assert result.is_error and "needs the HTTP transport" in _text(result), _text(result)
+
+
+@pytest.fixture
+def traced_stack(tmp_path: Path) -> Iterator[Stack]:
+    with _stack(f"sqlite:///{tmp_path}/control.db", tmp_path, app="tests.servers.connected_traced:app") as s:
+        yield s
+
+
+async def test_upstream_calls_are_child_spans_that_carry_no_tenant_upstream(traced_stack: Stack) -> None:
+    await _connect(traced_stack, "acme", "alice@acme")
+    async with mcp_client(traced_stack.server.url, traced_stack.t.keys["acme"]) as client:
+        assert _text(await client.call_tool("crm_whoami", {})) == "alice@acme"
+        spans = tool_result(await client.call_tool("recorded_spans", {}))
+    upstream = [s for s in spans if s["name"] == "upstream"]
+    assert upstream, [s["name"] for s in spans]
+    calls = {s["trace"] for s in spans if s["name"] == "tools/call crm_whoami"}
+    assert all(s["trace"] in calls for s in upstream)  # inside the trace of the call that made it
+    assert upstream[-1]["attributes"]["tenant_mcp.connection"] == "crm"
+    assert upstream[-1]["attributes"]["http.response.status_code"] == 200
+    headers = traced_stack.admin("log")["calls"][-1]["headers"]  # what the upstream received
+    assert not {"traceparent", "tracestate", "baggage"} & set(headers), headers
+    assert traced_stack.t.ids["acme"] not in json.dumps(headers) and "acme" not in json.dumps(headers).lower()

@@ -21,10 +21,13 @@ import httpx2
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import UrlElicitationRequiredError
 from mcp_types import ElicitRequestURLParams
+from opentelemetry import trace
 
 from tenant_mcp.connections.service import Connections, NotConnected, Unavailable
 from tenant_mcp.connections.store import LINK_SECONDS
 from tenant_mcp.models import Principal, Tenant
+
+_tracer = trace.get_tracer("tenant_mcp.connections")
 
 
 class ConnectionRequired(ToolError):
@@ -89,7 +92,34 @@ class TenantConnections:
         if provider.api_base_url is not None:
             kwargs.setdefault("base_url", provider.api_base_url)
         kwargs.setdefault("timeout", 30.0)
+        kwargs["transport"] = _Traced(kwargs.get("transport") or httpx2.AsyncHTTPTransport(), name)
         return httpx2.AsyncClient(auth=_Bearer(self, name, provider.api_base_url), **kwargs)
+
+
+class _Traced(httpx2.AsyncBaseTransport):
+    """Each upstream request a child span of the call's (a no-op without a tracing SDK): the
+    connection, method, host and status; never the path's data, never a token. Nothing is
+    propagated: no trace or baggage header leaves for the upstream, so the tenant does not either."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, connection: str) -> None:
+        self._inner = inner
+        self._connection = connection
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        attributes = {
+            "tenant_mcp.connection": self._connection,
+            "http.request.method": request.method,
+            "server.address": request.url.host,
+        }
+        with _tracer.start_as_current_span(
+            "upstream", kind=trace.SpanKind.CLIENT, attributes=attributes
+        ) as span:
+            response = await self._inner.handle_async_request(request)
+            span.set_attribute("http.response.status_code", response.status_code)
+            return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 class _Bearer(httpx2.Auth):

@@ -109,7 +109,8 @@ async def token(request: Request) -> Response:
 async def whoami(request: Request) -> Response:
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")
     held = access.get(presented) if scheme == "Bearer" else None
-    calls.append({"token": presented, "user": held["user"] if held else ""})
+    headers = {k: v for k, v in request.headers.items() if k != "authorization"}
+    calls.append({"token": presented, "user": held["user"] if held else "", "headers": headers})
     if held is None or held["revoked"] or held["expires_at"] < time.time():
         return _error(401, "invalid_token")
     return JSONResponse({"user": held["user"]})
