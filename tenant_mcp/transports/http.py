@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -597,5 +598,30 @@ def serve_workers(
     SIGTERM stops them all, each finishing its in-flight requests and flushing its audit.
     """
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
-    uvicorn.run(factory, factory=True, workers=workers, **_uvicorn_settings(options, log_level, access_log))
+    config = uvicorn.Config(
+        factory, factory=True, workers=workers, **_uvicorn_settings(options, log_level, access_log)
+    )
+    Multiprocess(config, sockets=[_tcp_socket(options.host, options.port)]).run()
+
+
+def _tcp_socket(host: str, port: int) -> socket.socket:
+    """The listening socket the workers share, made as a TCP socket (protocol IPPROTO_TCP).
+
+    uvicorn's own `bind_socket` leaves the protocol 0, and asyncio then does not set TCP_NODELAY on
+    the connections it accepts: every response (headers and body written apart) waits for the
+    client's delayed ACK, about 40 ms per request. Measured: 44 ms per request at one in flight."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    logger.info(
+        "serving on http://%s:%d with several workers (Press CTRL+C to quit)", host, sock.getsockname()[1]
+    )
+    return sock
