@@ -44,7 +44,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.responses import JSONResponse, Response
 
-from tenant_mcp._sdk import session_owners
+from tenant_mcp._sdk import session_open
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
 
 if TYPE_CHECKING:
@@ -231,7 +231,8 @@ def _until_next_month(now: datetime) -> float:
 
 @dataclass
 class _Quota:
-    """Tool calls of one tenant this UTC day and month: durable counts plus this process's."""
+    """Tool calls of one tenant this UTC day and month: the durable counts plus this process's,
+    updated in place (calls being admitted hold it between their reservation and the answer)."""
 
     day: str
     day_calls: int
@@ -239,42 +240,76 @@ class _Quota:
     used_at: float = 0.0  # monotonic time of the last call that asked
 
 
+_READ_BATCH = 500  # tenants per query when quota counts are read back
+
+
 class _Usage:
-    """Durable call and refusal counts per tenant and UTC day, written in batches."""
+    """Durable call and refusal counts per tenant and UTC day, written in batches.
+
+    A tool call is counted when it reserves its place (before any await of its admission), so at
+    any moment a tenant's quota counts are what the control plane holds plus `_pending` (and
+    `_flushing` while a batch is being written). Refusing a reserved call takes it back.
+    """
 
     def __init__(self, control_plane: ControlPlane) -> None:
         self._cp = control_plane
         self._pending: dict[tuple[str, str], list[int]] = {}  # (tenant id, day) -> [calls, refused]
+        self._flushing: dict[tuple[str, str], list[int]] = {}  # the batch being written
         self._quotas: dict[str, _Quota] = {}  # tenants with a quota: their counts
+        self._reading: dict[str, anyio.Event] = {}  # tenants whose counts are being read
 
-    def count(self, tenant_id: str, *, refused: bool) -> None:
-        counts = self._pending.setdefault((tenant_id, _today()), [0, 0])
-        counts[1 if refused else 0] += 1
+    def count(self, tenant_id: str, *, refused: bool, day: str | None = None, calls: int = 1) -> None:
+        counts = self._pending.setdefault((tenant_id, day or _today()), [0, 0])
+        counts[1 if refused else 0] += calls
 
     async def quota(self, tenant_id: str) -> _Quota:
-        quota = self._quotas.get(tenant_id)
-        if quota is None or quota.day != _today():
-            quota = self._quotas[tenant_id] = await self._read(tenant_id)
-        quota.used_at = time.monotonic()
-        return quota
+        """The tenant's counts for today, read once however many calls ask at the same time."""
+        while True:
+            quota = self._quotas.get(tenant_id)
+            if quota is not None and quota.day == _today():
+                quota.used_at = time.monotonic()
+                return quota
+            reading = self._reading.get(tenant_id)
+            if reading is not None:
+                await reading.wait()  # then look again (the reader may have failed)
+                continue
+            reading = self._reading[tenant_id] = anyio.Event()
+            try:
+                day, counts = await self._read([tenant_id])
+                self._quotas[tenant_id] = _Quota(day, *counts[tenant_id])
+            finally:
+                del self._reading[tenant_id]
+                reading.set()
 
-    async def _read(self, tenant_id: str) -> _Quota:
+    async def _read(self, tenant_ids: list[str]) -> tuple[str, dict[str, tuple[int, int]]]:
+        """(today, tenant id -> (calls today, calls this month)) in one query per batch of tenants."""
         now = datetime.now(UTC)
-        day = _day(now)
-        rows = await self._cp.db.fetch_all(
-            "SELECT day, calls FROM tenant_usage WHERE tenant_id = ? AND day >= ?",
-            (tenant_id, now.strftime("%Y-%m-01")),
-        )
-        pending = {d: c[0] for (t, d), c in self._pending.items() if t == tenant_id}
-        day_calls = sum(r["calls"] for r in rows if r["day"] == day) + pending.get(day, 0)
-        month_calls = sum(r["calls"] for r in rows if r["day"] <= day) + sum(
-            n for d, n in pending.items() if d[:7] == day[:7]
-        )
-        return _Quota(day, day_calls, month_calls)
+        day, month = _day(now), now.strftime("%Y-%m-01")
+        rows: list[dict[str, Any]] = []
+        for i in range(0, len(tenant_ids), _READ_BATCH):
+            batch = tenant_ids[i : i + _READ_BATCH]
+            rows += await self._cp.db.fetch_all(
+                f"SELECT tenant_id, day, calls FROM tenant_usage WHERE tenant_id IN ({', '.join('?' * len(batch))})"
+                " AND day >= ? AND day <= ?",
+                (*batch, month, day),
+            )
+        # From here on nothing awaits: the counts not yet durable are added as they are now.
+        counts = {t: [0, 0] for t in tenant_ids}
+        unwritten = [(t, d, c[0]) for (t, d), c in (*self._flushing.items(), *self._pending.items())]
+        for t, d, calls in [(r["tenant_id"], r["day"], r["calls"]) for r in rows] + unwritten:
+            mine = counts.get(t)
+            if mine is not None and month[:7] == d[:7] and d <= day:
+                mine[1] += calls
+                if d == day:
+                    mine[0] += calls
+        return day, {t: (c[0], c[1]) for t, c in counts.items()}
 
     async def flush(self) -> None:
+        """Write the counts, then bring the quota counts of tenants that called lately up to date
+        with every replica's calls (in place); the others are read again on their next call."""
         pending, self._pending = self._pending, {}
         if pending:
+            self._flushing = pending
             try:
                 async with self._cp.db.transaction() as tx:
                     # A tenant deleted meanwhile is skipped (its row would break the foreign key
@@ -287,21 +322,19 @@ class _Usage:
                         [(t, d, c[0], c[1], t) for (t, d), c in pending.items()],
                     )
             except Exception:
-                for key, counts in pending.items():  # kept for the next attempt
-                    mine = self._pending.setdefault(key, [0, 0])
-                    mine[0] += counts[0]
-                    mine[1] += counts[1]
+                for (tenant_id, day), counts in pending.items():  # kept for the next attempt
+                    self.count(tenant_id, refused=False, day=day, calls=counts[0])
+                    self.count(tenant_id, refused=True, day=day, calls=counts[1])
                 raise
-        # Other replicas' calls: re-read the counts of tenants with a quota that called lately;
-        # the others are read again on their next call.
+            finally:
+                self._flushing = {}
         idle = time.monotonic() - _IDLE_SECONDS
-        for tenant_id, quota in list(self._quotas.items()):
-            if quota.used_at < idle:
-                del self._quotas[tenant_id]
-            else:
-                fresh = await self._read(tenant_id)
-                fresh.used_at = quota.used_at
-                self._quotas[tenant_id] = fresh
+        self._quotas = {t: q for t, q in self._quotas.items() if q.used_at >= idle}
+        if self._quotas:
+            day, fresh = await self._read(list(self._quotas))
+            for tenant_id, quota in self._quotas.items():
+                if quota.day == day and tenant_id in fresh:
+                    quota.day_calls, quota.month_calls = fresh[tenant_id]
 
     def forget(self, tenant_id: str) -> None:
         self._quotas.pop(tenant_id, None)
@@ -368,6 +401,7 @@ class Limiter:
         self._overrides: dict[str, tuple[float, Limits]] = {}
         self._inflight: dict[str, int] = {}  # tenant id -> calls running
         self._opening: dict[str, int] = {}  # tenant id -> requests opening a session
+        self._sessions: dict[str, set[str]] = {}  # tenant id -> sessions it opened here (some may have ended)
         # tenant id -> (refuse at the gate until, no slot before, the refusal): see `_block`
         self._blocked: dict[str, tuple[float, float, Refused]] = {}
         self._usage = _Usage(control_plane)
@@ -425,14 +459,12 @@ class Limiter:
             self._usage.count(tenant.id, refused=True)
             call.denied = refusal.reason
             raise refusal.error() from None
-        if method == "tools/call":
-            self._usage.count(tenant.id, refused=False)
         return held
 
     async def _check(self, call: Call, method: str) -> _Admission:
         tenant, principal = call.tenant, call.principal
         limits = await self.limits_of(tenant)
-        quota = await self._reserve_quota(tenant.id, limits) if method == "tools/call" else None
+        reserved = await self._reserve(tenant.id, limits) if method == "tools/call" else None
         try:
             # The entry is None for a hidden tool, as for a missing one: no rate of its own.
             tool_rate = call.entry.rate if method == "tools/call" and call.entry is not None else None
@@ -458,18 +490,24 @@ class Limiter:
                     1,
                 )
         except Refused:
-            if quota is not None:  # the call does not run, so it does not use up the quota
-                quota.day_calls -= 1
-                quota.month_calls -= 1
+            if reserved is not None:  # the call does not run, so it does not use up the quota
+                day, quota = reserved
+                self._usage.count(tenant.id, refused=False, day=day, calls=-1)
+                if quota is not None:
+                    quota.day_calls -= 1
+                    quota.month_calls -= 1
             raise
         self._inflight[tenant.id] = running + 1
         return _Admission(self._inflight, tenant.id)
 
-    async def _reserve_quota(self, tenant_id: str, limits: Limits) -> _Quota | None:
-        """Count the call against the tenant's quotas, or refuse it when one is used up. Counted
-        before any other await, so calls arriving together cannot overshoot in this process."""
+    async def _reserve(self, tenant_id: str, limits: Limits) -> tuple[str, _Quota | None]:
+        """Count the tool call in usage and against the tenant's quotas (its day, and its quota
+        counts if it has quotas), or refuse it when a quota is used up. Counted before any other
+        await, so calls arriving together cannot overshoot in this process."""
         if limits.daily is None and limits.monthly is None:
-            return None
+            day = _today()
+            self._usage.count(tenant_id, refused=False, day=day)
+            return day, None
         quota = await self._usage.quota(tenant_id)
         now = datetime.now(UTC)
         if limits.daily is not None and quota.day_calls >= limits.daily:
@@ -486,7 +524,8 @@ class Limiter:
             )
         quota.day_calls += 1
         quota.month_calls += 1
-        return quota
+        self._usage.count(tenant_id, refused=False, day=quota.day)
+        return quota.day, quota
 
     async def _hit(self, rate: str, scope: str, *key: str) -> None:
         item = self._item(rate)
@@ -607,19 +646,21 @@ class Limiter:
     ) -> None:  # fmt: skip
         """Serve a request that opens an HTTP session, unless the tenant has its `sessions` open.
 
-        The SDK's session table says who owns each open session (an owner's subject starts with
-        the tenant id). Requests still opening a session count too, so a burst cannot overshoot.
+        Each tenant's open sessions are the ids this process saw it open, minus those the SDK has
+        since ended, checked only when the tenant is at its cap: O(cap), not O(all sessions).
+        Requests still opening a session count too, so a burst cannot overshoot.
         """
         tenant = token.tenant
         limits = await self.limits_of(tenant)
         if limits.sessions is None:
             await manager.handle_request(scope, receive, send)
             return
-        prefix = f"{tenant.id}:"
         opening = self._opening.get(tenant.id, 0)
-        owners = session_owners(manager)
-        open_now = sum(1 for owner in owners if str(owner.get("subject") or "").startswith(prefix))
-        if open_now + opening >= limits.sessions:
+        ids = self._sessions.get(tenant.id, set())
+        if len(ids) + opening >= limits.sessions:
+            ids = {i for i in ids if session_open(manager, i)}  # some may have ended meanwhile
+            self._sessions[tenant.id] = ids
+        if len(ids) + opening >= limits.sessions:
             self._usage.count(tenant.id, refused=True)
             self._audit.record(
                 tenant_id=tenant.id, principal=token.principal.label, method="http", outcome="denied",
@@ -632,14 +673,24 @@ class Limiter:
             )(scope, receive, send)
             return
         self._opening[tenant.id] = opening + 1
+        opened: list[bytes] = []
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                opened.extend(v for k, v in message.get("headers", ()) if k == b"mcp-session-id")
+            await send(message)
+
         try:
-            await manager.handle_request(scope, receive, send)
+            await manager.handle_request(scope, receive, watch)
         finally:
             left = self._opening[tenant.id] - 1
             if left:
                 self._opening[tenant.id] = left
             else:
                 del self._opening[tenant.id]
+            session_id = opened[0].decode("latin-1") if opened else None
+            if session_id is not None and session_open(manager, session_id):
+                self._sessions.setdefault(tenant.id, set()).add(session_id)
 
     # -- background --------------------------------------------------------------------------
 

@@ -29,7 +29,11 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 
-from tenant_mcp.limits import RATE_LIMITED
+from tenant_mcp.audit.log import AuditLog
+from tenant_mcp.call import Call
+from tenant_mcp.controlplane import ControlPlane
+from tenant_mcp.limits import RATE_LIMITED, Limiter, Limits
+from tenant_mcp.models import Principal, Tenant
 from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, free_port, mcp_client, postgres_database
 
 pytestmark = pytest.mark.anyio
@@ -399,17 +403,19 @@ def test_limits_cli_contract(tenants: Tenants, db: str) -> None:
 class RedisProxy:
     """A TCP proxy to the test Redis that can be cut, to take Redis away from a running server."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.port = free_port()
         self._scope = anyio.CancelScope()
+        self._delay = delay  # added to every chunk Redis answers (a slow network)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         host, port = REDIS_URL.split("//", 1)[1].split("/", 1)[0].split(":")
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=self.port)
 
-        async def pipe(a: anyio.abc.ByteStream, b: anyio.abc.ByteStream) -> None:
+        async def pipe(a: anyio.abc.ByteStream, b: anyio.abc.ByteStream, delay: float = 0.0) -> None:
             with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 async for chunk in a:
+                    await anyio.sleep(delay)
                     await b.send(chunk)
 
         async def handle(client: anyio.abc.SocketStream) -> None:
@@ -419,7 +425,7 @@ class RedisProxy:
                 anyio.create_task_group() as tg,
             ):
                 tg.start_soon(pipe, client, upstream)
-                await pipe(upstream, client)
+                await pipe(upstream, client, self._delay)
                 tg.cancel_scope.cancel()
 
         with self._scope:
@@ -609,3 +615,118 @@ async def test_usage_of_a_deleted_tenant_does_not_block_the_others(tenants: Tena
         server.stop()
     data = json.loads(cli(db, "usage", kept, "--json").stdout)
     assert data["calls"] == 1
+
+
+# -- quota bookkeeping in one process ---------------------------------------------------------------
+#
+# The limiter of one server process, driven directly (no transport) on a real SQLite control plane
+# and the real Redis, where the order of concurrent admissions and flushes must be controlled.
+
+
+@contextlib.asynccontextmanager
+async def _limiter(
+    tmp_path: Path, limits: Limits, **options: Any
+) -> AsyncIterator[tuple[Limiter, ControlPlane]]:
+    async with ControlPlane(f"sqlite:///{tmp_path}/cp.db") as cp:
+        yield Limiter(cp, AuditLog(cp), plans={"q": limits}, **options), cp
+
+
+@contextlib.asynccontextmanager
+async def _slow_redis_limiter(tmp_path: Path) -> AsyncIterator[tuple[Limiter, ControlPlane]]:
+    """A limiter whose rates live in Redis 0.3 s away: calls wait there after their quota
+    reservation, long enough for other calls and a flush to come between."""
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"tmtest-{secrets.token_hex(6)}"
+    proxy = RedisProxy(delay=0.3)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(proxy.serve)
+            url = f"redis://127.0.0.1:{proxy.port}/0"
+            limits = Limits(rate="100/minute", daily=2)
+            async with _limiter(tmp_path, limits, redis_url=url, redis_prefix=prefix) as made:
+                yield made
+            proxy.cut()
+    finally:
+        for k in client.scan_iter(f"{prefix}:*"):
+            client.delete(k)
+        client.close()
+
+
+async def _tenant(cp: ControlPlane, slug: str = "acme") -> Tenant:
+    return await cp.create_tenant(slug, plan="q")
+
+
+def _tool_call(tenant: Tenant, method: str = "tools/call") -> Call:
+    principal = Principal(tenant_id=tenant.id, subject=f"{tenant.id}:k", scopes=frozenset(),
+                          auth_method="api_key", client_id="k", key_id="k")  # fmt: skip
+    return Call(tenant, principal, method, {"name": "whoami", "arguments": {}})
+
+
+async def _admitted(limiter: Limiter, tenant: Tenant) -> bool:
+    try:
+        async with await limiter.admit(_tool_call(tenant)):
+            return True
+    except MCPError as exc:
+        assert exc.error.code == RATE_LIMITED
+        return False
+
+
+async def test_concurrent_first_calls_share_one_quota_read(tmp_path: Path) -> None:
+    """Calls of a tenant arriving together before its quota counts are known must not each read
+    them and reserve against their own copy: with a daily quota of 2, three calls admit two."""
+    async with _slow_redis_limiter(tmp_path) as (limiter, cp):
+        tenant = await _tenant(cp)
+        async with await limiter.admit(_tool_call(tenant, "tools/list")):
+            pass  # its limits are now known: the calls below go straight to their quota
+        results: list[bool] = []
+
+        async def one() -> None:
+            results.append(await _admitted(limiter, tenant))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+        assert sorted(results) == [False, True, True]
+
+
+async def test_a_flush_keeps_reservations_of_calls_being_admitted(tmp_path: Path) -> None:
+    """A flush that lands while a call is between its quota reservation and its admission must
+    not lose that reservation."""
+    async with _slow_redis_limiter(tmp_path) as (limiter, cp):
+        tenant = await _tenant(cp)
+        results: list[bool] = []
+
+        async def one() -> None:
+            results.append(await _admitted(limiter, tenant))
+
+        async with anyio.create_task_group() as calls:
+            calls.start_soon(one)
+            await anyio.sleep(0.2)  # the first call has reserved and waits for Redis
+            await limiter.flush()
+            calls.start_soon(one)
+        assert results == [True, True]
+        assert not await _admitted(limiter, tenant), "a third call was admitted on a quota of 2"
+
+
+async def test_usage_flush_reads_every_tenants_quota_in_one_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _limiter(tmp_path, Limits(daily=2)) as (limiter, cp):
+        tenants = [await _tenant(cp, f"t{i}") for i in range(20)]
+        for tenant in tenants:
+            assert await _admitted(limiter, tenant)
+        queries: list[str] = []
+        for name in ("fetch_all", "fetch_one", "execute", "execute_many"):
+            real = getattr(cp.db, name)
+
+            def counted(sql: str, *args: Any, _real: Any = real) -> Any:
+                queries.append(sql)
+                return _real(sql, *args)
+
+            monkeypatch.setattr(cp.db, name, counted)
+        await limiter.flush()
+        assert len(queries) <= 2, queries  # the counts written, then read back, for all 20 tenants
+        monkeypatch.undo()
+        for tenant in tenants:  # and the counts read back are right: one call left each
+            assert await _admitted(limiter, tenant)
+            assert not await _admitted(limiter, tenant)
