@@ -19,6 +19,7 @@ from tenant_mcp.models import Principal, Tenant
 if TYPE_CHECKING:
     from tenant_mcp.scoping.catalogue import Entry
 
+
 @dataclass(slots=True)
 class Call:
     """One authenticated request: who, what, and what the audit should say about it."""

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import limits as _limits
 from anyio.abc import TaskStatus
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
@@ -46,6 +46,7 @@ from starlette.responses import JSONResponse, Response
 
 from tenant_mcp._sdk import session_open
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
+from tenant_mcp.replication.windows import SharedWindows, Window
 
 if TYPE_CHECKING:
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -201,6 +202,14 @@ class _LocalStorage(MemoryStorage):
 def _describe(item: _limits.RateLimitItem) -> str:
     unit = item.GRANULARITY.name
     return f"{item.amount}/{unit}" if item.multiples == 1 else f"{item.amount}/{item.multiples} {unit}s"
+
+
+def _rate_refusal(item: _limits.RateLimitItem, scope: str, wait: float) -> Refused:
+    return Refused(
+        f"rate limited: {_describe(item)} per {scope}",
+        f"Rate limit exceeded: {_describe(item)} per {scope}",
+        wait,
+    )
 
 
 def _day(now: datetime) -> str:
@@ -384,18 +393,9 @@ class Limiter:
         self._on_redis_error = on_redis_error
         self._cache_seconds = cache_seconds
         self._local = MovingWindowRateLimiter(_LocalStorage())
-        self._shared: MovingWindowRateLimiter | None = None
+        self._shared: SharedWindows | None = None
         if redis_url is not None:
-            uri = "async+" + redis_url if not redis_url.startswith("async+") else redis_url
-            storage = RedisStorage(
-                uri,
-                implementation="redispy",
-                key_prefix=f"{redis_prefix}:limits",
-                wrap_exceptions=True,
-                socket_connect_timeout=1.0,
-                socket_timeout=1.0,
-            )
-            self._shared = MovingWindowRateLimiter(storage)
+            self._shared = SharedWindows.connect(redis_url, f"{redis_prefix}:limits")
         self._redis_down_until = 0.0
         self._items: dict[str, _limits.RateLimitItem] = {}
         self._overrides: dict[str, tuple[float, Limits]] = {}
@@ -468,16 +468,19 @@ class Limiter:
         try:
             # The entry is None for a hidden tool, as for a missing one: no rate of its own.
             tool_rate = call.entry.rate if method == "tools/call" and call.entry is not None else None
+            hits: list[tuple[str, str, tuple[str, ...]]] = []
             if tool_rate is not None:
                 name = str(call.name)
-                await self._hit(tool_rate, f"tool {name}", "tool", tenant.id, name)
+                hits.append((tool_rate, f"tool {name}", ("tool", tenant.id, name)))
             if limits.principal_rate is not None:
-                await self._hit(limits.principal_rate, "principal", "principal", tenant.id, principal.subject)
+                hits.append((limits.principal_rate, "principal", ("principal", tenant.id, principal.subject)))
             if limits.rate is not None:
+                hits.append((limits.rate, "tenant", ("tenant", tenant.id)))
+            if hits:
                 try:
-                    await self._hit(limits.rate, "tenant", "tenant", tenant.id)
+                    await self._hit(hits)
                 except Refused as refusal:
-                    if refusal.reason.startswith("rate limited"):
+                    if refusal.reason.endswith(" per tenant"):
                         self._block(tenant.id, refusal)
                     raise
             if limits.concurrency is None or method not in _WORK:
@@ -527,16 +530,14 @@ class Limiter:
         self._usage.count(tenant_id, refused=False, day=quota.day)
         return quota.day, quota
 
-    async def _hit(self, rate: str, scope: str, *key: str) -> None:
-        item = self._item(rate)
-        limiter = (
-            self._shared if self._shared is not None and time.monotonic() >= self._redis_down_until else None
-        )
-        if limiter is not None:
+    async def _hit(self, hits: list[tuple[str, str, tuple[str, ...]]]) -> None:
+        """Count one hit on each of the windows (rate, scope as the refusal names it, key), or on
+        none of them: raise `Refused` for the first without room."""
+        items = [(self._item(rate), scope, key) for rate, scope, key in hits]
+        if self._shared is not None and time.monotonic() >= self._redis_down_until:
+            windows = [Window(item.key_for(*key), item.amount, item.get_expiry()) for item, _, key in items]
             try:
-                if await limiter.hit(item, *key):
-                    return
-                stats = await limiter.get_window_stats(item, *key)
+                full = await self._shared.hit(windows)
             except Exception as exc:  # Redis unreachable, timed out, or refused the script
                 if self._on_redis_error == "fail_closed":
                     logger.warning("rate limits: Redis unavailable (%s); refusing (fail_closed)", exc)
@@ -549,16 +550,17 @@ class Limiter:
                     "rate limits: Redis unavailable (%s); limiting in this process for a while", exc
                 )
                 self._redis_down_until = time.monotonic() + _LOCAL_FALLBACK_SECONDS
-                limiter = None
-        if limiter is None:
-            if await self._local.hit(item, *key):
+            else:
+                if full is not None:
+                    index, wait = full
+                    raise _rate_refusal(*items[index][:2], wait)
                 return
-            stats = await self._local.get_window_stats(item, *key)
-        raise Refused(
-            f"rate limited: {_describe(item)} per {scope}",
-            f"Rate limit exceeded: {_describe(item)} per {scope}",
-            stats.reset_time - time.time(),
-        )
+        for item, scope, key in items:  # all in memory, no await that yields: atomic
+            if not await self._local.test(item, *key):
+                stats = await self._local.get_window_stats(item, *key)
+                raise _rate_refusal(item, scope, stats.reset_time - time.time())
+        for item, _, key in items:
+            await self._local.hit(item, *key)
 
     # -- before the MCP layer ----------------------------------------------------------------
 
@@ -695,21 +697,27 @@ class Limiter:
     # -- background --------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Write usage counts every second until cancelled, and once more on the way out."""
+        """Every second until cancelled, and once more on the way out: write usage counts, and
+        record in Redis the hits admitted without asking it (`SharedWindows`)."""
         task_status.started()
         try:
             while True:
                 await anyio.sleep(_FLUSH_SECONDS)
-                try:
-                    await self._usage.flush()
-                except Exception:
-                    logger.exception("usage counts could not be written; retrying")
+                await self._flush_logged("retrying")
         finally:
             with anyio.CancelScope(shield=True):
-                try:
-                    await self._usage.flush()
-                except Exception:
-                    logger.exception("usage counts could not be written on shutdown")
+                await self._flush_logged("on shutdown")
+
+    async def _flush_logged(self, when: str) -> None:
+        try:
+            await self._usage.flush()
+        except Exception:
+            logger.exception("usage counts could not be written (%s)", when)
+        if self._shared is not None and time.monotonic() >= self._redis_down_until:
+            try:
+                await self._shared.report()
+            except Exception as exc:
+                logger.warning("rate limits: hits could not be recorded in Redis (%s); %s", exc, when)
 
     async def flush(self) -> None:
         await self._usage.flush()

@@ -730,3 +730,54 @@ async def test_usage_flush_reads_every_tenants_quota_in_one_query(
         for tenant in tenants:  # and the counts read back are right: one call left each
             assert await _admitted(limiter, tenant)
             assert not await _admitted(limiter, tenant)
+
+
+# -- rates of one request: all windows or none; Redis round trips in batches ------------------------
+
+
+@contextlib.asynccontextmanager
+async def _on_redis(tmp_path: Path, limits: Limits, replicas: int = 1) -> AsyncIterator[list[Limiter]]:
+    """`replicas` limiters on one control plane and one Redis prefix."""
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"tmtest-{secrets.token_hex(6)}"
+    try:
+        async with ControlPlane(f"sqlite:///{tmp_path}/cp.db") as cp:
+            yield [
+                Limiter(cp, AuditLog(cp), plans={"q": limits}, redis_url=REDIS_URL, redis_prefix=prefix)
+                for _ in range(replicas)
+            ]
+    finally:
+        for k in client.scan_iter(f"{prefix}:*"):
+            client.delete(k)
+        client.close()
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_a_refused_request_uses_up_none_of_its_rates(tmp_path: Path, store: str) -> None:
+    """The tenant's rate refuses the third call: its principal's rate must not count it, or the
+    principal would be refused later for calls it never got."""
+    limits = Limits(rate="2/second", principal_rate="3/minute")
+    async with contextlib.AsyncExitStack() as stack:
+        if store == "redis":
+            (limiter,) = await stack.enter_async_context(_on_redis(tmp_path, limits))
+            cp = limiter._cp
+        else:
+            limiter, cp = await stack.enter_async_context(_limiter(tmp_path, limits))
+        tenant = await _tenant(cp)
+        assert [await _admitted(limiter, tenant) for _ in range(3)] == [True, True, False]
+        await anyio.sleep(1.2)  # the tenant's window has room again; the principal's has one
+        assert [await _admitted(limiter, tenant) for _ in range(2)] == [True, False]
+
+
+async def test_a_rate_holds_across_replicas_within_a_tenth(tmp_path: Path) -> None:
+    """Far from its limit a replica admits a share of the headroom without asking Redis; two
+    replicas flooded together still admit no more than 10 % over the limit, and no less."""
+    async with _on_redis(tmp_path, Limits(rate="1000/minute"), replicas=2) as replicas:
+        tenant = await _tenant(replicas[0]._cp)
+        admitted = 0
+        for i in range(1500):
+            admitted += await _admitted(replicas[i % 2], tenant)
+        assert 1000 <= admitted <= 1100, admitted
+        for replica in replicas:  # the hits each admitted without asking are recorded
+            await replica._flush_logged("test")
+        assert not await _admitted(replicas[0], tenant)
