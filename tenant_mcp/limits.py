@@ -72,6 +72,8 @@ _LOCAL_FALLBACK_SECONDS = 5.0  # with on_redis_error="local": how long before tr
 _FLUSH_SECONDS = 1.0
 _SWEEP_SECONDS = 5.0
 _IDLE_SECONDS = 60.0  # a tenant's quota counts are refreshed while it called within this long
+_HOLD_SECONDS = 1.0  # a 429 at the gate is held back until a slot frees, at most this long
+_HOLD_MAX = 32  # refusals held back at a time per tenant; past that, answered at once
 _PEEK_BYTES = 64 * 1024  # larger bodies of a blocked tenant go to the SDK, which refuses them there
 FIELDS = ("rate", "principal_rate", "concurrency", "sessions", "daily", "monthly")
 
@@ -349,6 +351,15 @@ class _Usage:
         self._quotas.pop(tenant_id, None)
 
 
+def _release(counter: dict[str, int], key: str) -> None:
+    """One less held under `key` (counters keep no zero entries: they would grow with every tenant)."""
+    left = counter[key] - 1
+    if left:
+        counter[key] = left
+    else:
+        del counter[key]
+
+
 class _Admission:
     """What `Limiter.admit` returns: holds a concurrency slot while the request runs."""
 
@@ -363,11 +374,7 @@ class _Admission:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._counter is not None:
-            left = self._counter[self._tenant_id] - 1
-            if left:
-                self._counter[self._tenant_id] = left
-            else:
-                del self._counter[self._tenant_id]
+            _release(self._counter, self._tenant_id)
 
 
 _NOTHING_HELD = _Admission(None, "")
@@ -402,8 +409,9 @@ class Limiter:
         self._inflight: dict[str, int] = {}  # tenant id -> calls running
         self._opening: dict[str, int] = {}  # tenant id -> requests opening a session
         self._sessions: dict[str, set[str]] = {}  # tenant id -> sessions it opened here (some may have ended)
-        # tenant id -> (refuse at the gate until, no slot before, the refusal): see `_block`
-        self._blocked: dict[str, tuple[float, float, Refused]] = {}
+        # tenant id -> (no slot before, the tenant rate used up, the refusal): see `_block`
+        self._blocked: dict[str, tuple[float, str, Refused]] = {}
+        self._held: dict[str, int] = {}  # tenant id -> refusals held back (`_refuse_early`)
         self._usage = _Usage(control_plane)
 
     # -- effective limits --------------------------------------------------------------------
@@ -480,8 +488,8 @@ class Limiter:
                 try:
                     await self._hit(hits)
                 except Refused as refusal:
-                    if refusal.reason.endswith(" per tenant"):
-                        self._block(tenant.id, refusal)
+                    if limits.rate is not None and refusal.reason.endswith(" per tenant"):
+                        self._block(tenant.id, limits.rate, refusal)
                     raise
             if limits.concurrency is None or method not in _WORK:
                 return _NOTHING_HELD
@@ -564,14 +572,13 @@ class Limiter:
 
     # -- before the MCP layer ----------------------------------------------------------------
 
-    def _block(self, tenant_id: str, refusal: Refused) -> None:
-        """Remember that the tenant's rate is used up: no slot frees before `refusal.wait`. The
-        HTTP gate then refuses its requests before the SDK parses them, for at most the cache
-        window (an override lifting the limit must not wait longer), re-armed by the next refusal."""
-        now = time.monotonic()
+    def _block(self, tenant_id: str, rate: str, refusal: Refused) -> None:
+        """Remember that the tenant's `rate` is used up: no slot frees before `refusal.wait`. Until
+        then the HTTP gate refuses its requests before the SDK parses them, as long as `rate` is
+        still the tenant's (an override that lifts or changes it ends the block)."""
         if len(self._blocked) > 100_000:
             self._blocked.clear()
-        self._blocked[tenant_id] = (now + min(refusal.wait, self._cache_seconds), now + refusal.wait, refusal)
+        self._blocked[tenant_id] = (time.monotonic() + refusal.wait, rate, refusal)
 
     async def serve(
         self, token: TenantAccessToken, manager: StreamableHTTPSessionManager, scope: Scope, receive: Receive,
@@ -582,7 +589,7 @@ class Limiter:
         or a new session over the tenant's cap."""
         blocked = self._blocked.get(token.tenant.id) if self._blocked else None
         if blocked is not None:
-            if time.monotonic() < blocked[0]:
+            if time.monotonic() < blocked[0] and (await self.limits_of(token.tenant)).rate == blocked[1]:
                 replay = await self._refuse_early(token, blocked, scope, receive, send)
                 if replay is None:
                     return
@@ -595,11 +602,16 @@ class Limiter:
             await manager.handle_request(scope, receive, send)
 
     async def _refuse_early(
-        self, token: TenantAccessToken, blocked: tuple[float, float, Refused], scope: Scope, receive: Receive,
+        self, token: TenantAccessToken, blocked: tuple[float, str, Refused], scope: Scope, receive: Receive,
         send: Send,
     ) -> Receive | None:  # fmt: skip
         """429 for a single JSON-RPC request (never a notification or a response, which a client
-        must be able to deliver); None when refused, else a `receive` that replays the body."""
+        must be able to deliver); None when refused, else a `receive` that replays the body.
+
+        The 429 is held back until a slot frees (at most `_HOLD_SECONDS`, `_HOLD_MAX` requests per
+        tenant at a time): a client that asks again as soon as it is answered, as a runaway agent
+        does, then floods at the pace of its connections, not of the server's refusals, and leaves
+        the event loop to the other tenants (a refusal still costs 0.25 ms of HTTP parsing)."""
         length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
         if scope["method"] != "POST" or not length.isdigit() or int(length) > _PEEK_BYTES:
             return receive
@@ -617,13 +629,21 @@ class Limiter:
         except ValueError:
             request = None
         if isinstance(request, dict) and "id" in request and request.get("method") not in (None, *_FREE):
-            _, reset_at, refusal = blocked
-            retry_after = max(1, math.ceil(reset_at - time.monotonic()))
-            self._usage.count(token.tenant.id, refused=True)
+            tenant_id = token.tenant.id
+            reset_at, _, refusal = blocked
+            self._usage.count(tenant_id, refused=True)
             self._audit.record(
-                tenant_id=token.tenant.id, principal=token.principal.label,
+                tenant_id=tenant_id, principal=token.principal.label,
                 method=str(request["method"]), outcome="denied", reason=refusal.reason,
             )  # fmt: skip
+            held = self._held.get(tenant_id, 0)
+            if held < _HOLD_MAX:
+                self._held[tenant_id] = held + 1
+                try:
+                    await anyio.sleep(min(_HOLD_SECONDS, reset_at - time.monotonic()))
+                finally:
+                    _release(self._held, tenant_id)
+            retry_after = max(1, math.ceil(reset_at - time.monotonic()))
             response = _too_many(
                 f"{refusal.message}; retry after {retry_after} s", retry_after, request["id"]
             )
@@ -685,11 +705,7 @@ class Limiter:
         try:
             await manager.handle_request(scope, receive, watch)
         finally:
-            left = self._opening[tenant.id] - 1
-            if left:
-                self._opening[tenant.id] = left
-            else:
-                del self._opening[tenant.id]
+            _release(self._opening, tenant.id)
             session_id = opened[0].decode("latin-1") if opened else None
             if session_id is not None and session_open(manager, session_id):
                 self._sessions.setdefault(tenant.id, set()).add(session_id)
