@@ -75,7 +75,7 @@ _IDLE_SECONDS = 60.0  # a tenant's quota counts are refreshed while it called wi
 _HOLD_SECONDS = 1.0  # a 429 at the gate is held back until a slot frees, at most this long
 _HOLD_MAX = 32  # refusals held back at a time per tenant; past that, answered at once
 _PEEK_BYTES = 64 * 1024  # larger bodies of a blocked tenant go to the SDK, which refuses them there
-FIELDS = ("rate", "principal_rate", "concurrency", "sessions", "daily", "monthly")
+FIELDS = ("rate", "principal_rate", "concurrency", "sessions", "daily", "monthly", "subscriptions")
 
 
 def parse_rate(value: str) -> _limits.RateLimitItem:
@@ -96,7 +96,8 @@ class Limits:
     `rate`: requests per moving window for the whole tenant ("100/minute"); `principal_rate`: the
     same per API key or JWT subject; `concurrency`: calls running at once (tool calls, resource
     reads, prompts, completions); `sessions`: open HTTP sessions; `daily` and `monthly`: tool
-    calls per UTC day and calendar month.
+    calls per UTC day and calendar month; `subscriptions`: resource subscriptions and open
+    `subscriptions/listen` streams together (below the server's `max_subscriptions_per_tenant`).
     """
 
     rate: str | None = None
@@ -105,13 +106,14 @@ class Limits:
     sessions: int | None = None
     daily: int | None = None
     monthly: int | None = None
+    subscriptions: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("rate", "principal_rate"):
             value = getattr(self, name)
             if value is not None:
                 parse_rate(value)
-        for name in ("concurrency", "sessions", "daily", "monthly"):
+        for name in ("concurrency", "sessions", "daily", "monthly", "subscriptions"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise TenantMCPError(f"invalid {name} {value!r}: a whole number of at least 1, or None")

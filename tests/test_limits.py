@@ -328,6 +328,36 @@ async def test_session_cap_per_tenant(server: ServerProcess, tenants: Tenants) -
     await _eventually_denied(tenants, slug, "rate limited: sessions 2")
 
 
+async def test_subscription_cap_per_tenant(server: ServerProcess, tenants: Tenants, db: str) -> None:
+    """Resource subscriptions count against the tenant's `subscriptions`, whichever session holds
+    them; another tenant on the same plan is not affected, and an override raises the cap."""
+    slug, key = fresh(tenants, "tiny")
+    _, other_key = fresh(tenants, "tiny")
+    assert cli(db, "limits", "set", slug, "--rate", "none").returncode == 0
+    async with (
+        mcp_client(server.url, key, mode="legacy") as first,
+        mcp_client(server.url, key, mode="legacy") as second,
+        mcp_client(server.url, other_key, mode="legacy") as neighbour,
+    ):
+        await first.subscribe_resource("limited://1")
+        await second.subscribe_resource("limited://2")
+        with pytest.raises(MCPError) as exc:
+            await second.subscribe_resource("limited://3")
+        assert exc.value.error.message == "Subscription limit reached: at most 2 per tenant"
+        await neighbour.subscribe_resource("limited://1")  # the same plan, its own count
+        await first.unsubscribe_resource("limited://1")
+        await second.subscribe_resource("limited://3")  # room again
+        assert cli(db, "limits", "set", slug, "--subscriptions", "3").returncode == 0
+        with anyio.fail_after(5):
+            while True:
+                try:
+                    await first.subscribe_resource("limited://4")
+                    break
+                except MCPError:
+                    await anyio.sleep(0.2)
+    await _eventually_denied(tenants, slug, "rate limited: subscriptions 2")
+
+
 async def test_daily_quota_counts_durably_and_usage_reports_it(tenants: Tenants, db: str) -> None:
     slug, key = fresh(tenants, "tiny")
     set_ = cli(db, "limits", "set", slug, "--rate", "none", "--daily", "4", "--json")
@@ -368,6 +398,7 @@ def test_limits_cli_contract(tenants: Tenants, db: str) -> None:
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["effective"] == {
         "rate": "3/minute", "principal_rate": None, "concurrency": 1, "sessions": 2, "daily": 5, "monthly": None,
+        "subscriptions": 2,
     }  # fmt: skip
     assert (
         cli(db, "limits", "set", slug, "--concurrency", "8", "--principal-rate", "10/second").returncode == 0

@@ -372,12 +372,24 @@ class ScopedServer(MCPServer[Any]):
             headers.get("mcp-session-id") if headers is not None else None
         ) or f"connection:{id(ctx.session)}"
 
-    def _take_place(self, slug: str, session: dict[str, Callable[[], None]] | None) -> None:
+    async def _tenant_cap(self, call: Call) -> int:
+        """The subscriptions the caller's tenant may hold here: the server's cap, or the tenant's
+        `subscriptions` limit (its plan's, or its override) when lower."""
+        rt = self.runtime
+        own = (await rt.limiter.limits_of(call.tenant)).subscriptions if rt is not None else None
+        if own is not None and own < self.max_subscriptions_per_tenant:
+            return own
+        return self.max_subscriptions_per_tenant
+
+    def _take_place(self, call: Call, session: dict[str, Callable[[], None]] | None, cap: int) -> None:
         """Count one more subscription of the tenant (and session), or refuse past a cap."""
+        slug = call.tenant.slug
         if session is not None and len(session) >= self.max_subscriptions_per_session:
             limit = f"{self.max_subscriptions_per_session} per session"
-        elif self._per_tenant.get(slug, 0) >= self.max_subscriptions_per_tenant:
-            limit = f"{self.max_subscriptions_per_tenant} per tenant"
+        elif self._per_tenant.get(slug, 0) >= cap:
+            limit = f"{cap} per tenant"
+            if cap < self.max_subscriptions_per_tenant:  # the tenant's own limit bit: audit it as one
+                call.denied = f"rate limited: subscriptions {cap}"
         else:
             self._per_tenant[slug] = self._per_tenant.get(slug, 0) + 1
             return
@@ -414,11 +426,12 @@ class ScopedServer(MCPServer[Any]):
         if not self._visible_uri(uri, call):
             self._hidden(call, "resource", uri, self._exists(self.catalogue.resources, uri))
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown resource: {uri}", data={"uri": uri})
+        cap = await self._tenant_cap(call)
         owner = (call.tenant.slug, self._session_key(ctx))
         known = self._resource_subscriptions.get(owner)
         if known is not None and uri in known:
             return EmptyResult()
-        self._take_place(owner[0], known or {})
+        self._take_place(call, known or {}, cap)
         if known is None:
             known = self._resource_subscriptions[owner] = {}
             # When the session ends (DELETE, idle timeout, shutdown) the SDK unwinds its
@@ -460,8 +473,9 @@ class ScopedServer(MCPServer[Any]):
         """The SDK's listen handler, once the tenant's events from other replicas can arrive: it
         acknowledges right after subscribing, and the client may act on the ack at once. An open
         stream counts against the tenant's subscription cap."""
-        slug = _require_call().tenant.slug
-        self._take_place(slug, None)
+        call = _require_call()
+        slug = call.tenant.slug
+        self._take_place(call, None, await self._tenant_cap(call))
         try:
             release = await self.tenant_bus.hold()
             try:
