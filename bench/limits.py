@@ -1,11 +1,12 @@
 """Benchmarks of per-tenant limits (issue 13): fair share under a flood, and what limits cost.
 
-    python -m bench.limits            # about 3 minutes
-    python -m bench.limits --quick    # under a minute
+    python -m bench.limits            # about 8 minutes
+    python -m bench.limits --quick    # about 2 minutes
 
-- Fair share: tenant X floods (16 connections, paced at 10x its rate limit) while tenant Y calls
-  at a steady modest rate. Y's p50 and p99 latency under the flood against Y alone, on a server
-  with limits and on the same server without. Y must see no refusal.
+- Fair share: tenant X floods (16 connections, paced at 10x its rate limit, from a process of its
+  own) while tenant Y calls at a steady modest rate. Y's p50 and p99 latency under the flood
+  against Y alone, on a server without limits, with limits, and with limits but each 429 answered
+  at once (not held back until a slot frees). Y must see no refusal.
 - Cost: capacity (server CPU time per request, as in `python -m bench`) of a server whose limits
   are configured but never bite against the same server without limits, in memory and on Redis.
 
@@ -24,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +68,19 @@ async def _paced(http: httpx2.AsyncClient, url: str, token: str, every: float, u
             await asyncio.sleep(delay)
         n += 1
         started = time.perf_counter()
-        response = await http.post(url, content=_body(n, tool), headers=headers)
+        try:
+            response = await http.post(url, content=_body(n, tool), headers=headers)
+        except httpx2.TransportError as exc:  # counted apart, and shown
+            kind = f"{type(exc).__name__}: {exc}"[:80]
+            outcome[kind] = outcome.get(kind, 0) + 1
+            next_at = max(next_at + every, time.perf_counter())
+            continue
         elapsed = time.perf_counter() - started
-        answer = response.json()
-        kind = "ok" if "result" in answer and not answer["result"].get("isError") else "refused"
+        if response.headers.get("content-type") == "application/json":
+            answer = response.json()
+            kind = "ok" if "result" in answer and not answer["result"].get("isError") else "refused"
+        else:  # not an answer of the MCP endpoint: counted apart, and shown
+            kind = f"HTTP {response.status_code}: {response.text[:80]}"
         outcome[kind] = outcome.get(kind, 0) + 1
         if latencies is not None:
             latencies.append(elapsed)
@@ -129,7 +140,16 @@ async def _scenario(
         "x_ok_per_s": round(x_outcome.get("ok", 0) / seconds, 1),
         "x_refused_per_s": round(x_outcome.get("refused", 0) / seconds, 1),
         "server_cpu_share": round(cpu / seconds, 2),  # CPU seconds the server used per second
+        "other_answers": {
+            k: v for k, v in (Counter(x_outcome) + Counter(y_outcome)).items() if k not in ("ok", "refused")
+        },
     }  # fmt: skip
+
+
+def _log_tail(server: Running, lines: int = 30) -> str:
+    server.log.seek(0)
+    text = server.log.read().decode(errors="replace").splitlines()
+    return "\n".join([line for line in text if "Terminating session" not in line][-lines:])
 
 
 def fair_share(plane: provision.Plane, seconds: float, rounds: int) -> list[dict[str, Any]]:
@@ -139,6 +159,9 @@ def fair_share(plane: provision.Plane, seconds: float, rounds: int) -> list[dict
     servers = {
         "without limits": _server("without limits", plane.url),
         "with limits": _server("with limits", plane.url, BENCH_LIMITS=json.dumps(LIMITED)),
+        "with limits, 429s not held": _server(
+            "with limits, 429s not held", plane.url, BENCH_LIMITS=json.dumps(LIMITED), BENCH_HOLD="0"
+        ),
     }
     runs: dict[tuple[str, bool], list[dict[str, Any]]] = {}
     with serve(*servers.values()) as running:
@@ -150,11 +173,18 @@ def fair_share(plane: provision.Plane, seconds: float, rounds: int) -> list[dict
                         _scenario(running[server], x_key, y_key, flood=flood, seconds=seconds)
                     )
                     runs.setdefault((label, flood), []).append(result)
+                    if result["other_answers"]:
+                        print(
+                            f"  {result['other_answers']}; the server's log ends:\n{_log_tail(running[server])}"
+                        )
 
     def median(label: str, flood: bool) -> dict[str, Any]:
         rows = runs[(label, flood)]
-        out: dict[str, Any] = {k: round(statistics.median(r[k] for r in rows), 2) for k in rows[0]}
+        out: dict[str, Any] = {
+            k: round(statistics.median(r[k] for r in rows), 2) for k in rows[0] if k != "other_answers"
+        }
         out["y_refused"] = sum(r["y_refused"] for r in rows)
+        out["other_answers"] = sum((Counter(r["other_answers"]) for r in rows), Counter())
         return out
 
     rows = []
@@ -230,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in cost_rows:
         print(f"| {r['name']} | {r['rps_a']} | {r['rps_b']} | {r['cpu_ms_per_request_a']}, "
               f"{r['cpu_ms_per_request_b']} | {r['capacity_ratio']} | {r['goal']} |")  # fmt: skip
+    for r in share:
+        if r["flooded"]["other_answers"] or r["alone"]["other_answers"]:
+            print(f"answers other than the MCP endpoint's, {r['server']}: {r['alone']['other_answers']} alone, "
+                  f"{r['flooded']['other_answers']} flooded")  # fmt: skip
     print(f"\n{report['seconds']} s; written to {args.output}")
     return 0
 
