@@ -642,7 +642,7 @@ class Limiter:
             if held < _HOLD_MAX:
                 self._held[tenant_id] = held + 1
                 try:
-                    await anyio.sleep(min(_HOLD_SECONDS, reset_at - time.monotonic()))
+                    await anyio.sleep(max(0.0, min(_HOLD_SECONDS, reset_at - time.monotonic())))
                 finally:
                     _release(self._held, tenant_id)
             retry_after = max(1, math.ceil(reset_at - time.monotonic()))

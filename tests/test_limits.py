@@ -176,6 +176,34 @@ async def test_a_tenant_over_its_rate_is_refused_before_the_mcp_layer(
             await anyio.sleep(0.1)
 
 
+async def test_a_slow_request_of_a_tenant_refused_at_the_gate_gets_its_429(
+    server: ServerProcess, tenants: Tenants, db: str
+) -> None:
+    """A request that reaches the gate while its tenant's rate is used up, but whose body arrives
+    only once the window has room again, is answered at once with a 429 (it was a 500)."""
+    slug, key = fresh(tenants, "tiny")
+    assert cli(db, "limits", "set", slug, "--rate", "2/3 seconds").returncode == 0
+    auth = {**ACCEPT, "Authorization": f"Bearer {key}", "mcp-protocol-version": "2025-06-18"}
+    opened = httpx2.post(server.url, json=INIT, headers=auth, timeout=10)
+    auth["mcp-session-id"] = opened.headers["mcp-session-id"]
+    body = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                       "params": {"name": "whoami", "arguments": {}}}).encode()  # fmt: skip
+
+    async def slowly() -> AsyncIterator[bytes]:
+        await anyio.sleep(3.5)  # past the moment the window has room again
+        yield body
+
+    async with httpx2.AsyncClient(timeout=10) as http:
+        with anyio.fail_after(10):  # until the MCP layer refuses the tenant, arming the gate
+            while "error" not in _rpc(await http.post(server.url, content=body, headers=auth)):
+                await anyio.sleep(0.05)
+        late = await http.post(
+            server.url, content=slowly(), headers={**auth, "content-length": str(len(body))}
+        )
+    assert late.status_code == 429, late.text
+    assert late.json()["id"] == 7 and late.headers["Retry-After"] == "1"
+
+
 async def test_a_refused_call_never_runs_the_tool(server: ServerProcess, tenants: Tenants, db: str) -> None:
     slug, key = fresh(tenants, "tiny")
     async with mcp_client(server.url, key) as client:
