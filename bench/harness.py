@@ -55,6 +55,7 @@ class Load:
     method: str = "tools/call"
     tool: str = "whoami"
     concurrency: int = 8
+    arguments: tuple[tuple[str, str], ...] = ()  # the tool's arguments, the same in every call
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ class LoadGenerator:
     def run(self, url: str, load: Load, requests: int) -> dict[str, float]:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         job = {"url": url, "requests": requests, "tokens": list(load.tokens), "mode": load.mode,
-               "method": load.method, "tool": load.tool, "concurrency": load.concurrency}  # fmt: skip
+               "method": load.method, "tool": load.tool, "concurrency": load.concurrency,
+               "arguments": dict(load.arguments)}  # fmt: skip
         self._proc.stdin.write(json.dumps(job) + "\n")
         self._proc.stdin.flush()
         line = self._proc.stdout.readline()

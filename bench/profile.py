@@ -21,6 +21,7 @@ _HANDOVER = (
     "StreamableHTTPSessionManager.handle_request",
     "_on_request.<locals>._inner",
     "Tool.run",
+    "RequestResponseCycle.send",  # uvicorn writing a response a tenant_mcp `send` wrapper passed on
 )
 _IDLE = ("EpollSelector.select", "_find_and_load", "load_app", "<frozen importlib")  # waits, start-up
 

@@ -8,14 +8,17 @@ fails loudly if an attribute moves: nothing here swallows an AttributeError).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mcp.server.context import ServerRequestContext
+from mcp.server.mcpserver import Context
+
+C = TypeVar("C", bound=Context[Any, Any])
 
 if TYPE_CHECKING:
     from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
     from mcp.server.lowlevel.server import Server
-    from mcp.server.mcpserver import Context, MCPServer
+    from mcp.server.mcpserver import MCPServer
     from mcp.server.session import ServerSession
     from mcp.server.streamable_http import StreamableHTTPServerTransport
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -50,14 +53,15 @@ def on_session_end(session: ServerSession, callback: Callable[..., Any], *args: 
     session._connection.exit_stack.callback(callback, *args)
 
 
-def context_fields(base: Context[Any, Any]) -> dict[str, Any]:
-    """What a `Context` subclass needs to be built from the SDK's `Context` of the request."""
-    return {
-        "request_context": base._request_context,
-        "mcp_server": base._mcp_server,
-        "input_params": base._input_params,
-        "subscriptions": base._subscriptions,
-    }
+def derive_context(cls: type[C], base: Context[Any, Any]) -> C:
+    """An instance of `cls` (a `Context` subclass) carrying the request state of the SDK's `Context`
+    of this request. Built without running pydantic's validation again: the SDK's constructor
+    only stores its four private fields, and copying them is a third of the cost."""
+    ctx = cls.model_construct()
+    private = ctx.__pydantic_private__
+    assert private is not None and base.__pydantic_private__ is not None
+    private.update(base.__pydantic_private__)
+    return ctx
 
 
 def session_open(manager: StreamableHTTPSessionManager, session_id: str) -> bool:

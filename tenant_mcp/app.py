@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
-from mcp.server.mcpserver.prompts import Prompt
-from mcp.server.mcpserver.resources import ResourceTemplate
 from mcp.server.mcpserver.tools import Tool
-from mcp.server.mcpserver.utilities.context_injection import find_context_parameter
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ServerEvent, ToolsListChanged
-from mcp.shared.tool_name_validation import validate_and_warn_tool_name
-from mcp_types import Prompt as MCPPrompt
-from mcp_types import PromptArgument as MCPPromptArgument
-from mcp_types import Resource as MCPResource
-from mcp_types import ResourceTemplate as MCPResourceTemplate
-from mcp_types import Tool as MCPTool
 from mcp_types import ToolAnnotations
 
 from tenant_mcp.audit.leakguard import LeakGuard, MarkerSync, Policy
@@ -32,13 +22,13 @@ from tenant_mcp.auth.invalidation import Invalidation
 from tenant_mcp.auth.jwt import JWTSettings, JWTVerifier
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, POSTGRES_MIGRATIONS, ControlPlane
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
-from tenant_mcp.limits import Limiter, Limits, OnRedisError, parse_rate
+from tenant_mcp.limits import Limiter, Limits, OnRedisError
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.pipeline import Pipeline
-from tenant_mcp.pipeline.overrides import plain_name
 from tenant_mcp.replication.redis import DEFAULT_PREFIX, Broker, check_reachable
 from tenant_mcp.runtime import Runtime
-from tenant_mcp.scoping.catalogue import Catalogue, Entry, Section, StaticResource, Visibility
+from tenant_mcp.scoping.catalogue import Catalogue, Section, Visibility
+from tenant_mcp.scoping.entries import prompt_entry, resource_entry, tool_entry, visibility
 from tenant_mcp.scoping.server import ScopedServer
 from tenant_mcp.secrets import KeyRing, SecretStore
 from tenant_mcp.storage import DEFAULT_HOLD_SECONDS, Admit, DataStore, is_postgres, migration_sql, open_store
@@ -53,127 +43,6 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 Migration = str | Mapping[str, str]
-
-
-def _visibility(scopes: Iterable[str], plans: Iterable[str] | None, per_tenant: bool = False) -> Visibility:
-    if isinstance(scopes, str) or isinstance(plans, str):
-        raise TypeError("scopes and plans are lists of strings, e.g. scopes=['notes:export']")
-    return Visibility(frozenset(scopes), frozenset(plans) if plans is not None else None, per_tenant)
-
-
-def _refuse_tenant_parameters(kind: str, name: str, parameters: Iterable[str]) -> None:
-    for parameter in parameters:
-        if plain_name(parameter).startswith("tenant"):
-            raise TenantMCPError(
-                f"{kind} {name!r} takes a parameter {parameter!r}: the tenant is never an argument. "
-                "Read it from ctx.tenant (annotate a parameter with TenantContext)."
-            )
-
-
-def _tool_entry(
-    fn: Callable[..., Any],
-    *,
-    name: str | None,
-    title: str | None,
-    description: str | None,
-    annotations: ToolAnnotations | None,
-    meta: dict[str, Any] | None,
-    structured_output: bool | None,
-    visibility: Visibility,
-    templates: dict[Hashable, Tool] | None = None,
-    rate: str | None = None,
-) -> Entry[Tool, MCPTool]:
-    """The catalogue entry for a tool. With `templates`, a function registered before (for another
-    tenant, say) reuses that build: the SDK makes two pydantic models per `Tool.from_function`, about
-    1 ms and 25 KiB, which for the same function per tenant would be paid once per tenant."""
-    if rate is not None:
-        parse_rate(rate)
-    key = (fn, title, description, structured_output, annotations.model_dump_json() if annotations else None)
-    template = templates.get(key) if templates is not None and meta is None else None
-    if template is None:
-        tool = Tool.from_function(
-            fn,
-            name=name,
-            title=title,
-            description=description,
-            annotations=annotations,
-            meta=meta,
-            structured_output=structured_output,
-        )
-        _refuse_tenant_parameters("tool", tool.name, tool.parameters.get("properties", {}))
-        if templates is not None and meta is None:
-            if len(templates) >= 1024:  # one-off functions (closures added and removed) must not pile up
-                templates.clear()
-            templates[key] = tool
-    else:
-        validate_and_warn_tool_name(name or fn.__name__)
-        tool = template.model_copy(update={"name": name or fn.__name__})
-    wire = MCPTool(
-        name=tool.name,
-        title=tool.title,
-        description=tool.description,
-        input_schema=tool.parameters,
-        output_schema=tool.output_schema,
-        annotations=tool.annotations,
-        _meta=tool.meta,
-    )
-    return Entry(tool.name, tool, wire, visibility, rate)
-
-
-def _prompt_entry(
-    fn: Callable[..., Any],
-    *,
-    name: str | None,
-    title: str | None,
-    description: str | None,
-    visibility: Visibility,
-) -> Entry[Prompt, MCPPrompt]:
-    prompt = Prompt.from_function(fn, name=name, title=title, description=description)
-    arguments = prompt.arguments or []
-    _refuse_tenant_parameters("prompt", prompt.name, [a.name for a in arguments])
-    wire = MCPPrompt(
-        name=prompt.name,
-        title=prompt.title,
-        description=prompt.description,
-        arguments=[
-            MCPPromptArgument(name=a.name, description=a.description, required=a.required) for a in arguments
-        ],
-    )
-    return Entry(prompt.name, prompt, wire, visibility)
-
-
-def _resource_entry(
-    fn: Callable[..., Any],
-    uri: str,
-    *,
-    name: str | None,
-    title: str | None,
-    description: str | None,
-    mime_type: str | None,
-    visibility: Visibility,
-) -> tuple[str, Entry[Any, Any]]:
-    """("templates", entry) for a URI with {variables}, else ("resources", entry)."""
-    name = name or fn.__name__
-    description = description or inspect.getdoc(fn)
-    if "{" in uri:
-        template = ResourceTemplate.from_function(
-            fn, uri_template=uri, name=name, title=title, description=description, mime_type=mime_type
-        )
-        _refuse_tenant_parameters("resource template", uri, template.parameters.get("properties", {}))
-        wire_t = MCPResourceTemplate(
-            uri_template=uri, name=name, title=title, description=description, mime_type=mime_type
-        )
-        return "templates", Entry(uri, template, wire_t, visibility)
-    context_kwarg = find_context_parameter(fn)
-    extra = [p for p in inspect.signature(fn).parameters if p != context_kwarg]
-    if extra:
-        raise TenantMCPError(
-            f"resource {uri!r} has parameters {extra}: a fixed URI takes only the context; "
-            "use a template such as 'notes://{note_id}' for parameters"
-        )
-    static = StaticResource(uri=uri, fn=fn, context_kwarg=context_kwarg, mime_type=mime_type)
-    wire_r = MCPResource(uri=uri, name=name, title=title, description=description, mime_type=mime_type)
-    return "resources", Entry(uri, static, wire_r, visibility)
 
 
 class TenantMCP:
@@ -296,17 +165,10 @@ class TenantMCP:
             raise TypeError("use @app.tool() with parentheses")
 
         def decorator(fn: F) -> F:
-            entry = _tool_entry(
-                fn,
-                name=name,
-                title=title,
-                description=description,
-                annotations=annotations,
-                meta=meta,
-                structured_output=structured_output,
-                visibility=_visibility(scopes, plans, per_tenant),
-                rate=rate,
-            )
+            entry = tool_entry(
+                fn, visibility(scopes, plans, per_tenant), rate=rate, name=name, title=title,
+                description=description, annotations=annotations, meta=meta, structured_output=structured_output,
+            )  # fmt: skip
             self._catalogue.tools.add_shared(entry)
             return fn
 
@@ -330,9 +192,9 @@ class TenantMCP:
         """
 
         def decorator(fn: F) -> F:
-            section, entry = _resource_entry(
+            section, entry = resource_entry(
                 fn, uri, name=name, title=title, description=description, mime_type=mime_type,
-                visibility=_visibility(scopes, plans, per_tenant),
+                visibility=visibility(scopes, plans, per_tenant),
             )  # fmt: skip
             self._section(section).add_shared(entry)
             return fn
@@ -353,9 +215,9 @@ class TenantMCP:
             raise TypeError("use @app.prompt() with parentheses")
 
         def decorator(fn: F) -> F:
-            entry = _prompt_entry(
+            entry = prompt_entry(
                 fn, name=name, title=title, description=description,
-                visibility=_visibility(scopes, plans, per_tenant),
+                visibility=visibility(scopes, plans, per_tenant),
             )  # fmt: skip
             self._catalogue.prompts.add_shared(entry)
             return fn
@@ -674,10 +536,9 @@ class TenantScope:
         scopes: Sequence[str] = (),
         rate: str | None = None,
     ) -> None:
-        entry = _tool_entry(
-            fn, name=name, title=title, description=description, annotations=annotations, meta=None,
-            structured_output=structured_output, visibility=_visibility(scopes, None),
-            templates=self._app._tool_templates, rate=rate,
+        entry = tool_entry(
+            fn, visibility(scopes, None), templates=self._app._tool_templates, rate=rate, name=name, title=title,
+            description=description, annotations=annotations, structured_output=structured_output,
         )  # fmt: skip
         self._app._catalogue.tools.add_private(self.slug, entry)
         self._app._announce(self.slug, ToolsListChanged())
@@ -697,7 +558,7 @@ class TenantScope:
         description: str | None = None,
         mime_type: str | None = None,
     ) -> None:
-        section, entry = _resource_entry(
+        section, entry = resource_entry(
             fn, uri, name=name, title=title, description=description, mime_type=mime_type,
             visibility=Visibility(),
         )  # fmt: skip
@@ -708,6 +569,6 @@ class TenantScope:
         self, fn: Callable[..., Any], *, name: str | None = None, title: str | None = None,
         description: str | None = None,
     ) -> None:  # fmt: skip
-        entry = _prompt_entry(fn, name=name, title=title, description=description, visibility=Visibility())
+        entry = prompt_entry(fn, name=name, title=title, description=description, visibility=Visibility())
         self._app._catalogue.prompts.add_private(self.slug, entry)
         self._app._announce(self.slug, PromptsListChanged())

@@ -1,13 +1,15 @@
 """`TenantContext`: what a tool, resource or prompt function receives.
 
 It is the SDK's `Context` (progress, logging, elicitation, nested reads all work as documented
-there) plus the caller's tenant, principal and tenant-bound database. Annotate a parameter with
-it and the framework fills it in; it never appears in an input schema.
+there) plus the caller's tenant, principal and the tenant-bound services: `ctx.db`, `ctx.secrets`,
+`ctx.markers`. Annotate a parameter with it and the framework fills it in; it never appears in an
+input schema. The services are made on first use, so a tool that uses none pays for none.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver import Context
 
@@ -18,58 +20,90 @@ from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.secrets import TenantSecrets
 from tenant_mcp.storage import TenantDatabase
 
+if TYPE_CHECKING:
+    from tenant_mcp.runtime import Runtime
+
+
+def _ignore(value: str) -> None:
+    """Without a leak guard there is nothing to register a secret with."""
+
+
+@dataclass(slots=True)
+class _Tenancy:
+    """The caller and its services for one handler (one pydantic private attribute, not six)."""
+
+    tenant: Tenant
+    principal: Principal
+    runtime: Runtime | None
+    db: TenantDatabase | None = None
+    markers: Markers | None = None
+    secrets: TenantSecrets | None = None
+    finished: bool = False  # the handler returned: no new unit of work may start from this context
+
+    def running(self) -> Runtime:
+        if self.runtime is None:
+            raise TenantMCPError("the server is not running")
+        return self.runtime
+
 
 class TenantContext(Context[Any, Any]):
-    _tenant: Tenant
-    _principal: Principal
-    _db: TenantDatabase | None
-    _markers: Markers | None
-    _secrets: TenantSecrets | None
+    _tenancy: _Tenancy
 
     @classmethod
     def _bind(
-        cls,
-        base: Context[Any, Any],
-        tenant: Tenant,
-        principal: Principal,
-        db: TenantDatabase | None,
-        markers: Markers | None = None,
-        secrets: TenantSecrets | None = None,
+        cls, base: Context[Any, Any], tenant: Tenant, principal: Principal, runtime: Runtime | None
     ) -> TenantContext:
-        ctx = cls(**_sdk.context_fields(base))
-        ctx._tenant = tenant
-        ctx._principal = principal
-        ctx._db = db
-        ctx._markers = markers
-        ctx._secrets = secrets
+        ctx = _sdk.derive_context(cls, base)
+        ctx._tenancy = _Tenancy(tenant, principal, runtime)
         return ctx
 
     @property
     def tenant(self) -> Tenant:
         """The caller's tenant, decided by the server from the credential. Never from arguments."""
-        return self._tenant
+        return self._tenancy.tenant
 
     @property
     def principal(self) -> Principal:
-        return self._principal
+        return self._tenancy.principal
 
     @property
     def db(self) -> TenantDatabase:
         """The caller's tenant database; see `tenant_mcp.storage`."""
-        if self._db is None:
-            raise TenantMCPError("this server has no tenant database configured")
-        return self._db
+        t = self._tenancy
+        if t.db is None:
+            if t.runtime is None:
+                raise TenantMCPError("this server has no tenant database configured")
+            if t.finished:  # a task the handler left behind: its call has ended, and with it ctx.db
+                raise TenantMCPError("ctx.db was used after its call ended")
+            t.db = t.runtime.store.database(t.tenant.id)
+        return t.db
 
     @property
     def secrets(self) -> TenantSecrets:
         """The caller's tenant's secrets (`await ctx.secrets.get(name)`); see `tenant_mcp.secrets`."""
-        if self._secrets is None:
-            raise TenantMCPError("the server is not running")
-        return self._secrets
+        t = self._tenancy
+        if t.secrets is None:
+            rt, tenant_id = t.running(), t.tenant.id
+            guard = rt.leak_guard
+            withhold = (lambda value: guard.add_secret(tenant_id, value)) if guard else _ignore
+            t.secrets = TenantSecrets(rt.secrets, tenant_id, t.tenant.slug, withhold)
+        return t.secrets
 
     @property
     def markers(self) -> Markers:
         """Register identifiers of this tenant for the outbound leak guard; see `tenant_mcp.audit.leakguard`."""
-        if self._markers is None:
-            raise TenantMCPError("the server is not running")
-        return self._markers
+        t = self._tenancy
+        if t.markers is None:
+            rt = t.running()
+            t.markers = Markers(rt.leak_guard, rt.control_plane, t.tenant.id)
+        return t.markers
+
+    async def _finish(self, *, commit: bool) -> str | None:
+        """End the handler's unit of work (commit or roll back) if it used the database; the
+        gateway's refusal, if any, for the audit trail (recorded even when the tool caught it)."""
+        self._tenancy.finished = True
+        db = self._tenancy.db
+        if db is None:
+            return None
+        await db._finish(commit=commit)
+        return db.refusal

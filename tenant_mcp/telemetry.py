@@ -68,6 +68,13 @@ def refusal_reason(reason: str | None) -> str:
     return next((label for needle, label in _REASONS if needle in text), "other")
 
 
+def quiet_sdk_request_lines() -> None:
+    """Raise the SDK's transport loggers to WARNING: at INFO they write a line per request, which a
+    server with an audit trail (and a JSON request log) does not need and pays for at capacity."""
+    for name in ("mcp.server.streamable_http", "mcp.server.streamable_http_manager"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 class Telemetry:
     """The running server's metrics registry, request log and span decoration."""
 
@@ -89,7 +96,7 @@ class Telemetry:
             request_log.setLevel(logging.INFO)
             request_log.propagate = False
             # The request line replaces the SDK's per-request INFO lines ("Terminating session").
-            logging.getLogger("mcp.server.streamable_http_manager").setLevel(logging.WARNING)
+            quiet_sdk_request_lines()
 
     def stop(self) -> None:
         if self._stop is not None:

@@ -7,11 +7,13 @@ import datetime
 import json
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -89,3 +91,65 @@ async def test_tls_document_is_fetched_from_the_pinned_address(
     assert await refused.document(url) is None
     # and without the test allowance, loopback is never contacted
     assert await ClientMetadataFetcher(verify=trust).document(url) is None
+
+
+@pytest.fixture
+def counting_server() -> Iterator[tuple[str, list[str]]]:
+    """Plain HTTP on loopback: `/good` answers a document (slowly), anything else 404; every
+    request's path is recorded."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            if self.path != "/good":
+                self.send_error(404)
+                return
+            time.sleep(0.2)  # long enough for concurrent first requests to overlap
+            client_id = f"http://{self.headers['Host']}/good"  # a document names its own URL
+            body = json.dumps({"client_id": client_id, "redirect_uris": ["https://app.example/cb"]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
+    httpd.shutdown()
+
+
+async def test_concurrent_first_fetches_of_one_document_share_one_request(
+    counting_server: tuple[str, list[str]],
+) -> None:
+    base, seen = counting_server
+    fetcher = ClientMetadataFetcher(allow_private=True)
+    results: list[Any] = []
+
+    async def fetch() -> None:
+        results.append(await fetcher.document(f"{base}/good"))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(fetch)
+    assert len(results) == 10 and all(r is not None and r["client_id"] == f"{base}/good" for r in results)
+    assert seen == ["/good"]
+
+
+async def test_a_flood_of_bad_client_ids_does_not_evict_a_good_document(
+    counting_server: tuple[str, list[str]],
+) -> None:
+    base, seen = counting_server
+    fetcher = ClientMetadataFetcher(allow_private=True, max_documents=8, max_failures=4)
+    assert await fetcher.document(f"{base}/good") is not None
+    for i in range(12):  # more than both caches hold together
+        assert await fetcher.document(f"{base}/bad-{i}") is None
+    assert await fetcher.document(f"{base}/good") is not None
+    assert seen.count("/good") == 1  # still cached: the flood evicted only failures
+    assert await fetcher.document(f"{base}/bad-11") is None
+    assert seen.count("/bad-11") == 1  # a recent failure is remembered
+    assert await fetcher.document(f"{base}/bad-0") is None
+    assert seen.count("/bad-0") == 2  # the oldest failure was evicted, and fetched again

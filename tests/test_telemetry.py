@@ -130,3 +130,37 @@ async def test_json_request_log_has_one_line_per_request_without_values(
     log = server.log.read_text()
     assert "do-not-log-this-value" not in log
     assert "Terminating session" not in log and '"POST /mcp' not in log  # no per-request noise beside it
+
+
+async def test_default_logging_writes_no_line_per_request(tenants: Tenants, tmp_path: Path) -> None:
+    """`serve`'s default log level writes start-up lines, not one per request (stateless mode,
+    where the SDK ends a transport after every request and says so at INFO)."""
+    server = ServerProcess("tests.servers.probe:app", tenants.db_url, "--stateless", "--json-response",
+                           "--log-level", "info", log_dir=tmp_path)  # fmt: skip
+    try:
+        headers = {
+            "Authorization": f"Bearer {tenants.keys['acme']}",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2025-06-18",
+        }
+        async with httpx2.AsyncClient(timeout=30) as http:
+            for i in range(20):
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": i,
+                    "method": "tools/call",
+                    "params": {"name": "whoami", "arguments": {}},
+                }
+                assert (await http.post(server.url, json=body, headers=headers)).status_code == 200
+            lines = server.log.read_text().splitlines()
+            for i in range(20, 40):
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": i,
+                    "method": "tools/call",
+                    "params": {"name": "whoami", "arguments": {}},
+                }
+                assert (await http.post(server.url, json=body, headers=headers)).status_code == 200
+        assert server.log.read_text().splitlines() == lines, server.log.read_text()[-2000:]
+    finally:
+        server.stop()

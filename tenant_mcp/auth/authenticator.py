@@ -137,6 +137,7 @@ class Authenticator:
             tenant = await self.control_plane.tenant_by_id(record.tenant_id) if record else None
             if generation == self._generation:
                 self._keys.put(key_id, (record, tenant), read_at=read_at)
+                self._saw(tenant, read_at)
             return record, tenant, read_at
         read_at, (record, tenant) = cached
         return record, tenant, read_at
@@ -218,6 +219,7 @@ class Authenticator:
             tenant = await self.control_plane.tenant_by_slug(slug)
             if tenant is not None and generation == self._generation:
                 self._tenants.put(slug, tenant, read_at=read_at)
+                self._saw(tenant, read_at)
         else:
             read_at, tenant = cached
         if tenant is None or not tenant.active:
@@ -242,6 +244,12 @@ class Authenticator:
             claims=claims,
         )
         return self._token(token, tenant, principal, expires_at=int(claims["exp"]), verified_at=read_at)
+
+    def _saw(self, tenant: Tenant | None, read_at: float) -> None:
+        """A tenant read for a credential answers `require_active` for the same window: the first
+        `ctx.db` of a call does not read it again right after authentication."""
+        if tenant is not None:
+            self._active.put(tenant.id, tenant.active, read_at=read_at)
 
     async def require_active(self, tenant_id: str) -> None:
         """Raise unless the tenant exists and is active, as of at most `cache_seconds` ago.

@@ -13,11 +13,13 @@ rule and allows `http` to loopback, for tests only.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import socket
 import ssl
 import time
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,7 +27,6 @@ import anyio
 import httpx2
 
 _FAILURE_SECONDS = 30.0
-_MAX_CACHED = 1024
 
 
 def _public(address: str) -> bool:
@@ -46,32 +47,68 @@ class ClientMetadataFetcher:
         max_bytes: int = 10 * 1024,
         cache_seconds: float = 300.0,
         verify: ssl.SSLContext | bool = True,
+        max_documents: int = 1024,
+        max_failures: int = 256,
     ) -> None:
+        """`max_documents`: documents kept, the least recently used evicted first. `max_failures`:
+        failed fetches remembered, apart, so a flood of bad client ids evicts only its own kind."""
         self.allow_private = allow_private
         self._verify = verify
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self.max_documents = max_documents
+        self.max_failures = max_failures
+        self._documents: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._failures: OrderedDict[str, float] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
 
     @staticmethod
     def is_url(client_id: str) -> bool:
         return client_id.startswith(("https://", "http://"))
 
     async def document(self, client_id: str) -> dict[str, Any] | None:
-        hit = self._cache.get(client_id)
-        if hit is not None and hit[0] > time.monotonic():
+        now = time.monotonic()
+        hit = self._documents.get(client_id)
+        if hit is not None and hit[0] > now:
+            self._documents.move_to_end(client_id)
             return hit[1]
+        failed_until = self._failures.get(client_id)
+        if failed_until is not None and failed_until > now:
+            return None
+        # Concurrent first requests for one URL share one fetch; a waiter that gives up (a
+        # cancelled request) does not cancel it for the others.
+        pending = self._pending.get(client_id)
+        if pending is None:
+            pending = self._pending[client_id] = asyncio.ensure_future(self._load(client_id))
+            pending.add_done_callback(lambda _: self._pending.pop(client_id, None))
+        return await asyncio.shield(pending)
+
+    async def _load(self, client_id: str) -> dict[str, Any] | None:
         try:
             with anyio.fail_after(self.timeout):
                 document = await self._fetch(client_id)
         except (TimeoutError, OSError, httpx2.HTTPError, ValueError):
             document = None
-        if len(self._cache) >= _MAX_CACHED:
-            self._cache.clear()
-        ttl = self.cache_seconds if document is not None else _FAILURE_SECONDS
-        self._cache[client_id] = (time.monotonic() + ttl, document)
+        if document is None:
+            self._remember(self._failures, client_id, time.monotonic() + _FAILURE_SECONDS, self.max_failures)
+        else:
+            self._failures.pop(client_id, None)
+            self._remember(
+                self._documents,
+                client_id,
+                (time.monotonic() + self.cache_seconds, document),
+                self.max_documents,
+            )
         return document
+
+    @staticmethod
+    def _remember(cache: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
+        """Put `key` in `cache` as its most recent entry, evicting the least recently used past `limit`."""
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > limit:
+            cache.popitem(last=False)
 
     async def _fetch(self, url: str) -> dict[str, Any] | None:
         parts = urlsplit(url)

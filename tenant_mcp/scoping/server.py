@@ -8,10 +8,9 @@ two are byte-identical on the wire and nothing reveals that another tenant's ite
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pydantic_core
@@ -28,17 +27,9 @@ from mcp.server.mcpserver.exceptions import (
 from mcp.server.mcpserver.resources.templates import ResourceSecurityError
 from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPError
-from mcp.shared.subscriptions import (
-    PromptsListChanged,
-    ResourcesListChanged,
-    ResourceUpdated,
-    ServerEvent,
-    ToolsListChanged,
-)
 from mcp_types import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
-    INVALID_REQUEST,
     CallToolResult,
     CompleteRequestParams,
     CompleteResult,
@@ -61,13 +52,12 @@ from mcp_types import Tool as MCPTool
 from pydantic.networks import AnyUrl
 
 from tenant_mcp import _sdk
-from tenant_mcp.audit.leakguard import Markers
 from tenant_mcp.auth.authenticator import TenantAccessToken
 from tenant_mcp.call import Call, current_call
 from tenant_mcp.context import TenantContext
-from tenant_mcp.scoping.catalogue import Catalogue, StaticResource
+from tenant_mcp.scoping.catalogue import Catalogue, Entry, Item, Section, StaticResource, Wire
+from tenant_mcp.scoping.sessions import SessionSubscriptions
 from tenant_mcp.scoping.subscriptions import TenantSubscriptionBus
-from tenant_mcp.secrets import TenantSecrets
 
 if TYPE_CHECKING:
     from tenant_mcp.runtime import Runtime
@@ -75,8 +65,16 @@ if TYPE_CHECKING:
 CompletionHandler = Callable[..., Any]
 
 
-def _ignore(value: str) -> None:
-    """Without a leak guard there is nothing to register a secret with."""
+@contextlib.contextmanager
+def _audited_cap(call: Call) -> Iterator[None]:
+    """A subscription refused by the tenant's own `subscriptions` limit is audited as that limit."""
+    try:
+        yield
+    except MCPError as exc:
+        reason = exc.error.data.get("reason") if isinstance(exc.error.data, dict) else None
+        if isinstance(reason, str) and reason.startswith("rate limited: subscriptions"):
+            call.denied = reason
+        raise
 
 
 def _require_call() -> Call:
@@ -131,14 +129,7 @@ class ScopedServer(MCPServer[Any]):
         ll.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, self._unsubscribe)
         self._listen_handler = ListenHandler(self.tenant_bus)
         ll.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, self._listen)
-        # (tenant slug, session) -> uri -> release of the forwarding listener
-        self._resource_subscriptions: dict[tuple[str, str], dict[str, Callable[[], None]]] = {}
-        # tenant slug -> its resource subscriptions plus its open listen streams, in this process
-        self._per_tenant: dict[str, int] = {}
-        self.max_subscriptions_per_session, self.max_subscriptions_per_tenant = max_subscriptions
-        self._forwarding: set[asyncio.Task[None]] = set()
-        # 2025-era sessions that listed items: they hear list_changed for their tenant
-        self._list_watchers: dict[tuple[str, str], Callable[[], None]] = {}
+        self.sessions = SessionSubscriptions(self.tenant_bus, *max_subscriptions)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -151,84 +142,30 @@ class ScopedServer(MCPServer[Any]):
         entry = self.catalogue.tools.visible(name, token.tenant, token.principal)
         return entry.wire.input_schema if entry else None
 
-    def _bind(self, base: Context[Any, Any] | None, call: Call) -> TenantContext:
-        base = base or Context(mcp_server=self, subscriptions=self.tenant_bus)
-        rt = self.runtime
-        if rt is None:
-            return TenantContext._bind(base, call.tenant, call.principal, None)
-        db = rt.store.database(call.tenant.id)
-        markers = Markers(rt.leak_guard, rt.control_plane, call.tenant.id)
-        guard, tenant_id = rt.leak_guard, call.tenant.id
-        secrets = TenantSecrets(
-            rt.secrets,
-            tenant_id,
-            call.tenant.slug,
-            (lambda v: guard.add_secret(tenant_id, v)) if guard else _ignore,
-        )
-        return TenantContext._bind(base, call.tenant, call.principal, db, markers, secrets)
-
     @contextlib.asynccontextmanager
     async def _context(self, base: Context[Any, Any] | None, call: Call) -> AsyncIterator[TenantContext]:
         """The caller's `TenantContext` for one handler: its database work commits when the
         handler returns and rolls back when it raises."""
-        ctx = self._bind(base, call)
+        base = base or Context(mcp_server=self, subscriptions=self.tenant_bus)
+        ctx = TenantContext._bind(base, call.tenant, call.principal, self.runtime)
         try:
             yield ctx
         except BaseException:
-            await self._end(ctx, call, commit=False)
+            call.denied = await ctx._finish(commit=False) or call.denied
             raise
-        await self._end(ctx, call, commit=True)
+        call.denied = await ctx._finish(commit=True) or call.denied
 
     @staticmethod
-    async def _end(ctx: TenantContext, call: Call, *, commit: bool) -> None:
-        if ctx._db is not None:
-            await ctx.db._finish(commit=commit)
-            if ctx._db.refusal is not None:  # recorded even when the tool caught the error
-                call.denied = ctx._db.refusal
+    def _entry(call: Call, method: str, section: Section[Item, Wire], name: str) -> Entry[Item, Wire] | None:
+        """The entry `name` as the caller sees it: the one the pipeline resolved for this request,
+        else (a name the request did not carry) looked up now."""
+        if call.method == method and call.name == name:
+            return call.entry
+        return section.visible(name, call.tenant, call.principal)
 
     @staticmethod
     def _hidden(call: Call, kind: str, key: str, exists: bool) -> None:
         call.denied = f"{kind} {'not visible' if exists else 'unknown'}: {key}"
-
-    # -- list_changed for 2025-era sessions -------------------------------------------------------
-
-    def _watch_lists(self, ctx: ServerRequestContext[Any, Any]) -> None:
-        """A session that lists items hears when its tenant's lists change (a catalogue policy, a
-        run-time registration), for as long as it lives. Requests without a session id (stateless,
-        2026-07-28) are left out: they have no stream to hear on, or listen streams of their own."""
-        call = current_call()
-        headers = getattr(ctx.request, "headers", None)
-        session_id = headers.get("mcp-session-id") if headers is not None else f"connection:{id(ctx.session)}"
-        if call is None or session_id is None:
-            return
-        owner = (call.tenant.slug, session_id)
-        if owner in self._list_watchers:
-            return
-        session, loop = ctx.session, asyncio.get_running_loop()
-        senders = {
-            ToolsListChanged: session.send_tool_list_changed,
-            PromptsListChanged: session.send_prompt_list_changed,
-            ResourcesListChanged: session.send_resource_list_changed,
-        }
-
-        async def send(notify: Callable[[], Awaitable[None]]) -> None:
-            with contextlib.suppress(Exception):  # the session is gone; the exit stack releases us
-                await notify()
-
-        def listener(event: ServerEvent) -> None:
-            notify = senders.get(type(event))
-            if notify is not None:
-                task = loop.create_task(send(notify))
-                self._forwarding.add(task)
-                task.add_done_callback(self._forwarding.discard)
-
-        self._list_watchers[owner] = self.tenant_bus.subscribe(listener)
-        _sdk.on_session_end(ctx.session, self._unwatch_lists, owner)
-
-    def _unwatch_lists(self, owner: tuple[str, str]) -> None:
-        release = self._list_watchers.pop(owner, None)
-        if release is not None:
-            release()
 
     # -- tools ---------------------------------------------------------------------------------
 
@@ -240,11 +177,7 @@ class ScopedServer(MCPServer[Any]):
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         call = _require_call()
-        # The pipeline looked the entry up once for this request; look up only a name it did not.
-        if call.method == "tools/call" and call.name == name:
-            entry = call.entry
-        else:
-            entry = self.catalogue.tools.visible(name, call.tenant, call.principal)
+        entry = self._entry(call, "tools/call", self.catalogue.tools, name)
         if entry is None:
             self._hidden(call, "tool", name, self._exists(self.catalogue.tools, name))
             raise ToolError(f"Unknown tool: {name}")  # the SDK's own words for a missing tool
@@ -319,10 +252,7 @@ class ScopedServer(MCPServer[Any]):
         self, name: str, arguments: dict[str, Any] | None = None, context: Context[Any, Any] | None = None
     ) -> GetPromptResult | InputRequiredResult:
         call = _require_call()
-        if call.method == "prompts/get" and call.name == name:
-            entry = call.entry
-        else:
-            entry = self.catalogue.prompts.visible(name, call.tenant, call.principal)
+        entry = self._entry(call, "prompts/get", self.catalogue.prompts, name)
         if entry is None:
             self._hidden(call, "prompt", name, self._exists(self.catalogue.prompts, name))
             # An MCPError, not the SDK's ValueError: that one is logged with a full traceback, and
@@ -365,125 +295,45 @@ class ScopedServer(MCPServer[Any]):
                 return False
         return False
 
-    @staticmethod
-    def _session_key(ctx: ServerRequestContext[Any, Any]) -> str:
-        headers = getattr(ctx.request, "headers", None)
-        return (
-            headers.get("mcp-session-id") if headers is not None else None
-        ) or f"connection:{id(ctx.session)}"
+    # -- list_changed, resource subscriptions, listen streams ------------------------------------
 
-    async def _tenant_cap(self, call: Call) -> int:
-        """The subscriptions the caller's tenant may hold here: the server's cap, or the tenant's
-        `subscriptions` limit (its plan's, or its override) when lower."""
+    async def _own_cap(self, call: Call) -> int | None:
+        """The tenant's `subscriptions` limit (its plan's, or its override), if it has one."""
         rt = self.runtime
-        own = (await rt.limiter.limits_of(call.tenant)).subscriptions if rt is not None else None
-        if own is not None and own < self.max_subscriptions_per_tenant:
-            return own
-        return self.max_subscriptions_per_tenant
+        return (await rt.limiter.limits_of(call.tenant)).subscriptions if rt is not None else None
 
-    def _take_place(self, call: Call, session: dict[str, Callable[[], None]] | None, cap: int) -> None:
-        """Count one more subscription of the tenant (and session), or refuse past a cap."""
-        slug = call.tenant.slug
-        if session is not None and len(session) >= self.max_subscriptions_per_session:
-            limit = f"{self.max_subscriptions_per_session} per session"
-        elif self._per_tenant.get(slug, 0) >= cap:
-            limit = f"{cap} per tenant"
-            if cap < self.max_subscriptions_per_tenant:  # the tenant's own limit bit: audit it as one
-                call.denied = f"rate limited: subscriptions {cap}"
-        else:
-            self._per_tenant[slug] = self._per_tenant.get(slug, 0) + 1
-            return
-        raise MCPError(code=INVALID_REQUEST, message=f"Subscription limit reached: at most {limit}")
-
-    def _free_place(self, slug: str) -> None:
-        left = self._per_tenant.get(slug, 0) - 1
-        if left > 0:
-            self._per_tenant[slug] = left
-        else:
-            self._per_tenant.pop(slug, None)
-
-    def _drop(self, owner: tuple[str, str], uri: str | None = None) -> None:
-        """Release one subscription of a session, or (uri None) all of them."""
-        session = self._resource_subscriptions.get(owner)
-        if session is None:
-            return
-        for key in [uri] if uri is not None else list(session):
-            release = session.pop(key, None)
-            if release is not None:
-                release()
-                self._free_place(owner[0])
-        if uri is None:  # kept while the session lives: its exit-stack callback is registered once
-            del self._resource_subscriptions[owner]
+    def _watch_lists(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        call = current_call()
+        if call is not None:
+            self.sessions.watch_lists(ctx, call.tenant.slug)
 
     async def _subscribe(
         self, ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams
     ) -> EmptyResult:
-        """Forward this tenant's updates of `uri` to this session. Another tenant's URI, or one the
-        caller cannot see, is refused exactly like an unknown resource. Capped per session and
-        per tenant; released by unsubscribe or with the session."""
+        """Another tenant's URI, or one the caller cannot see, is refused exactly like an unknown
+        resource."""
         call = _require_call()
         uri = str(params.uri)
         if not self._visible_uri(uri, call):
             self._hidden(call, "resource", uri, self._exists(self.catalogue.resources, uri))
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown resource: {uri}", data={"uri": uri})
-        cap = await self._tenant_cap(call)
-        owner = (call.tenant.slug, self._session_key(ctx))
-        known = self._resource_subscriptions.get(owner)
-        if known is not None and uri in known:
-            return EmptyResult()
-        self._take_place(call, known or {}, cap)
-        if known is None:
-            known = self._resource_subscriptions[owner] = {}
-            # When the session ends (DELETE, idle timeout, shutdown) the SDK unwinds its
-            # connection's exit stack (reachable from a lowlevel handler only through the
-            # session): release all of the session's subscriptions then.
-            _sdk.on_session_end(ctx.session, self._drop, owner)
-        session = ctx.session
-        loop = asyncio.get_running_loop()
-
-        # Whether the subscriber's credential still holds is the transport's to check, against the
-        # credential live now (a refreshed token included): it gates every push and closes the
-        # streams of a revoked one (`tenant_mcp.transports.http`).
-        async def forward() -> None:
-            try:
-                await session.send_resource_updated(uri)
-            except Exception:  # the session is gone: stop forwarding to it
-                self._drop(owner, uri)
-
-        def listener(event: ServerEvent) -> None:
-            if isinstance(event, ResourceUpdated) and event.uri == uri:
-                task = loop.create_task(forward())
-                self._forwarding.add(task)
-                task.add_done_callback(self._forwarding.discard)
-
-        known[uri] = self.tenant_bus.subscribe(listener)
-        (await self.tenant_bus.hold())()  # returns once other replicas' updates can arrive
+        with _audited_cap(call):
+            await self.sessions.subscribe(ctx, call.tenant.slug, uri, await self._own_cap(call))
         return EmptyResult()
 
     async def _unsubscribe(
         self, ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams
     ) -> EmptyResult:
-        call = _require_call()
-        self._drop((call.tenant.slug, self._session_key(ctx)), str(params.uri))
+        self.sessions.unsubscribe(ctx, _require_call().tenant.slug, str(params.uri))
         return EmptyResult()
 
     async def _listen(
         self, ctx: ServerRequestContext[Any, Any], params: SubscriptionsListenRequestParams
     ) -> SubscriptionsListenResult:
-        """The SDK's listen handler, once the tenant's events from other replicas can arrive: it
-        acknowledges right after subscribing, and the client may act on the ack at once. An open
-        stream counts against the tenant's subscription cap."""
         call = _require_call()
-        slug = call.tenant.slug
-        self._take_place(call, None, await self._tenant_cap(call))
-        try:
-            release = await self.tenant_bus.hold()
-            try:
+        with _audited_cap(call):
+            async with self.sessions.listening(call.tenant.slug, await self._own_cap(call)):
                 return await self._listen_handler(ctx, params)
-            finally:
-                release()
-        finally:
-            self._free_place(slug)
 
     # -- completion ----------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from tenant_mcp.pipeline.overrides import names_tenant
 from tenant_mcp.replication.redis import SessionEventStore
 from tenant_mcp.runtime import Runtime
 from tenant_mcp.scoping.server import ScopedServer
+from tenant_mcp.telemetry import quiet_sdk_request_lines
 
 logger = logging.getLogger("tenant_mcp.transports.http")
 
@@ -535,8 +536,8 @@ async def serve(
         timeout_graceful_shutdown=15,
         lifespan="on",
     )
-    if log_level != "debug":  # the SDK's "Terminating session" line, once per stateless request
-        logging.getLogger("mcp.server.streamable_http_manager").setLevel(logging.WARNING)
+    if log_level != "debug":  # the SDK's per-request INFO lines ("Terminating session" in stateless mode)
+        quiet_sdk_request_lines()
     # What exists now (the SDK, the app, its catalogue) lives as long as the process. Frozen, the
     # collector's full passes stop walking it again and again under load: a few per cent of CPU
     # with a small catalogue, more with many per-tenant tools.
