@@ -1,12 +1,13 @@
 """Benchmarks of per-tenant limits (issue 13): fair share under a flood, and what limits cost.
 
-    python -m bench.limits            # about 8 minutes
+    python -m bench.limits            # about 11 minutes
     python -m bench.limits --quick    # about 2 minutes
 
 - Fair share: tenant X floods (16 connections, paced at 10x its rate limit, from a process of its
   own) while tenant Y calls at a steady modest rate. Y's p50 and p99 latency under the flood
   against Y alone, on a server without limits, with limits, and with limits but each 429 answered
-  at once (not held back until a slot frees). Y must see no refusal.
+  at once (not held back until a slot frees); and, as a control, Y on the server with limits
+  while X floods another process. Y must see no refusal.
 - Cost: capacity (server CPU time per request, as in `python -m bench`) of a server whose limits
   are configured but never bite against the same server without limits, in memory and on Redis.
 
@@ -108,13 +109,16 @@ def _flood(url: str, key: str, seconds: float, control: Any, results: Any) -> No
 
 
 async def _scenario(
-    server: Running, x_key: str, y_key: str, *, flood: bool, seconds: float
+    server: Running, x_key: str, y_key: str, *, flood: Running | None, seconds: float
 ) -> dict[str, Any]:
+    """Y calls `server` for `seconds`, while X floods `flood` (None: no flood)."""
     url = server.url
     x_outcome: dict[str, int] = {}
     spawn = multiprocessing.get_context("spawn")
     go, results = spawn.Event(), spawn.Queue()
-    flooder = spawn.Process(target=_flood, args=(url, x_key, seconds, go, results)) if flood else None
+    flooder = None
+    if flood is not None:
+        flooder = spawn.Process(target=_flood, args=(flood.url, x_key, seconds, go, results))
     async with httpx2.AsyncClient(headers=_HEADERS, timeout=60) as http:
         await _paced(http, url, y_key, Y_EVERY, time.perf_counter() + 0.5, "write_row", None, {})  # warm-up
         if flooder is not None:
@@ -152,27 +156,35 @@ def _log_tail(server: Running, lines: int = 30) -> str:
     return "\n".join([line for line in text if "Terminating session" not in line][-lines:])
 
 
+CONTROL = "control: with limits, X floods another process"
+
+
 def fair_share(plane: provision.Plane, seconds: float, rounds: int) -> list[dict[str, Any]]:
-    """Y alone and Y under X's flood, on a server without limits and on one with, in alternating
-    rounds (the machine's load drifts); medians over the rounds."""
+    """Y alone and Y under X's flood, on a server without limits, one with, and one with whose
+    429s are not held back, in alternating rounds (the machine's load drifts); medians over the
+    rounds. The control row floods another process with the same limits while Y calls the server
+    with limits: what the flood costs Y through the machine (CPU, scheduling) rather than through
+    the server's event loop."""
     x_key, y_key = plane.others[0], plane.key
+    limited = json.dumps(LIMITED)
     servers = {
         "without limits": _server("without limits", plane.url),
-        "with limits": _server("with limits", plane.url, BENCH_LIMITS=json.dumps(LIMITED)),
+        "with limits": _server("with limits", plane.url, BENCH_LIMITS=limited),
         "with limits, 429s not held": _server(
-            "with limits, 429s not held", plane.url, BENCH_LIMITS=json.dumps(LIMITED), BENCH_HOLD="0"
+            "with limits, 429s not held", plane.url, BENCH_LIMITS=limited, BENCH_HOLD="0"
         ),
+        CONTROL: _server("another process", plane.url, BENCH_LIMITS=limited),
     }
     runs: dict[tuple[str, bool], list[dict[str, Any]]] = {}
     with serve(*servers.values()) as running:
         for i in range(rounds):
             for label, server in servers.items():
                 print(f"  fair share, round {i + 1}/{rounds}, {label} ...", flush=True)
-                for flood in (False, True):
-                    result = asyncio.run(
-                        _scenario(running[server], x_key, y_key, flood=flood, seconds=seconds)
-                    )
-                    runs.setdefault((label, flood), []).append(result)
+                y_server = running[servers["with limits"] if label == CONTROL else server]
+                for x_floods in (False, True):
+                    flood = running[server] if x_floods else None
+                    result = asyncio.run(_scenario(y_server, x_key, y_key, flood=flood, seconds=seconds))
+                    runs.setdefault((label, x_floods), []).append(result)
                     if result["other_answers"]:
                         print(
                             f"  {result['other_answers']}; the server's log ends:\n{_log_tail(running[server])}"
