@@ -23,7 +23,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench import provision
+from bench import otlp_sink, provision
 from bench.harness import ROOT, Comparison, Load, LoadGenerator, Server, Side, compare, free_port, serve
 
 PRIVATE_TOOLS = 20
@@ -71,7 +71,9 @@ def comparisons(
     n: int,
     policied: provision.Plane,
     realistic: list[provision.Plane],
+    otlp: str,
 ) -> list[Comparison]:
+    """`otlp`: the URL of the local OTLP/HTTP sink (`bench.otlp_sink`) that target 15 exports to."""
     key = Load((small.key,))
     notes = "example_servers.notes:app"
     jwt_flags = ("--jwt-public-key", str(jwt[0]), "--jwt-issuer", provision.JWT_ISSUER,
@@ -81,6 +83,8 @@ def comparisons(
     tools_1 = _tenant_mcp("1 tenant", small.url, *JSON, BENCH_PRIVATE=f"0:{PRIVATE_TOOLS}")
     tools_n = _tenant_mcp(f"{n:,} tenants", big.url, *JSON, BENCH_PRIVATE=f"{n}:{PRIVATE_TOOLS}")
     listing = Load((big.key,), method="tools/list", concurrency=1)
+    telemetry_off = _tenant_mcp("telemetry off", small.url, *JSON)
+    metrics = ("--metrics-address", f"127.0.0.1:{free_port()}")
     return [
         Comparison("1", "whoami, stateless JSON",
                    Side("bare SDK", _bare("stateless-json"), Load(("bench-static-token",))),
@@ -124,11 +128,16 @@ def comparisons(
                    Side("no policies", pool, Load((big.key,))),
                    Side("policies", _tenant_mcp("policies", policied.url, *JSON), Load((policied.key,))),
                    goal=">= 0.9", threshold=0.9),
-        Comparison("15", "whoami, tracing and metrics",
-                   Side("telemetry off", _tenant_mcp("telemetry off", small.url, *JSON), key),
-                   Side("telemetry on", _tenant_mcp(
-                       "telemetry on", small.url, *JSON, "--metrics-address", f"127.0.0.1:{free_port()}",
-                       OTEL_TRACES_EXPORTER="console"), key),
+        Comparison("15", "whoami, tracing (console exporter) and metrics",
+                   Side("telemetry off", telemetry_off, key),
+                   Side("telemetry on, console", _tenant_mcp(
+                       "telemetry on, console", small.url, *JSON, *metrics, OTEL_TRACES_EXPORTER="console"), key),
+                   goal=">= 0.95", threshold=0.95),
+        Comparison("15", "whoami, tracing (OTLP/HTTP to a local sink) and metrics",
+                   Side("telemetry off", telemetry_off, key),
+                   Side("telemetry on, OTLP", _tenant_mcp(
+                       "telemetry on, OTLP", small.url, *JSON, *metrics, OTEL_TRACES_EXPORTER="otlp",
+                       OTEL_EXPORTER_OTLP_ENDPOINT=otlp), key),
                    goal=">= 0.95", threshold=0.95),
         Comparison("-", "whoami, leak guard",
                    Side("guard off", _tenant_mcp("guard off", marked.url, *JSON, BENCH_GUARD="0"), Load((marked.key,))),
@@ -216,16 +225,30 @@ def main(argv: list[str] | None = None) -> int:
             (root / f"notes{i}").mkdir()
             notes.append(asyncio.run(provision.control_plane(root / f"notes{i}" / "control.db")))
         public_key, private_key = provision.jwt_key_pair(root)
-        selected = comparisons(
-            small, big, marked, (public_key, provision.mint(private_key)), n, policied, notes
-        )
-        if args.only:
-            selected = [c for c in selected if c.target in args.only.split(",")]
         gen = LoadGenerator()
         try:
-            for c in selected:
-                c.requests //= 8 if args.quick else 1
-            results = [compare(gen, c, rounds=rounds, requests=requests) for c in selected]
+            with otlp_sink.running(free_port()) as sink:
+                selected = comparisons(
+                    small,
+                    big,
+                    marked,
+                    (public_key, provision.mint(private_key)),
+                    n,
+                    policied,
+                    notes,
+                    sink.url,
+                )
+                if args.only:
+                    selected = [c for c in selected if c.target in args.only.split(",")]
+                for c in selected:
+                    c.requests //= 8 if args.quick else 1
+                results = [compare(gen, c, rounds=rounds, requests=requests) for c in selected]
+                # Requests the OTLP server answered (warm-up and rounds), and the spans that reached
+                # the sink: the servers flush their exporters as they stop.
+                otlp = {"requests": sum(max((c.requests or requests) // 3, c.b.load.concurrency)
+                                        + rounds * (c.requests or requests)
+                                        for c in selected if c.b.label == "telemetry on, OTLP"),
+                        "spans_received": sink.spans()}  # fmt: skip
             mem = memory(gen, results, big, n) if any(r["target"] == "2" for r in results) else {}
         finally:
             gen.close()
@@ -236,11 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m bench" + (" --quick" if args.quick else ""),
         "tenants": n, "rounds": rounds, "requests_per_round": requests,
         "seconds": round(time.monotonic() - started),
-        "results": results, "memory": mem,
+        "results": results, "memory": mem, "otlp": otlp,
     }  # fmt: skip
     Path(args.output).write_text(json.dumps(report, indent=2))
     print()
     print(_table(report) if mem else _table({**report, "memory": _NO_MEMORY}))
+    if otlp["requests"]:
+        print(f"\nOTLP sink: {otlp['spans_received']:,} spans received for {otlp['requests']:,} requests")
     print(f"\n{report['seconds']} s; written to {args.output}")
     return 0
 

@@ -21,7 +21,8 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from tenant_mcp.storage.postgres import PostgresStore, migrate
+from tenant_mcp.storage.pg_migrate import migrate
+from tenant_mcp.storage.postgres import PostgresStore
 
 _SCHEMA = [
     "CREATE TABLE bound (id BIGINT PRIMARY KEY, body TEXT NOT NULL)",

@@ -69,6 +69,11 @@ def session_open(manager: StreamableHTTPSessionManager, session_id: str) -> bool
     return session_id in manager._server_instances
 
 
+def open_sessions(manager: StreamableHTTPSessionManager) -> int:
+    """How many stateful sessions the manager holds (a plain read: the metrics thread calls it)."""
+    return len(manager._server_instances)
+
+
 def on_session_admitted(manager: StreamableHTTPSessionManager, hook: Callable[[], None]) -> None:
     """Run `hook()` inside the request that opens a session, just before the SDK makes the session's
     transport (the pinned SDK's one place for it), e.g. to choose its event store."""

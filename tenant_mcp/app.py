@@ -21,7 +21,7 @@ from tenant_mcp.auth.authenticator import Authenticator
 from tenant_mcp.auth.invalidation import Invalidation
 from tenant_mcp.auth.jwt import JWTSettings, JWTVerifier
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, POSTGRES_MIGRATIONS, ControlPlane
-from tenant_mcp.errors import ConfigurationError, TenantMCPError
+from tenant_mcp.errors import ConfigurationError, TenantMCPError, required
 from tenant_mcp.limits import Limiter, Limits, OnRedisError
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.pipeline import Pipeline
@@ -268,7 +268,7 @@ class TenantMCP:
         number of steps applied per component.
         SQLite needs none of this: it migrates itself when opened.
         """
-        from tenant_mcp.storage.postgres import current_role, migrate  # asyncpg is an optional extra
+        from tenant_mcp.storage.pg_migrate import current_role, migrate  # asyncpg is an optional extra
 
         target = url or self.migration_url or self.database_url
         if not is_postgres(target):
@@ -330,9 +330,7 @@ class TenantMCP:
 
     @property
     def runtime(self) -> Runtime:
-        if self._runtime is None:
-            raise TenantMCPError("the server is not running")
-        return self._runtime
+        return required(self._runtime, "the server is not running")
 
     @staticmethod
     async def _open_secrets(control_plane: ControlPlane) -> SecretStore:
@@ -352,12 +350,10 @@ class TenantMCP:
                 hold_seconds=self.db_hold_seconds,
                 admit=admit,
             )
-        from tenant_mcp.storage.postgres import (  # asyncpg is an optional extra
-            PostgresStore,
-            check_control_role,
-            check_version,
-            read_binding_key,
-        )
+        # asyncpg is an optional extra
+        from tenant_mcp.storage.pg_migrate import check_version
+        from tenant_mcp.storage.pg_roles import check_control_role, read_binding_key
+        from tenant_mcp.storage.postgres import PostgresStore
 
         if not self.data_url or not is_postgres(self.data_url):
             raise ConfigurationError(
@@ -422,7 +418,12 @@ class TenantMCP:
                     await tg.start(limiter.run)
                     broker = await self._start_broker(tg, authenticator, limiter)
                     telemetry = Telemetry(self.telemetry)
-                    telemetry.start(audit_depth=lambda: audit.depth, in_flight=lambda: limiter.in_flight)
+                    telemetry.start(
+                        audit_depth=lambda: audit.depth,
+                        in_flight=lambda: limiter.in_flight,
+                        db=store.usage,
+                        listen_streams=lambda: self._server.open_listen_streams,
+                    )
                     self._runtime = Runtime(
                         control_plane, authenticator, audit, store, guard, telemetry, secrets, limiter, broker
                     )

@@ -611,7 +611,10 @@ def _demo(args: argparse.Namespace) -> None:
 
     keys = asyncio.run(prepare())
     url = f"http://{args.host}:{args.port}{options.path}"
-    executable = shutil.which("tenant-mcp") or "tenant-mcp"
+    # The script beside this interpreter: after the Quickstart the venv is not activated, so PATH
+    # has no tenant-mcp (or another install's).
+    beside = Path(sys.executable).parent / "tenant-mcp"
+    executable = str(beside) if beside.exists() else shutil.which("tenant-mcp") or "tenant-mcp"
     # Claude Desktop starts the server in another directory: give it an absolute SQLite path.
     db_url = (
         args.db if is_postgres(args.db) else "sqlite:///" + str(Path(args.db[len("sqlite:///") :]).resolve())
@@ -631,7 +634,7 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"  {slug:7} key: {key}")
     print("\nClaude Desktop (claude_desktop_config.json), over stdio:")
     print(json.dumps(desktop, indent=2))
-    print("\nMCP Inspector CLI, over HTTP:")
+    print("\nMCP Inspector (CLI mode; Node.js 22.19+), over HTTP:")
     print(
         f"  npx @modelcontextprotocol/inspector --cli {url} --transport http "
         f'--header "Authorization: Bearer {keys["acme"]}" --method tools/list'
@@ -657,12 +660,14 @@ Handler = Callable[[argparse.Namespace, ControlPlane], Coroutine[Any, Any, None]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument(
         "--db",
         default=_env("DATABASE_URL", DEFAULT_DATABASE_URL),
         help="control-plane database URL (env TENANT_MCP_DATABASE_URL; default %(default)s)",
     )
+    # Commands that print a result; `serve` and `demo` print none to parse.
+    common = argparse.ArgumentParser(add_help=False, parents=[database])
     common.add_argument("--json", action="store_true", help="machine-readable output")
     # Where replicas meet: revocations and suspensions are announced there, `serve` listens.
     shared = argparse.ArgumentParser(add_help=False)
@@ -854,7 +859,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 90d")
     p.set_defaults(handler=_audit_prune)
 
-    serve = commands.add_parser("serve", parents=[common, shared], help="serve a TenantMCP app")
+    serve = commands.add_parser(
+        "serve",
+        parents=[database, shared],
+        help="serve a TenantMCP app",
+        epilog="Every option is also read from the environment, TENANT_MCP_<NAME> with NAME the option "
+        "in capitals, - as _ (TENANT_MCP_PORT=9000, TENANT_MCP_METRICS_ADDRESS, TENANT_MCP_STATELESS=1), except "
+        "--db (TENANT_MCP_DATABASE_URL) and --data-db (TENANT_MCP_DATA_URL); a flag given on the command "
+        "line wins. Over stdio the credential is TENANT_MCP_API_KEY.",
+    )
     serve.add_argument("app", help="MODULE:ATTR of a TenantMCP, e.g. example_servers.notes:app")
     serve.add_argument("--transport", default=_env("TRANSPORT", "streamable-http"),
                        choices=["streamable-http", "stdio"], help="default: streamable-http")  # fmt: skip
@@ -928,7 +941,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PostgreSQL URL of ctx.db's role (env TENANT_MCP_DATA_URL)")  # fmt: skip
     p.set_defaults(handler=None, run=_migrate)
 
-    demo = commands.add_parser("demo", parents=[common], help="run the notes example with two demo tenants")
+    demo = commands.add_parser("demo", parents=[database], help="run the notes example with two demo tenants")
     demo.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     demo.add_argument(
         "--port", type=int, default=8000, help="port (default 8000; checked before anything is printed)"

@@ -15,7 +15,7 @@ from mcp.server.mcpserver import Context
 
 from tenant_mcp import _sdk
 from tenant_mcp.audit.leakguard import Markers
-from tenant_mcp.errors import TenantMCPError
+from tenant_mcp.errors import TenantMCPError, required
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.secrets import TenantSecrets
 from tenant_mcp.storage import TenantDatabase
@@ -41,9 +41,7 @@ class _Tenancy:
     finished: bool = False  # the handler returned: no new unit of work may start from this context
 
     def running(self) -> Runtime:
-        if self.runtime is None:
-            raise TenantMCPError("the server is not running")
-        return self.runtime
+        return required(self.runtime, "the server is not running")
 
 
 class TenantContext(Context[Any, Any]):

@@ -31,6 +31,7 @@ from tenant_mcp.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from tenant_mcp.models import Principal, Tenant
+    from tenant_mcp.storage.database import PoolUsage
 
 request_log = logging.getLogger("tenant_mcp.requests")
 
@@ -83,12 +84,30 @@ class Telemetry:
         self._metrics = _Metrics(settings) if settings.metrics_address else None
         self._stop: Callable[[], None] | None = None
 
-    def start(self, *, audit_depth: Callable[[], int], in_flight: Callable[[], int]) -> None:
-        """Serve metrics (when configured) and start the request log."""
+    def start(
+        self,
+        *,
+        audit_depth: Callable[[], int],
+        in_flight: Callable[[], int],
+        db: Callable[[], PoolUsage],
+        listen_streams: Callable[[], int],
+    ) -> None:
+        """Serve metrics (when configured) and start the request log.
+
+        The gauges are read when scraped, from the metrics server's thread: each callable must
+        only read (no awaits, no locks), and cheaply.
+        """
         if self._metrics is not None and self.settings.metrics_address is not None:
-            self._metrics.audit_queue.set_function(audit_depth)
-            self._metrics.in_flight.set_function(in_flight)
-            self._stop = self._metrics.serve(self.settings.metrics_address)
+            m = self._metrics
+            m.audit_queue.set_function(audit_depth)
+            m.in_flight.set_function(in_flight)
+            backend = db().backend
+            m.db_open.labels(backend=backend).set_function(lambda: db().open)
+            m.db_in_use.labels(backend=backend).set_function(lambda: db().in_use)
+            m.streams.labels(kind="listen").set_function(listen_streams)
+            m.streams.labels(kind="get").set(0)
+            m.sessions.set(0)
+            self._stop = m.serve(self.settings.metrics_address)
         if self.settings.log_format == "json" and not request_log.handlers:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(message)s"))
@@ -97,6 +116,13 @@ class Telemetry:
             request_log.propagate = False
             # The request line replaces the SDK's per-request INFO lines ("Terminating session").
             quiet_sdk_request_lines()
+
+    def watch_http(self, *, sessions: Callable[[], int], get_streams: Callable[[], int]) -> None:
+        """What only the HTTP transport knows: its open (2025-era, stateful) sessions and GET
+        streams. Over stdio there are neither (the process is the one session)."""
+        if self._metrics is not None:
+            self._metrics.sessions.set_function(sessions)
+            self._metrics.streams.labels(kind="get").set_function(get_streams)
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -180,13 +206,30 @@ class _Metrics:
             ("plan", "tenant"),
             registry=self.registry,
         )
-        self.audit_queue = Gauge(
-            "tenant_mcp_audit_queue_depth", "Audit events waiting to be written", registry=self.registry
+
+        def gauge(name: str, documentation: str, *labels: str) -> Gauge:
+            """A gauge read when scraped (its value is a function of the running server)."""
+            return Gauge(name, documentation, labels, registry=self.registry)
+
+        self.audit_queue = gauge("tenant_mcp_audit_queue_depth", "Audit events waiting to be written")
+        self.in_flight = gauge(
+            "tenant_mcp_calls_in_flight", "Tool calls, reads and gets running in this process"
         )
-        self.in_flight = Gauge(
-            "tenant_mcp_calls_in_flight",
-            "Tool calls, reads and gets running in this process",
-            registry=self.registry,
+        self.db_open = gauge(
+            "tenant_mcp_db_connections_open",
+            "ctx.db connections open (SQLite: tenant files kept open; PostgreSQL: the pool's size)",
+            "backend",
+        )
+        self.db_in_use = gauge(
+            "tenant_mcp_db_connections_in_use", "ctx.db connections held by a call", "backend"
+        )
+        self.sessions = gauge(
+            "tenant_mcp_sessions_open", "Stateful (2025-era) HTTP sessions open in this process"
+        )
+        self.streams = gauge(
+            "tenant_mcp_streams_open",
+            "Long-lived response streams open: GET (SSE) streams and subscriptions/listen streams",
+            "kind",
         )
 
     def tenant(self, tenant: Tenant) -> str:

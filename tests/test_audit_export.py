@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +16,7 @@ import pytest
 
 from tenant_mcp.audit.log import _iso
 from tenant_mcp.controlplane import AuditEvent, ControlPlane
-from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, mcp_client, standard_tenants
-from tests.test_postgres import migrated
+from tests.helpers import ServerProcess, Tenants, mcp_client, migrated, run_cli, standard_tenants
 
 pytestmark = pytest.mark.anyio
 
@@ -80,13 +77,6 @@ async def test_sinks_receive_written_events_and_the_webhook_retries(
     assert len([e for e in lines if e["method"] == "tools/call"]) == 3
 
 
-def _cli(*args: str, db: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tenant_mcp.cli", *args, "--db", db],
-        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-
-
 def _events(t: Tenants) -> None:
     """Four events of acme (two old, two new) and one of globex, through the real control plane."""
     old, new = _iso(time.time() - 200 * 86400), _iso(time.time())
@@ -106,32 +96,32 @@ def _events(t: Tenants) -> None:
 
 def _check_export_and_prune(t: Tenants) -> None:
     _events(t)
-    everything = _cli("audit", "export", "acme", db=t.db_url)
+    everything = run_cli("audit", "export", "acme", db=t.db_url)
     assert everything.returncode == 0, everything.stderr
     rows = [json.loads(line) for line in everything.stdout.splitlines()]
     assert [r["target"] for r in rows] == ["tool0", "tool1", "tool2", "tool3"]
     assert {r["tenant"] for r in rows} == {"acme"}
     # Resume from a cursor: only what came after it.
     cursor = rows[1]["id"]
-    rest = _cli("audit", "export", "acme", "--after", str(cursor), db=t.db_url)
+    rest = run_cli("audit", "export", "acme", "--after", str(cursor), db=t.db_url)
     assert [json.loads(line)["target"] for line in rest.stdout.splitlines()] == ["tool2", "tool3"]
     assert f"cursor {rows[-1]['id']}" in rest.stderr
-    recent = _cli("audit", "export", "--since", "7d", db=t.db_url)
+    recent = run_cli("audit", "export", "--since", "7d", db=t.db_url)
     assert sorted(json.loads(line)["target"] for line in recent.stdout.splitlines()) == [
         "tool2",
         "tool3",
         "tool4",
     ]
-    pruned = _cli("audit", "prune", "--older-than", "90d", "--json", db=t.db_url)
+    pruned = run_cli("audit", "prune", "--older-than", "90d", "--json", db=t.db_url)
     assert pruned.returncode == 0 and json.loads(pruned.stdout)["deleted"] == 2, pruned
-    left = _cli("audit", "export", db=t.db_url)
+    left = run_cli("audit", "export", db=t.db_url)
     assert sorted(json.loads(line)["target"] for line in left.stdout.splitlines()) == [
         "tool2",
         "tool3",
         "tool4",
     ]
-    assert _cli("audit", "acme", db=t.db_url).returncode == 0  # the short form still shows
-    bad = _cli("audit", "prune", "--older-than", "soon", db=t.db_url)
+    assert run_cli("audit", "acme", db=t.db_url).returncode == 0  # the short form still shows
+    bad = run_cli("audit", "prune", "--older-than", "soon", db=t.db_url)
     assert bad.returncode == 2 and "duration" in bad.stderr and "Traceback" not in bad.stderr
 
 

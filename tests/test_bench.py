@@ -8,30 +8,36 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, clean_env
+from tests.helpers import ROOT, clean_env
 
 
 def test_bench_quick_runs_and_writes_json(tmp_path: Path) -> None:
     output = tmp_path / "results.json"
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
+        [sys.executable, "-m", "bench", "--quick", "--only", "2,15", "--output", str(output)],
         cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(output.read_text())
-    assert [r["target"] for r in report["results"]] == [
-        "1",
-        "1",
-        "1",
-        "2",
-        "3",
-        "4",
-        "5",
-        "19",
-        "19",
-        "15",
-        "-",
-    ]
+    assert [r["target"] for r in report["results"]] == ["2", "15", "15"]
+    otlp = next(r for r in report["results"] if r["b"] == "telemetry on, OTLP")
+    assert otlp["rps_b"] > 0
+    # Every request of the OTLP server left a span that reached the local collector stand-in.
+    assert report["otlp"]["spans_received"] >= report["otlp"]["requests"] > 0
     assert all(r["rps_a"] > 0 and r["rps_b"] > 0 for r in report["results"])
     assert report["memory"]["bytes_per_private_tool"] > 0
     assert "| target | comparison |" in run.stdout
+
+
+def test_bench_has_a_comparison_for_every_target(tmp_path: Path) -> None:
+    """Every target is in the full run (the run above is a subset, to keep the suite fast)."""
+    from bench.__main__ import comparisons
+    from bench.provision import Plane
+
+    plane = Plane("sqlite:///x.db", "key", ["other"])
+    listed = comparisons(
+        plane, plane, plane, (tmp_path / "jwt.pem", "token"), 10, plane, [plane] * 6, "http://sink"
+    )
+    targets = [c.target for c in listed]
+    assert targets.count("1") == 3 and targets.count("17.2") == 6
+    assert {"2", "3", "4", "5", "15", "17.5", "19", "-"} <= set(targets)

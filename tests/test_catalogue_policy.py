@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +13,14 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from mcp_types import ResourceTemplateReference
 
-from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, mcp_client, standard_tenants
+from tests.helpers import ServerProcess, Tenants, mcp_client, run_cli, standard_tenants
 
 pytestmark = pytest.mark.anyio
 APP = "tests.servers.probe:app"
 
 
 def _cli(t: Tenants, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tenant_mcp.cli", *args, "--db", t.db_url],
-        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    return run_cli(*args, db=t.db_url)
 
 
 async def _names(client: Any) -> set[str]:

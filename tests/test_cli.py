@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -38,7 +37,7 @@ from mcp.client.stdio import StdioServerParameters
 from tenant_mcp.controlplane import AuditEvent, ControlPlane
 from tenant_mcp.storage import migration_sql, new_id
 from tenant_mcp.storage.sqlite import DatabasePool
-from tests.conftest import ROOT, Tenants, clean_env, free_port, mcp_client
+from tests.helpers import ROOT, Tenants, clean_env, free_port, interrupt, mcp_client
 
 TENANT_MCP = str(Path(sys.executable).parent / "tenant-mcp")
 SECRET = "acme-cli-secret-93b2"
@@ -690,6 +689,8 @@ def test_help(cli: ForkRunner, command: list[str], tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [], "--help created files (a database?)"
     if command and command[-1] in ("create", "list", "suspend", "activate", "delete", "export", "revoke"):
         assert "--db" in run.stdout and "--json" in run.stdout, run.stdout
+    if command in (["serve"], ["demo"]):  # they print nothing to parse: no --json that means nothing
+        assert "--db" in run.stdout and "--json" not in run.stdout.replace("--json-response", ""), run.stdout
     if command == ["tenant", "delete"]:
         assert "--yes" in run.stdout
     if command == []:
@@ -721,7 +722,9 @@ class Demo:
     def __init__(self, db_url: str, port: int) -> None:
         self.port = port
         env = clean_env()
-        env["PATH"] = f"{Path(TENANT_MCP).parent}{os.pathsep}{env.get('PATH', '')}"
+        # As after the Quickstart: the venv is not activated, its scripts are not on PATH.
+        venv_bin = Path(TENANT_MCP).parent
+        env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if Path(p) != venv_bin)
         self.proc = subprocess.Popen(
             [TENANT_MCP, "demo", "--port", str(port), "--db", db_url],
             cwd=ROOT,
@@ -765,14 +768,8 @@ class Demo:
         return "".join(self.lines)
 
     def interrupt(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError("demo did not stop on SIGINT") from None
+        if not interrupt(self.proc):
+            raise AssertionError("demo did not stop on SIGINT")
         self._out.join(5)
         self._err.join(5)
         return self.proc.returncode
@@ -907,3 +904,27 @@ def test_an_app_that_declares_a_tenant_parameter_is_a_usage_error(tmp_path: Path
         and "takes a parameter 'tenant_id'" in done.stderr
         and "Traceback" not in done.stderr
     )
+
+
+# Where an option's environment name is not its own name.
+ENV_NAMES = {"--db": "DATABASE_URL", "--data-db": "DATA_URL"}
+
+
+def test_every_serve_option_reads_the_environment_as_its_help_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve --help` promises TENANT_MCP_<NAME> for every option; each one is read from there."""
+    import argparse
+
+    from tenant_mcp.cli import build_parser
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    assert "TENANT_MCP_<NAME>" in serve.format_help()
+    options = [a for a in serve._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
+    expected: dict[str, Any] = {}
+    for action in options:
+        flag = action.option_strings[-1]
+        name = ENV_NAMES.get(flag, flag.lstrip("-").replace("-", "_").upper())
+        value = action.choices[-1] if action.choices else "1" if action.nargs == 0 else "7"
+        monkeypatch.setenv(f"TENANT_MCP_{name}", str(value))
+        expected[action.dest] = True if action.nargs == 0 else (action.type or str)(value)
+    args = build_parser().parse_args(["serve", "app:app"])
+    assert {dest: getattr(args, dest) for dest in expected} == expected

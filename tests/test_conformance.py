@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from tests.conftest import ServerProcess, Tenants, free_port
+from tests.helpers import ServerProcess, Tenants, free_port
 from tests.nodejs import JS, node_bin_dir, node_env, require_js_tools
 
 BASELINE = Path(__file__).resolve().parent / "conformance" / "expected-failures.yml"

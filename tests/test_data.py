@@ -7,9 +7,7 @@ import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -17,27 +15,10 @@ import pytest
 from tenant_mcp.errors import TenantMCPError
 from tenant_mcp.storage.sql import GatewayRefusal
 from tenant_mcp.storage.sqlite import SQLiteStore
-from tests.conftest import ServerProcess, Tenants, mcp_client
+from tests.helpers import ServerProcess, Tenants, mcp_client, tool_result
 
 pytestmark = pytest.mark.anyio
-SLUGS = [f"t{i}" for i in range(6)]
-
-
-@pytest.fixture(scope="module")
-def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Tenants]]:
-    db = f"sqlite:///{tmp_path_factory.mktemp('data')}/cp.db"
-    t = Tenants(db)
-    for slug in ("acme", "globex", *SLUGS):
-        t.create(slug)
-        t.key(slug)
-    server = ServerProcess("tests.servers.probe:app", db)
-    yield server, t
-    server.stop()
-
-
-def _rows(result: Any) -> Any:
-    assert not result.is_error, result.content
-    return result.structured_content["result"]
+SLUGS = [f"t{i}" for i in range(6)]  # the probe fixture's other tenants (conftest)
 
 
 async def test_careless_raw_sql_sees_only_the_callers_rows(probe: tuple[ServerProcess, Tenants]) -> None:
@@ -46,14 +27,14 @@ async def test_careless_raw_sql_sees_only_the_callers_rows(probe: tuple[ServerPr
         await a.call_tool("add_item", {"value": "acme-secret"})
     async with mcp_client(server.url, t.keys["globex"]) as b:
         await b.call_tool("add_item", {"value": "globex-own"})
-        rows = _rows(await b.call_tool("raw_sql", {"sql": "SELECT owner, value FROM items"}))
+        rows = tool_result(await b.call_tool("raw_sql", {"sql": "SELECT owner, value FROM items"}))
         assert rows and all(r["owner"] == "globex" for r in rows), rows
-        updated = _rows(await b.call_tool("raw_sql", {"sql": "UPDATE items SET value = 'pwned'"}))
+        updated = tool_result(await b.call_tool("raw_sql", {"sql": "UPDATE items SET value = 'pwned'"}))
         assert updated[0]["rowcount"] == len(rows)
-        tables = _rows(await b.call_tool("raw_sql", {"sql": "SELECT name FROM sqlite_master"}))
+        tables = tool_result(await b.call_tool("raw_sql", {"sql": "SELECT name FROM sqlite_master"}))
         assert "acme" not in json.dumps(tables)
     async with mcp_client(server.url, t.keys["acme"]) as a:
-        mine = _rows(await a.call_tool("raw_sql", {"sql": "SELECT value FROM items"}))
+        mine = tool_result(await a.call_tool("raw_sql", {"sql": "SELECT value FROM items"}))
         assert {"value": "acme-secret"} in mine and all(r["value"] != "pwned" for r in mine)
 
 
@@ -75,7 +56,7 @@ async def test_raw_sql_cannot_open_another_tenants_file(probe: tuple[ServerProce
             result = await b.call_tool("raw_sql", {"sql": sql})
             assert result.is_error, f"{sql!r} was allowed"
         assert (await b.call_tool("raw_sql", {"sql": "SELECT value FROM other.items"})).is_error
-        rows = _rows(await b.call_tool("raw_sql", {"sql": "PRAGMA table_info(items)"}))
+        rows = tool_result(await b.call_tool("raw_sql", {"sql": "PRAGMA table_info(items)"}))
         assert {r["name"] for r in rows} == {"id", "owner", "value"}
     assert not (data_dir / "stolen.sqlite3").exists()
 
@@ -101,12 +82,14 @@ async def test_a_call_that_raises_leaves_nothing_behind(probe: tuple[ServerProce
     async with mcp_client(server.url, t.keys["acme"]) as a:
         result = await a.call_tool("write_then_fail", {"value": "half-written"})
         assert result.is_error
-        rows = _rows(
+        rows = tool_result(
             await a.call_tool("raw_sql", {"sql": "SELECT value FROM items WHERE value = 'half-written'"})
         )
         assert rows == []
-        assert _rows(await a.call_tool("partial_transaction", {"value": "tx"})) == 1
-        values = {r["value"] for r in _rows(await a.call_tool("raw_sql", {"sql": "SELECT value FROM items"}))}
+        assert tool_result(await a.call_tool("partial_transaction", {"value": "tx"})) == 1
+        values = {
+            r["value"] for r in tool_result(await a.call_tool("raw_sql", {"sql": "SELECT value FROM items"}))
+        }
         assert "tx:kept" in values and "tx:undone" not in values
 
 
@@ -114,12 +97,12 @@ async def test_injection_and_wrong_types_change_nothing(probe: tuple[ServerProce
     server, t = probe
     payload = "x'); DROP TABLE items; --"
     async with mcp_client(server.url, t.keys["globex"]) as b:
-        before = _rows(await b.call_tool("raw_sql", {"sql": "SELECT count(*) AS n FROM items"}))[0]["n"]
+        before = tool_result(await b.call_tool("raw_sql", {"sql": "SELECT count(*) AS n FROM items"}))[0]["n"]
         item_id = (await b.call_tool("add_item", {"value": payload})).structured_content["result"]  # type: ignore[index]
         assert (await b.read_resource(f"items://{item_id}")).contents[0].text == payload  # type: ignore[union-attr]
         wrong = await b.call_tool("add_item", {"value": {"nested": 1}})
         assert wrong.is_error and "validation error" in wrong.content[0].text  # type: ignore[union-attr]
-        after = _rows(await b.call_tool("raw_sql", {"sql": "SELECT count(*) AS n FROM items"}))[0]["n"]
+        after = tool_result(await b.call_tool("raw_sql", {"sql": "SELECT count(*) AS n FROM items"}))[0]["n"]
         assert after == before + 1
 
 
@@ -138,20 +121,20 @@ async def test_concurrent_writes_of_many_tenants_land_in_their_own_databases(
             tg.start_soon(write, slug)
     for slug in SLUGS:
         async with mcp_client(server.url, t.keys[slug]) as c:
-            rows = _rows(await c.call_tool("raw_sql", {"sql": "SELECT owner, value FROM items"}))
+            rows = tool_result(await c.call_tool("raw_sql", {"sql": "SELECT owner, value FROM items"}))
         assert sorted(r["value"] for r in rows) == sorted(f"{slug}-{i}" for i in range(10)), slug
         assert {r["owner"] for r in rows} == {slug}
 
 
 async def test_bulk_import_is_all_or_nothing(notes_server: ServerProcess, tenants: Tenants) -> None:
     async with mcp_client(notes_server.url, tenants.keys["acme"]) as c:
-        before = len(_rows(await c.call_tool("list_notes", {})))
+        before = len(tool_result(await c.call_tool("list_notes", {})))
         bad = [{"title": "ok", "body": "1"}, {"title": "", "body": "empty title"}]
         assert (await c.call_tool("bulk_import", {"notes": bad})).is_error
-        assert len(_rows(await c.call_tool("list_notes", {}))) == before
+        assert len(tool_result(await c.call_tool("list_notes", {}))) == before
         good = [{"title": f"n{i}", "body": "b"} for i in range(5)]
         assert (await c.call_tool("bulk_import", {"notes": good})).structured_content == {"result": 5}
-        assert len(_rows(await c.call_tool("list_notes", {}))) == before + 5
+        assert len(tool_result(await c.call_tool("list_notes", {}))) == before + 5
 
 
 async def test_pool_bounds_open_connections_and_threads(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, clean_env
+from tests.helpers import ROOT, clean_env
 from tests.test_oauth_browser import ARTIFACTS, CHROMIUM, FLAGS
 
 pytestmark = pytest.mark.anyio

@@ -20,10 +20,17 @@ import pytest
 
 from tenant_mcp.errors import ConfigurationError
 from tenant_mcp.transports.http import HTTPOptions
-from tests.conftest import ServerProcess, Tenants, mcp_client, postgres_database
-from tests.test_jwt import INIT, ISS, MCP_HEADERS, PUBLIC_PEM, claims, sign
+from tests.helpers import (
+    INIT,
+    MCP_HEADERS,
+    ServerProcess,
+    Tenants,
+    mcp_client,
+    migrate_cli,
+    postgres_database,
+)
+from tests.test_jwt import ISS, PUBLIC_PEM, claims, sign
 from tests.test_oauth import REDIRECT, ManualFlow, Person
-from tests.test_postgres import migrate_cli
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from mcp_types import PromptReference, ResourceTemplateReference
 
-from tests.conftest import ServerProcess, Tenants, mcp_client
+from tests.helpers import ServerProcess, Tenants, mcp_client
 
 pytestmark = pytest.mark.anyio
 MODES = ["auto", "legacy"]
@@ -131,33 +131,24 @@ async def test_other_tenants_note_ids_behave_like_missing_ids(
 
 
 async def test_hidden_prompt_resource_and_completion_refs_look_missing(
-    tmp_path_factory: pytest.TempPathFactory,
+    probe: tuple[ServerProcess, Tenants],
 ) -> None:
-    db = f"sqlite:///{tmp_path_factory.mktemp('probe')}/cp.db"
-    t = Tenants(db)
-    t.create("acme", plan="pro")
-    t.create("globex", plan="free")
-    t.key("acme")
-    t.key("globex")
-    server = ServerProcess("tests.servers.probe:app", db)
-    try:
-        async with mcp_client(server.url, t.keys["globex"], mode="legacy") as c:
-            hidden = await _error(c.get_prompt("pro_prompt", {"topic": "x"}))
-            missing = await _error(c.get_prompt("pro_prompz", {"topic": "x"}))
-            assert hidden[0] == missing[0]
-            assert hidden[1].replace("pro_prompt", "X") == missing[1].replace("pro_prompz", "X")
-            a = await c.complete(
-                PromptReference(type="ref/prompt", name="pro_prompt"), {"name": "topic", "value": ""}
-            )
-            b = await c.complete(
-                PromptReference(type="ref/prompt", name="pro_prompz"), {"name": "topic", "value": ""}
-            )
-            assert a.model_dump() == b.model_dump()
-            # the private tool of the same name runs globex's own code
-            report = await c.call_tool("private_report", {})
-            assert "globex private report" in _dump(report, replace={})
-    finally:
-        server.stop()
+    server, t = probe
+    async with mcp_client(server.url, t.keys["globex"], mode="legacy") as c:
+        hidden = await _error(c.get_prompt("pro_prompt", {"topic": "x"}))
+        missing = await _error(c.get_prompt("pro_prompz", {"topic": "x"}))
+        assert hidden[0] == missing[0]
+        assert hidden[1].replace("pro_prompt", "X") == missing[1].replace("pro_prompz", "X")
+        a = await c.complete(
+            PromptReference(type="ref/prompt", name="pro_prompt"), {"name": "topic", "value": ""}
+        )
+        b = await c.complete(
+            PromptReference(type="ref/prompt", name="pro_prompz"), {"name": "topic", "value": ""}
+        )
+        assert a.model_dump() == b.model_dump()
+        # the private tool of the same name runs globex's own code
+        report = await c.call_tool("private_report", {})
+        assert "globex private report" in _dump(report, replace={})
 
 
 async def test_denials_are_audited_without_naming_the_other_tenant(

@@ -32,21 +32,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 from jwt.algorithms import RSAAlgorithm
 
-from tests.conftest import ServerProcess, Tenants, mcp_client, standard_tenants
+from tests.helpers import INIT, LEGACY, MCP_HEADERS, ServerProcess, Tenants, mcp_client, standard_tenants
 
 pytestmark = pytest.mark.anyio
 
 ISS = "https://idp.test"
 OTHER_ISS = "https://other-idp.test"
 PRM = "/.well-known/oauth-protected-resource"
-LEGACY = "2025-11-25"
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
-MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 TENANT_NAMES = ("acme", "globex", "initech", "hooli")
 
 

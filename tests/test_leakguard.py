@@ -4,8 +4,6 @@ put them there; a tenant's own markers never count; matching is on token boundar
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +13,7 @@ from mcp.shared.exceptions import MCPError
 
 from tenant_mcp.audit.leakguard import LeakGuard, serialize
 from tenant_mcp.errors import TenantMCPError
-from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, mcp_client
+from tests.helpers import ServerProcess, Tenants, mcp_client, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -92,10 +90,7 @@ async def test_registered_identifiers_and_unfiltered_lists_are_caught(
 
 async def test_a_query_outside_ctx_db_is_caught_by_a_canary(blocking: tuple[ServerProcess, Tenants]) -> None:
     server, t = blocking
-    planted = subprocess.run(
-        [sys.executable, "-m", "tenant_mcp.cli", "canary", "plant", "acme", "--db", t.db_url, "--json"],
-        cwd=ROOT, env=clean_env(), capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    planted = run_cli("canary", "plant", "acme", "--json", db=t.db_url, check=True)
     canary = json.loads(planted.stdout)["canary"]
     await anyio.sleep(2.5)  # the server picks up markers planted by another process
     async with mcp_client(server.url, t.keys["globex"]) as b:

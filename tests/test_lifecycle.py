@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import subprocess
-import sys
 import time
 
 import anyio
 import pytest
 
-from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, mcp_client
+from tests.helpers import ServerProcess, Tenants, mcp_client, run_cli
 
 pytestmark = pytest.mark.anyio
 
 
 def cli(db: str, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "tenant_mcp.cli", *args, "--db", db], cwd=ROOT, env=clean_env(),
-                   check=True, capture_output=True)  # fmt: skip
+    run_cli(*args, db=db, check=True)
 
 
 async def _refused_within(url: str, key: str, seconds: float) -> float:

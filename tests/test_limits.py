@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -34,12 +33,21 @@ from tenant_mcp.call import Call
 from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.limits import RATE_LIMITED, Limiter, Limits
 from tenant_mcp.models import Principal, Tenant
-from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, free_port, mcp_client, postgres_database
+from tests.helpers import (
+    REDIS_URL,
+    ROOT,
+    ServerProcess,
+    Tenants,
+    clean_env,
+    free_port,
+    mcp_client,
+    postgres_database,
+    run_cli,
+)
 
 pytestmark = pytest.mark.anyio
 
 APP = "tests.servers.limited:app"
-REDIS_URL = os.environ.get("TENANT_MCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 INIT = {
     "jsonrpc": "2.0", "id": 1, "method": "initialize",
     "params": {"protocolVersion": "2025-06-18", "capabilities": {},
@@ -73,10 +81,7 @@ def fresh(tenants: Tenants, plan: str) -> tuple[str, str]:
 
 
 def cli(db: str, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tenant_mcp.cli", *argv, "--db", db],
-        cwd=ROOT, env=clean_env(**(env or {})), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    return run_cli(*argv, db=db, env=env)
 
 
 async def _listed(client: Client) -> Client:

@@ -26,7 +26,7 @@ from mcp.shared.auth import (
     OAuthToken,
 )
 
-from tests.conftest import ServerProcess, Tenants, mcp_client, postgres_database
+from tests.helpers import ServerProcess, Tenants, mcp_client, postgres_database
 
 pytestmark = pytest.mark.anyio
 REDIRECT = "http://127.0.0.1:9/callback"

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx2
 import pytest
 
-from tests.conftest import ServerProcess, Tenants
+from tests.helpers import ServerProcess, Tenants
 from tests.test_oauth import REDIRECT, ManualFlow
 
 pytestmark = pytest.mark.anyio

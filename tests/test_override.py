@@ -3,7 +3,6 @@ in `_meta` or (see test_protocol) in headers, is refused with a clear error and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -13,22 +12,9 @@ from mcp_types import INVALID_PARAMS
 
 from tenant_mcp import TenantContext, TenantMCP, TenantMCPError
 from tenant_mcp.pipeline.overrides import names_tenant
-from tests.conftest import ServerProcess, Tenants, mcp_client
+from tests.helpers import ServerProcess, Tenants, mcp_client
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Tenants]]:
-    db = f"sqlite:///{tmp_path_factory.mktemp('override')}/cp.db"
-    t = Tenants(db)
-    t.create("acme", plan="pro")
-    t.create("globex")
-    t.key("acme")
-    t.key("globex")
-    server = ServerProcess("tests.servers.probe:app", db)
-    yield server, t
-    server.stop()
 
 
 async def _refused(coro: Any) -> str:

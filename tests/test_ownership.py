@@ -7,7 +7,6 @@ without Redis.
 
 from __future__ import annotations
 
-import os
 import secrets
 import sqlite3
 import sys
@@ -22,11 +21,19 @@ import pytest
 import redis
 
 from tenant_mcp.storage import data_dir
-from tests.conftest import ROOT, Postgres, ServerProcess, Tenants, clean_env, mcp_client, postgres_database
+from tests.helpers import (
+    REDIS_URL,
+    ROOT,
+    Postgres,
+    ServerProcess,
+    Tenants,
+    clean_env,
+    mcp_client,
+    postgres_database,
+)
 
 pytestmark = pytest.mark.anyio
 APP = "tests.servers.lifecycle:app"
-REDIS_URL = os.environ.get("TENANT_MCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 HOLD_SECONDS = 2.0
 CONTROL_TABLES = (
     "api_keys", "audit_events", "oauth_codes", "oauth_tokens", "leak_markers", "secrets", "tenant_keys",

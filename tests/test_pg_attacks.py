@@ -19,18 +19,20 @@ import asyncpg
 import pytest
 
 from tenant_mcp import FULL_TEXT_SEARCH, SQLAllowList
-from tenant_mcp.storage.postgres import PostgresStore, migrate
+from tenant_mcp.storage.pg_migrate import migrate
+from tenant_mcp.storage.postgres import PostgresStore
 from tenant_mcp.storage.sql import GatewayRefusal
-from tests.conftest import (
+from tests.helpers import (
     DATA_ROLE,
     Postgres,
     ServerProcess,
     Tenants,
     mcp_client,
+    migrated,
     postgres_database,
+    run_cli,
     standard_tenants,
 )
-from tests.test_postgres import cli, migrated
 
 pytestmark = pytest.mark.anyio
 
@@ -355,7 +357,7 @@ def test_server_refuses_a_data_role_that_can_switch_into_bypassrls(tmp_path: Pat
         pg.sql(f"CREATE ROLE {data} LOGIN")
         pg.sql(f"CREATE ROLE {bypass} NOLOGIN BYPASSRLS")
         try:
-            done = cli("migrate", "tests.servers.probe:app", "--db", pg.app, "--migration-url", pg.owner,
+            done = run_cli("migrate", "tests.servers.probe:app", "--db", pg.app, "--migration-url", pg.owner,
                        "--data-role", data)  # fmt: skip
             assert done.returncode == 0, done.stderr
             pg.sql(f"GRANT {bypass} TO {data}")

@@ -6,15 +6,14 @@ owner (a superuser here); servers connect as `tenant_mcp_app`, a plain role.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -22,8 +21,9 @@ import pytest
 from tenant_mcp import ConstraintError, TenantMCPError
 from tenant_mcp.controlplane import POSTGRES_MIGRATIONS, ControlPlane
 from tenant_mcp.storage.gateway import check
-from tenant_mcp.storage.postgres import PostgresStore, migrate
-from tests.conftest import (
+from tenant_mcp.storage.pg_migrate import migrate
+from tenant_mcp.storage.postgres import PostgresStore
+from tests.helpers import (
     DATA_ROLE,
     ROOT,
     Postgres,
@@ -31,39 +31,15 @@ from tests.conftest import (
     Tenants,
     clean_env,
     mcp_client,
+    migrate_cli,
+    migrated,
     postgres_database,
+    run_cli,
     standard_tenants,
+    tool_result,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tenant_mcp.cli", *args],
-        cwd=ROOT,
-        env=clean_env(**(env or {})),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def migrate_cli(app: str, pg: Postgres) -> subprocess.CompletedProcess[str]:
-    return cli("migrate", app, "--db", pg.app, "--data-db", pg.data, "--migration-url", pg.owner)
-
-
-def _rows(result: Any) -> Any:
-    assert not result.is_error, result.content
-    return result.structured_content["result"]
-
-
-@contextmanager
-def migrated(app: str) -> Iterator[Postgres]:
-    with postgres_database() as pg:
-        done = migrate_cli(app, pg)
-        assert done.returncode == 0, done.stderr
-        yield pg
 
 
 @pytest.fixture(scope="module")
@@ -147,11 +123,11 @@ async def test_notes_server_runs_unchanged_and_isolated(pg_notes: Postgres, tmp_
                 await a.call_tool("create_note", {"title": "Quarterly Plan", "body": "merger in Q3"})
             ).structured_content
             assert note is not None and "tenant_id" not in note and note["created_at"].endswith("Z")
-            assert [n["title"] for n in _rows(await a.call_tool("search_notes", {"query": "PLAN"}))] == [
-                "Quarterly Plan"
-            ]
-            assert _rows(await b.call_tool("list_notes", {})) == []
-            assert _rows(await b.call_tool("search_notes", {"query": "plan"})) == []
+            assert [
+                n["title"] for n in tool_result(await a.call_tool("search_notes", {"query": "PLAN"}))
+            ] == ["Quarterly Plan"]
+            assert tool_result(await b.call_tool("list_notes", {})) == []
+            assert tool_result(await b.call_tool("search_notes", {"query": "plan"})) == []
             stolen = await b.call_tool("get_note", {"note_id": note["id"]})
             missing = await b.call_tool("get_note", {"note_id": note["id"] + 1})
             assert stolen.is_error and missing.is_error
@@ -166,7 +142,7 @@ async def test_notes_server_runs_unchanged_and_isolated(pg_notes: Postgres, tmp_
             ).is_error
             bad = [{"title": "ok", "body": "1"}, {"title": "", "body": "empty title"}]
             assert (await a.call_tool("bulk_import", {"notes": bad})).is_error
-            assert len(_rows(await a.call_tool("list_notes", {}))) == 1
+            assert len(tool_result(await a.call_tool("list_notes", {}))) == 1
             exported = json.loads((await a.call_tool("export_notes", {})).content[0].text)  # type: ignore[union-attr]
             assert [n["body"] for n in exported] == ["merger in Q3"]
             body = await a.read_resource(f"notes://{note['id']}")
@@ -180,14 +156,14 @@ async def test_careless_sql_sees_only_the_callers_rows(probe_on_pg: tuple[Server
     async with mcp_client(server.url, t.keys["acme"]) as a, mcp_client(server.url, t.keys["globex"]) as b:
         await a.call_tool("add_item", {"value": "acme secret"})
         await b.call_tool("add_item", {"value": "globex secret"})
-        assert {r["owner"] for r in _rows(await a.call_tool("raw_sql", {"sql": "SELECT * FROM items"}))} == {
-            "acme"
-        }
+        assert {
+            r["owner"] for r in tool_result(await a.call_tool("raw_sql", {"sql": "SELECT * FROM items"}))
+        } == {"acme"}
         # An update or delete without a WHERE touches only the caller's rows.
-        assert _rows(await a.call_tool("raw_sql", {"sql": "UPDATE items SET value = 'mine'"})) == [
+        assert tool_result(await a.call_tool("raw_sql", {"sql": "UPDATE items SET value = 'mine'"})) == [
             {"rowcount": 1}
         ]
-        globex = _rows(await b.call_tool("raw_sql", {"sql": "SELECT value FROM items"}))
+        globex = tool_result(await b.call_tool("raw_sql", {"sql": "SELECT value FROM items"}))
         assert globex == [{"value": "globex secret"}]
 
 
@@ -196,7 +172,7 @@ async def test_tenant_a_cannot_reach_tenant_b_through_sql(probe_on_pg: tuple[Ser
     other = t.ids["globex"]
     async with mcp_client(server.url, t.keys["globex"]) as b:
         await b.call_tool("add_item", {"value": "globex only"})
-        before = _rows(await b.call_tool("raw_sql", {"sql": "SELECT id, value FROM items ORDER BY id"}))
+        before = tool_result(await b.call_tool("raw_sql", {"sql": "SELECT id, value FROM items ORDER BY id"}))
     refused = [
         f"SELECT set_config('tenant_mcp.tenant_id', '{other}', true)",
         f"SET tenant_mcp.tenant_id = '{other}'",
@@ -225,19 +201,24 @@ async def test_tenant_a_cannot_reach_tenant_b_through_sql(probe_on_pg: tuple[Ser
             "SELECT 1; SELECT 2",
         ):
             result = await a.call_tool("raw_sql", {"sql": sql})
-            assert result.is_error or _rows(result) == [{"rowcount": 0}], (sql, result.content)
+            assert result.is_error or tool_result(result) == [{"rowcount": 0}], (sql, result.content)
         assert (
-            _rows(await a.call_tool("raw_sql", {"sql": f"SELECT * FROM items WHERE tenant_id = '{other}'"}))
+            tool_result(
+                await a.call_tool("raw_sql", {"sql": f"SELECT * FROM items WHERE tenant_id = '{other}'"})
+            )
             == []
         )
         # A write that fails half-way, and a caught inner transaction, behave as on SQLite.
         assert (await a.call_tool("write_then_fail", {"value": "half"})).is_error
-        assert _rows(await a.call_tool("partial_transaction", {"value": "tx"})) == 1
-        values = {r["value"] for r in _rows(await a.call_tool("raw_sql", {"sql": "SELECT value FROM items"}))}
+        assert tool_result(await a.call_tool("partial_transaction", {"value": "tx"})) == 1
+        values = {
+            r["value"] for r in tool_result(await a.call_tool("raw_sql", {"sql": "SELECT value FROM items"}))
+        }
         assert "half" not in values and "tx:kept" in values and "tx:undone" not in values
     async with mcp_client(server.url, t.keys["globex"]) as b:
         assert (
-            _rows(await b.call_tool("raw_sql", {"sql": "SELECT id, value FROM items ORDER BY id"})) == before
+            tool_result(await b.call_tool("raw_sql", {"sql": "SELECT id, value FROM items ORDER BY id"}))
+            == before
         )
     # Each refusal is in acme's audit trail with its reason; the model saw only a generic error.
     await anyio.sleep(0.6)
@@ -263,6 +244,23 @@ async def test_a_pooled_connection_carries_no_tenant(pg_probe: Postgres) -> None
         again = store.database(tenant)
         assert await again.fetch_value("SELECT count(*) FROM items WHERE id = 42") == 1
         await again._finish(commit=False)
+    finally:
+        await store.drop(tenant)
+        await store.aclose()
+
+
+async def test_two_tasks_of_one_call_share_its_connection_one_statement_at_a_time(pg_probe: Postgres) -> None:
+    """asyncpg runs one statement at a time per connection; a call's tasks take turns on its own."""
+    from tests.servers.probe import app
+
+    store = await PostgresStore.open(pg_probe.data, app._migrations, binding_key=pg_probe.binding_key())
+    tenant = "b" * 32
+    try:
+        db = store.database(tenant)
+        await db.insert("items", {"id": 7, "owner": "direct", "value": "v"})
+        counts = await asyncio.gather(*(db.fetch_value("SELECT count(*) FROM items") for _ in range(8)))
+        assert counts == [1] * 8
+        await db._finish(commit=True)
     finally:
         await store.drop(tenant)
         await store.aclose()
@@ -363,20 +361,20 @@ def test_concurrent_migrations_apply_each_step_once() -> None:
 
 def test_cli_manages_tenants_on_postgres(pg_notes: Postgres, tmp_path: Path) -> None:
     env = {"TENANT_MCP_DATABASE_URL": pg_notes.app}
-    assert cli("tenant", "create", "initech", "--plan", "pro", env=env).returncode == 0
-    key = json.loads(cli("key", "create", "initech", "--json", env=env).stdout)["key"]
-    canary = json.loads(cli("canary", "plant", "initech", "--json", env=env).stdout)["canary"]
+    assert run_cli("tenant", "create", "initech", "--plan", "pro", env=env).returncode == 0
+    key = json.loads(run_cli("key", "create", "initech", "--json", env=env).stdout)["key"]
+    canary = json.loads(run_cli("canary", "plant", "initech", "--json", env=env).stdout)["canary"]
     tenant_id = pg_notes.sql("SELECT id FROM tenant_mcp.tenants WHERE slug = 'initech'")[0]["id"]
     assert pg_notes.sql("SELECT value FROM tenant_mcp_canaries WHERE tenant_id = $1", tenant_id) == [
         {"value": canary}
     ]
     out = tmp_path / "initech.json"
-    done = cli("tenant", "export", "initech", "-o", str(out), env=env)
+    done = run_cli("tenant", "export", "initech", "-o", str(out), env=env)
     assert done.returncode == 0, done.stderr
     exported = json.loads(out.read_text())
     assert exported["tables"]["tenant_mcp_canaries"] == [{"value": canary}]
     assert key.startswith("tmk_")
-    assert cli("tenant", "delete", "initech", "--yes", env=env).returncode == 0
+    assert run_cli("tenant", "delete", "initech", "--yes", env=env).returncode == 0
     assert pg_notes.sql("SELECT count(*) AS n FROM tenant_mcp_canaries WHERE tenant_id = $1", tenant_id) == [
         {"n": 0}
     ]
@@ -384,18 +382,18 @@ def test_cli_manages_tenants_on_postgres(pg_notes: Postgres, tmp_path: Path) -> 
 
 
 def test_migrate_explains_what_it_needs() -> None:
-    sqlite = cli("migrate", "example_servers.notes:app", "--db", "sqlite:///x.db")
+    sqlite = run_cli("migrate", "example_servers.notes:app", "--db", "sqlite:///x.db")
     assert sqlite.returncode == 2 and "migrate is for PostgreSQL" in sqlite.stderr
     assert "Traceback" not in sqlite.stderr
     with postgres_database() as pg:
-        missing = cli(
+        missing = run_cli(
             "migrate", "example_servers.notes:app", "--migration-url", pg.owner, "--app-role", "nobody_here"
         )
         assert missing.returncode == 2 and "role 'nobody_here' does not exist" in missing.stderr, (
             missing.stderr
         )
         start = time.monotonic()
-        down = cli(
+        down = run_cli(
             "migrate", "example_servers.notes:app", "--migration-url", "postgresql://postgres@127.0.0.1:1/x"
         )
         assert down.returncode == 2 and "cannot connect to PostgreSQL" in down.stderr
@@ -437,7 +435,7 @@ def test_the_gateway_reads_sql_as_sql() -> None:
 
 
 def test_control_plane_schemas_of_both_backends_match(pg_notes: Postgres, tmp_path: Path) -> None:
-    """The control plane's DDL is written once per dialect; a column added to one only must fail here."""
+    """Both DDLs come from one table spec; a renderer that drops or adds a column for one backend fails here."""
 
     async def create() -> None:
         async with ControlPlane(f"sqlite:///{tmp_path}/cp.db"):
@@ -478,6 +476,6 @@ async def test_stdio_on_postgres(pg_notes: Postgres, tmp_path: Path) -> None:
     ):
         note = (await a.call_tool("create_note", {"title": "over stdio", "body": "a's"})).structured_content
         assert note is not None
-        assert [n["title"] for n in _rows(await a.call_tool("list_notes", {}))] == ["over stdio"]
-        assert _rows(await b.call_tool("list_notes", {})) == []
+        assert [n["title"] for n in tool_result(await a.call_tool("list_notes", {}))] == ["over stdio"]
+        assert tool_result(await b.call_tool("list_notes", {})) == []
         assert (await b.call_tool("get_note", {"note_id": note["id"]})).is_error

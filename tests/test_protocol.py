@@ -23,18 +23,10 @@ import httpx2
 import pytest
 
 from tenant_mcp.transports.http import HTTPOptions
-from tests.conftest import ServerProcess, Tenants, mcp_client, standard_tenants
+from tests.helpers import INIT, LEGACY, MCP_HEADERS, ServerProcess, Tenants, mcp_client, standard_tenants
 
 pytestmark = pytest.mark.anyio
 
-PROTOCOL = "2025-11-25"
-BASE_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
 COMMON_TOOLS = {"whoami", "create_note", "list_notes", "get_note", "search_notes", "delete_note"}
 
 
@@ -62,7 +54,7 @@ def reply(response: httpx2.Response, request_id: Any) -> dict[str, Any]:
 
 
 def bearer(key: str) -> dict[str, str]:
-    return {**BASE_HEADERS, "Authorization": f"Bearer {key}"}
+    return {**MCP_HEADERS, "Authorization": f"Bearer {key}"}
 
 
 class RawSession:
@@ -87,7 +79,7 @@ class RawSession:
         return {
             **bearer(self.key),
             "mcp-session-id": self.session_id,
-            "mcp-protocol-version": PROTOCOL,
+            "mcp-protocol-version": LEGACY,
             **extra,
         }
 
@@ -180,7 +172,7 @@ async def test_unauthenticated_requests_get_identical_401s(
     cases = _auth_cases(tenants)
     bodies: dict[str, bytes] = {}
     for name, (extra, query) in cases.items():
-        r = await http.post(notes_server.url + query, headers={**BASE_HEADERS, **extra}, json=INIT)
+        r = await http.post(notes_server.url + query, headers={**MCP_HEADERS, **extra}, json=INIT)
         assert r.status_code == 401, f"{name}: expected 401, got {r.status_code} {r.text}"
         challenge = r.headers.get("www-authenticate", "")
         assert challenge.startswith("Bearer "), f"{name}: 401 without a Bearer challenge: {challenge!r}"
@@ -211,7 +203,7 @@ async def test_other_http_methods_need_authentication_too(
         headers = {
             "Accept": "text/event-stream",
             "mcp-session-id": acme.session_id,
-            "mcp-protocol-version": PROTOCOL,
+            "mcp-protocol-version": LEGACY,
         }
         r = await http.request(method, notes_server.url, headers=headers)
         assert r.status_code == 401, f"{method} without a key: {r.status_code} {r.text}"
@@ -399,7 +391,7 @@ def hosts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ser
 async def test_bad_host_and_origin_are_refused_before_authentication(
     notes_server: ServerProcess, tenants: Tenants, http: httpx2.AsyncClient, with_key: str
 ) -> None:
-    headers = dict(BASE_HEADERS)
+    headers = dict(MCP_HEADERS)
     if with_key == "invalid key":
         headers["Authorization"] = "Bearer tmk_000000000000_" + "A" * 43
     elif with_key == "valid key":
@@ -431,7 +423,7 @@ async def test_allowed_hosts_and_origins_flags(
     headers = bearer(tenants.keys["acme"])
     r = await http.post(server.url, headers={**headers, "Host": "mcp.example.test"}, json=INIT)
     assert r.status_code == 200, f"allowed host refused: {r.status_code} {r.text}"
-    assert reply(r, 1)["result"]["protocolVersion"] == PROTOCOL
+    assert reply(r, 1)["result"]["protocolVersion"] == LEGACY
     for host in (
         "other.example.test",
         "mcp.example.test.evil.example",
@@ -472,7 +464,7 @@ def test_wildcard_bind_does_not_allow_any_host(bind: str) -> None:
 async def _attempt(
     http: httpx2.AsyncClient, url: str, key: str, session_id: str, verb: str
 ) -> tuple[int, bytes]:
-    headers = {**bearer(key), "mcp-session-id": session_id, "mcp-protocol-version": PROTOCOL}
+    headers = {**bearer(key), "mcp-session-id": session_id, "mcp-protocol-version": LEGACY}
     if verb == "POST":
         r = await http.post(url, headers=headers, json={"jsonrpc": "2.0", "id": 77, "method": "tools/list"})
     elif verb == "GET":
@@ -595,28 +587,15 @@ async def test_tenant_selecting_headers_are_refused_and_audited(
 # -- 6. concurrency: no mis-routing across tenants -------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def probe_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Tenants]]:
-    db_url = f"sqlite:///{tmp_path_factory.mktemp('probe')}/control.db"
-    tenants = Tenants(db_url)
-    tenants.create("acme", plan="pro")
-    tenants.create("globex", plan="free")
-    tenants.key("acme")
-    tenants.key("globex")
-    server = ServerProcess("tests.servers.probe:app", db_url)
-    yield server, tenants
-    server.stop()
-
-
 STEPS = 5
 
 
 async def test_concurrent_raw_calls_with_colliding_ids_and_progress_tokens(
-    probe_server: tuple[ServerProcess, Tenants],
+    probe: tuple[ServerProcess, Tenants],
 ) -> None:
     """Regression for CVE-2026-25536 (TypeScript SDK): responses routed to the wrong client when two
     sessions reused request ids. Same JSON-RPC ids, same progress tokens, two tenants, in parallel."""
-    server, tenants = probe_server
+    server, tenants = probe
     async with httpx2.AsyncClient(timeout=30, limits=httpx2.Limits(max_connections=100)) as http:
         sessions = {
             slug: await RawSession(http, server.url, tenants.keys[slug]).open() for slug in ("acme", "globex")
@@ -660,15 +639,15 @@ async def test_concurrent_raw_calls_with_colliding_ids_and_progress_tokens(
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_concurrent_sdk_calls_are_never_misrouted(
-    probe_server: tuple[ServerProcess, Tenants], mode: str
+    probe: tuple[ServerProcess, Tenants], mode: str
 ) -> None:
-    server, tenants = probe_server
+    server, tenants = probe
     per_tenant = 20
     async with (
         mcp_client(server.url, tenants.keys["acme"], mode=mode) as acme,
         mcp_client(server.url, tenants.keys["globex"], mode=mode) as globex,
     ):
-        expected_version = "2026-07-28" if mode == "auto" else PROTOCOL
+        expected_version = "2026-07-28" if mode == "auto" else LEGACY
         assert acme.protocol_version == globex.protocol_version == expected_version, (
             f"mode {mode} negotiated {acme.protocol_version}/{globex.protocol_version}"
         )
@@ -741,7 +720,7 @@ async def test_stateless_modes_keep_tenants_apart(
 async def test_stateless_raw_wire(stateless_server: tuple[str, ServerProcess, Tenants]) -> None:
     kind, server, tenants = stateless_server
     async with httpx2.AsyncClient(timeout=30) as http:
-        headers = {**bearer(tenants.keys["globex"]), "mcp-protocol-version": PROTOCOL}
+        headers = {**bearer(tenants.keys["globex"]), "mcp-protocol-version": LEGACY}
         r = await http.post(
             server.url, headers=headers, json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"}
         )
@@ -757,7 +736,7 @@ async def test_stateless_raw_wire(stateless_server: tuple[str, ServerProcess, Te
         r = await http.post(server.url, headers={**headers, "X-Tenant-Id": "acme"}, json={"jsonrpc": "2.0", "id": 4,
                                                                                            "method": "tools/list"})  # fmt: skip
         assert r.status_code == 400 and "x-tenant-id" in r.json()["error"]["message"], r.text
-        r = await http.post(server.url, headers={**BASE_HEADERS, "mcp-protocol-version": PROTOCOL}, json=INIT)
+        r = await http.post(server.url, headers={**MCP_HEADERS, "mcp-protocol-version": LEGACY}, json=INIT)
         assert r.status_code == 401, f"{kind}: {r.status_code}"
         # A session id from nowhere does not change whose request it is.
         r = await http.post(

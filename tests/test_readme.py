@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, ServerProcess, Tenants, mcp_client
+from tests.helpers import ROOT, ServerProcess, Tenants, mcp_client
 
 pytestmark = pytest.mark.anyio
 

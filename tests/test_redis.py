@@ -9,7 +9,6 @@ sharing the Redis never see each other's messages.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -24,13 +23,26 @@ import redis
 
 from tenant_mcp.errors import ConfigurationError
 from tenant_mcp.replication.redis import Names
-from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, mcp_client
+from tests.helpers import (
+    INIT,
+    LEGACY,
+    MCP_HEADERS,
+    REDIS_URL,
+    ROOT,
+    ServerProcess,
+    Tenants,
+    clean_env,
+    legacy_subscribers,
+    listening,
+    mcp_client,
+    run_cli,
+    until,
+)
 from tests.test_oauth import MemoryStorage, Person, provider
 from tests.test_oauth import whoami as oauth_whoami
 
 pytestmark = pytest.mark.anyio
 
-REDIS_URL = os.environ.get("TENANT_MCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 APP = "tests.servers.replica:app"
 
 
@@ -68,8 +80,7 @@ def replicas(
 
 
 def cli(db: str, *args: str, env: dict[str, str] | None = None) -> None:
-    subprocess.run([sys.executable, "-m", "tenant_mcp.cli", *args, "--db", db], cwd=ROOT,
-                   env=clean_env(**(env or {})), check=True, capture_output=True)  # fmt: skip
+    run_cli(*args, db=db, env=env, check=True)
 
 
 async def accepted(url: str, key: str) -> bool:
@@ -183,11 +194,7 @@ async def test_the_cli_reports_an_unreachable_redis_but_keeps_the_revocation(
     replicas: tuple[ServerProcess, ServerProcess, Tenants],
 ) -> None:
     _, _, t = replicas
-    result = subprocess.run(
-        [sys.executable, "-m", "tenant_mcp.cli", "key", "revoke", t.key_ids["acme2"], "--db", t.db_url,
-         "--redis-url", "redis://127.0.0.1:1/0"],
-        cwd=ROOT, env=clean_env(), capture_output=True, text=True,
-    )  # fmt: skip
+    result = run_cli("key", "revoke", t.key_ids["acme2"], "--redis-url", "redis://127.0.0.1:1/0", db=t.db_url)
     assert result.returncode == 0, result.stderr
     assert "warning: cannot publish to Redis" in result.stderr
 
@@ -252,24 +259,10 @@ async def test_notifications_reach_the_tenants_listeners_on_every_replica_and_no
     uri = "items://1"
     listeners = {("acme", "first"): first, ("acme", "second"): second,
                  ("globex", "first"): first, ("globex", "second"): second}  # fmt: skip
-    seen: dict[tuple[str, str], list[str]] = {where: [] for where in listeners}
-
-    async def listen(where: tuple[str, str], ready: anyio.Event) -> None:
-        async with (
-            mcp_client(listeners[where].url, t.keys[where[0]]) as c,
-            c.listen(tools_list_changed=True, resource_subscriptions=[uri]) as sub,
-        ):
-            ready.set()
-            async for event in sub:
-                seen[where].append(getattr(event, "uri", type(event).__name__))
-
     names = Names(prefix)
     watcher = redis.Redis.from_url(REDIS_URL)
-    async with anyio.create_task_group() as tg:
-        for where in listeners:
-            ready = anyio.Event()
-            tg.start_soon(listen, where, ready)
-            await ready.wait()
+    connections = {where: (server.url, t.keys[where[0]]) for where, server in listeners.items()}
+    async with listening(connections, tools_list_changed=True, resource_subscriptions=[uri]) as seen:
         # Each replica's connection is on the channel of each tenant it has listeners for.
         counts = dict(
             watcher.pubsub_numsub(names.events_channel(t.ids["acme"]), names.events_channel(t.ids["globex"]))
@@ -278,11 +271,8 @@ async def test_notifications_reach_the_tenants_listeners_on_every_replica_and_no
         async with mcp_client(first.url, t.keys["acme"]) as c:
             await c.call_tool("touch_resource", {"uri": uri})
             await c.call_tool("tools_changed", {})
-        with anyio.fail_after(5):
-            while len(seen["acme", "second"]) < 2:
-                await anyio.sleep(0.05)
-        await anyio.sleep(0.5)  # time for a misrouted or duplicated event to arrive
-        tg.cancel_scope.cancel()
+        # then: time for a misrouted or duplicated event to arrive
+        await until(lambda: len(seen["acme", "second"]) >= 2, then=0.5)
     assert seen == {
         ("acme", "first"): [uri, "ToolsListChanged"],  # delivered locally, the echo from Redis skipped
         ("acme", "second"): [uri, "ToolsListChanged"],
@@ -302,28 +292,11 @@ async def test_legacy_resource_subscriptions_hear_other_replicas(
 ) -> None:
     first, second, t = replicas
     uri = "items://5"
-    seen: dict[str, list[str]] = {"acme": [], "globex": []}
-
-    def handler(slug: str) -> Any:
-        async def on_message(message: Any) -> None:
-            root = getattr(message, "root", message)
-            if getattr(root, "method", None) == "notifications/resources/updated":
-                seen[slug].append(str(root.params.uri))
-
-        return on_message
-
-    async with (
-        mcp_client(second.url, t.keys["acme"], mode="legacy", message_handler=handler("acme")) as a,
-        mcp_client(second.url, t.keys["globex"], mode="legacy", message_handler=handler("globex")) as b,
-    ):
-        await a.subscribe_resource(uri)
-        await b.subscribe_resource(uri)
+    keys = {slug: t.keys[slug] for slug in ("acme", "globex")}
+    async with legacy_subscribers(second.url, keys, uri) as (_, seen):
         async with mcp_client(first.url, t.keys["acme"]) as publisher:
             await publisher.call_tool("touch_resource", {"uri": uri})
-        with anyio.fail_after(5):
-            while not seen["acme"]:
-                await anyio.sleep(0.05)
-        await anyio.sleep(0.3)
+        await until(lambda: seen["acme"], then=0.3)
     assert seen == {"acme": [uri], "globex": []}
 
 
@@ -385,8 +358,6 @@ async def test_bad_messages_on_the_channels_are_dropped(
 
 # -- (c) resumable streams -------------------------------------------------------------------------
 
-PROTOCOL = "2025-11-25"
-
 
 class RawSession:
     """A 2025-era stateful session spoken by hand, to control exactly when a stream drops."""
@@ -396,16 +367,13 @@ class RawSession:
         self.session_id = ""
 
     def headers(self, **extra: str) -> dict[str, str]:
-        h = {"Authorization": f"Bearer {self.key}", "Accept": "application/json, text/event-stream",
-             "Content-Type": "application/json", "MCP-Protocol-Version": PROTOCOL}  # fmt: skip
+        h = {**MCP_HEADERS, "Authorization": f"Bearer {self.key}", "MCP-Protocol-Version": LEGACY}
         if self.session_id:
             h["Mcp-Session-Id"] = self.session_id
         return {**h, **extra}
 
     async def open(self) -> RawSession:
-        body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
-        async with self.http.stream("POST", self.url, headers=self.headers(), json=body) as r:
+        async with self.http.stream("POST", self.url, headers=self.headers(), json=INIT) as r:
             assert r.status_code == 200, await r.aread()
             self.session_id = r.headers["mcp-session-id"]
             async for _ in sse(r):
@@ -511,29 +479,15 @@ async def test_a_catalogue_change_reaches_every_replica_at_once_with_list_change
 ) -> None:
     first, second, t = replicas
     env = {"TENANT_MCP_REDIS_URL": REDIS_URL, "TENANT_MCP_REDIS_PREFIX": prefix}
-    heard: list[str] = []
-
-    async def listen(ready: anyio.Event) -> None:
-        async with mcp_client(second.url, t.keys["acme"]) as c, c.listen(tools_list_changed=True) as sub:
-            ready.set()
-            async for event in sub:
-                heard.append(type(event).__name__)
-
     async with mcp_client(second.url, t.keys["acme"]) as c:
         assert "whoami" in {tool.name for tool in (await c.list_tools(cache_mode="bypass")).tools}
-    async with anyio.create_task_group() as tg:
-        ready = anyio.Event()
-        tg.start_soon(listen, ready)
-        await ready.wait()
+    async with listening({"acme": (second.url, t.keys["acme"])}, tools_list_changed=True) as heard:
         cli(t.db_url, "tool", "disable", "acme", "whoami", env=env)  # the CLI of "replica 1"
         start = time.monotonic()
-        with anyio.fail_after(5):
-            while "ToolsListChanged" not in heard:
-                await anyio.sleep(0.02)
+        await until(lambda: "ToolsListChanged" in heard["acme"])
         async with mcp_client(second.url, t.keys["acme"]) as c:
             assert "whoami" not in {tool.name for tool in (await c.list_tools(cache_mode="bypass")).tools}
         assert time.monotonic() - start < 1.0
-        tg.cancel_scope.cancel()
     async with mcp_client(first.url, t.keys["globex"]) as c:  # another tenant is untouched
         assert "whoami" in {tool.name for tool in (await c.list_tools(cache_mode="bypass")).tools}
 
@@ -543,25 +497,11 @@ async def test_a_plan_default_reaches_every_replica_with_list_changed(
 ) -> None:
     _, second, t = replicas
     env = {"TENANT_MCP_REDIS_URL": REDIS_URL, "TENANT_MCP_REDIS_PREFIX": prefix}
-    heard: list[str] = []
-
-    async def listen(ready: anyio.Event) -> None:
-        async with mcp_client(second.url, t.keys["globex"]) as c, c.listen(tools_list_changed=True) as sub:
-            ready.set()
-            async for event in sub:
-                heard.append(type(event).__name__)
-
-    async with anyio.create_task_group() as tg:
-        ready = anyio.Event()
-        tg.start_soon(listen, ready)
-        await ready.wait()
+    async with listening({"globex": (second.url, t.keys["globex"])}, tools_list_changed=True) as heard:
         cli(t.db_url, "plan", "set-default", "free", "whoami", "disabled", env=env)  # globex is on free
-        with anyio.fail_after(5):
-            while "ToolsListChanged" not in heard:
-                await anyio.sleep(0.02)
+        await until(lambda: "ToolsListChanged" in heard["globex"])
         async with mcp_client(second.url, t.keys["globex"]) as c:
             assert "whoami" not in {tool.name for tool in (await c.list_tools(cache_mode="bypass")).tools}
-        tg.cancel_scope.cancel()
 
 
 async def test_legacy_sessions_hear_catalogue_changes_of_their_own_tenant_only(

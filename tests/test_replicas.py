@@ -9,14 +9,10 @@ through Redis.
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx2
@@ -24,25 +20,22 @@ import pytest
 import redis
 
 from tenant_mcp.controlplane import POSTGRES_MIGRATIONS
-from tests.conftest import (
-    ROOT,
+from tests.helpers import (
+    REDIS_URL,
     Postgres,
     ServerProcess,
     Tenants,
-    clean_env,
+    listening,
     mcp_client,
     postgres_database,
+    run_cli,
     standard_tenants,
+    tool_result,
+    until,
 )
 
 pytestmark = pytest.mark.anyio
 APP = "tests.servers.replica:app"
-REDIS_URL = os.environ.get("TENANT_MCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def _rows(result: Any) -> Any:
-    assert not result.is_error, result.content
-    return result.structured_content["result"]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +85,7 @@ async def test_round_robin_keeps_tenants_apart(
     for server in servers:
         for slug in ("acme", "globex"):
             async with mcp_client(server.url, t.keys[slug]) as c:
-                rows = _rows(await c.call_tool("list_items", {}))
+                rows = tool_result(await c.call_tool("list_items", {}))
             assert {r["value"] for r in rows} == written[slug], (server.url, slug)
             assert {r["owner"] for r in rows} == {slug}
     # One audit trail: calls through both replicas land in the same table.
@@ -119,10 +112,7 @@ async def test_a_key_revoked_through_one_replica_fails_on_the_other(
     for server in servers:  # both replicas have verified and cached it
         async with mcp_client(server.url, key) as c:
             assert (await c.call_tool("whoami", {})).structured_content == {"tenant": "acme"}
-    revoke = subprocess.run(
-        [sys.executable, "-m", "tenant_mcp.cli", "key", "revoke", t.key_ids["short-lived"], "--db", pg.app],
-        cwd=ROOT, env=clean_env(**servers[0].env), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    revoke = run_cli("key", "revoke", t.key_ids["short-lived"], db=pg.app, env=servers[0].env)
     assert revoke.returncode == 0, revoke.stderr
     async with anyio.create_task_group() as tg:
         for server in servers:
@@ -136,26 +126,11 @@ async def test_a_notification_reaches_the_tenants_listener_on_the_other_replica_
 ) -> None:
     _, (first, second), t = cluster
     uri = "items://7"
-    seen: dict[str, list[str]] = {"acme": [], "globex": []}
-
-    async def listen(slug: str, ready: anyio.Event) -> None:
-        async with mcp_client(second.url, t.keys[slug]) as c, c.listen(resource_subscriptions=[uri]) as sub:
-            ready.set()
-            async for event in sub:
-                seen[slug].append(getattr(event, "uri", type(event).__name__))
-
-    async with anyio.create_task_group() as tg:
-        for slug in seen:
-            ready = anyio.Event()
-            tg.start_soon(listen, slug, ready)
-            await ready.wait()
+    listeners = {slug: (second.url, t.keys[slug]) for slug in ("acme", "globex")}
+    async with listening(listeners, resource_subscriptions=[uri]) as seen:
         async with mcp_client(first.url, t.keys["acme"]) as c:
             await c.call_tool("touch_resource", {"uri": uri})
-        with anyio.fail_after(5):
-            while not seen["acme"]:
-                await anyio.sleep(0.05)
-        await anyio.sleep(0.5)  # time for a misrouted event to arrive
-        tg.cancel_scope.cancel()
+        await until(lambda: seen["acme"], then=0.5)  # then: time for a misrouted event to arrive
     assert seen == {"acme": [uri], "globex": []}
 
 
@@ -185,5 +160,5 @@ async def test_killing_a_replica_loses_no_committed_write(
     doomed.stop()
     assert committed
     async with mcp_client(servers[0].url, t.keys["globex"]) as c:
-        stored = {r["id"] for r in _rows(await c.call_tool("list_items", {}))}
+        stored = {r["id"] for r in tool_result(await c.call_tool("list_items", {}))}
     assert set(committed) <= stored, sorted(set(committed) - stored)

@@ -6,7 +6,6 @@ import hashlib
 import json
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tenant_mcp.secrets import KeyRing
-from tests.conftest import ROOT, ServerProcess, Tenants, clean_env, mcp_client, standard_tenants
+from tests.helpers import ServerProcess, Tenants, mcp_client, run_cli, standard_tenants
 
 pytestmark = pytest.mark.anyio
 
@@ -23,10 +22,7 @@ GLOBEX_VALUE = "globex-crm-token-a07c33"
 
 
 def _cli(t: Tenants, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tenant_mcp.cli", *args, "--db", t.db_url],
-        cwd=ROOT, env=clean_env(**env), input=stdin, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    return run_cli(*args, db=t.db_url, env=env, stdin=stdin)
 
 
 def _fp(value: str) -> str:

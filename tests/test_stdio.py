@@ -26,7 +26,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import ROOT, Tenants, clean_env, data_url, standard_tenants
+from tests.helpers import ROOT, Tenants, clean_env, data_url, standard_tenants
 
 pytestmark = pytest.mark.anyio
 

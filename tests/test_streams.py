@@ -14,22 +14,20 @@ import anyio
 import httpx2
 import pytest
 
-from tests.conftest import ServerProcess, Tenants, mcp_client
+from tests.helpers import (
+    INIT,
+    LEGACY,
+    MCP_HEADERS,
+    ServerProcess,
+    Tenants,
+    keyed_tenants,
+    mcp_client,
+    sqlite_url,
+)
 
 pytestmark = pytest.mark.anyio
-LEGACY = "2025-11-25"
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 URI = "items://1"
 WINDOW = 3.0  # credential cache (1 s) plus the sweep, with room for a loaded machine
-
-
-@pytest.fixture(scope="module")
-def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Tenants]]:
-    db = f"sqlite:///{tmp_path_factory.mktemp('streams')}/cp.db"
-    t = Tenants(db)
-    server = ServerProcess("tests.servers.probe:app", db)
-    yield server, t
-    server.stop()
 
 
 def _messages(text: str) -> list[dict[str, Any]]:
@@ -93,10 +91,8 @@ async def legacy_session(
     server: ServerProcess, key: str
 ) -> AsyncIterator[tuple[httpx2.AsyncClient, dict[str, str]]]:
     async with httpx2.AsyncClient(timeout=30) as http:
-        auth = {**HEADERS, "Authorization": f"Bearer {key}"}
-        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
-        r = await http.post(server.url, headers=auth, json=init)
+        auth = {**MCP_HEADERS, "Authorization": f"Bearer {key}"}
+        r = await http.post(server.url, headers=auth, json=INIT)
         assert r.status_code == 200, r.text
         session = {**auth, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": LEGACY}
         r = await http.post(
@@ -192,14 +188,10 @@ async def test_ending_the_credential_closes_a_listen_stream(
 
 @pytest.fixture(scope="module")
 def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Tenants]]:
-    db = f"sqlite:///{tmp_path_factory.mktemp('capped')}/cp.db"
-    t = Tenants(db)
-    for slug in ("acme", "globex"):
-        t.create(slug)
-        t.key(slug)
-    server = ServerProcess("tests.servers.capped:app", db)
-    yield server, t
-    server.stop()
+    db = sqlite_url(tmp_path_factory, "capped")
+    t = keyed_tenants(db, "acme", "globex")
+    with ServerProcess("tests.servers.capped:app", db) as server:
+        yield server, t
 
 
 async def _subscribe(

@@ -5,22 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ServerProcess, Tenants, free_port, mcp_client, standard_tenants
+from tests.helpers import (
+    ROOT,
+    ServerProcess,
+    Tenants,
+    clean_env,
+    free_port,
+    mcp_client,
+    postgres_database,
+    standard_tenants,
+    tool_result,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-def _rows(result: Any) -> Any:
-    assert not result.is_error, result.content
-    return result.structured_content["result"]
 
 
 @pytest.fixture
@@ -43,7 +52,7 @@ async def test_spans_carry_their_own_tenant_under_interleaved_load(tenants: Tena
             await asyncio.gather(calls(a, "acme"), calls(b, "globex"))
             headers = (await a.call_tool("outbound_headers", {})).structured_content
             assert headers is not None
-            spans = _rows(await a.call_tool("recorded_spans", {}))
+            spans = tool_result(await a.call_tool("recorded_spans", {}))
     finally:
         server.stop()
     by_id = {s["id"]: s for s in spans}
@@ -162,5 +171,107 @@ async def test_default_logging_writes_no_line_per_request(tenants: Tenants, tmp_
                 }
                 assert (await http.post(server.url, json=body, headers=headers)).status_code == 200
         assert server.log.read_text().splitlines() == lines, server.log.read_text()[-2000:]
+    finally:
+        server.stop()
+
+
+LEGACY = "2025-11-25"
+SSE = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def data_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/control.db"
+        return
+    with postgres_database() as pg:
+        done = subprocess.run(
+            [sys.executable, "-m", "tenant_mcp.cli", "migrate", "tests.servers.gauged:app", "--db", pg.app,
+             "--data-db", pg.data, "--migration-url", pg.owner],
+            cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        yield pg.app
+
+
+async def test_gauges_show_the_data_pool_sessions_and_streams_as_they_open_and_close(
+    data_db: str, tmp_path: Path
+) -> None:
+    backend = "postgresql" if data_db.startswith("postgresql") else "sqlite"
+    tenants = standard_tenants(data_db)
+    port = free_port()
+    server = ServerProcess("tests.servers.gauged:app", data_db, "--metrics-address", f"127.0.0.1:{port}",
+                           log_dir=tmp_path)  # fmt: skip
+
+    def gauges() -> dict[str, float]:
+        text = httpx2.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return {
+            s.name + "".join(f",{k}={v}" for k, v in sorted(s.labels.items())): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name in ("tenant_mcp_db_connections_open", "tenant_mcp_db_connections_in_use",
+                          "tenant_mcp_sessions_open", "tenant_mcp_streams_open")
+        }  # fmt: skip
+
+    async def until(expected: dict[str, float]) -> dict[str, float]:
+        seen: dict[str, float] = {}
+        with anyio.move_on_after(15):
+            while True:
+                seen = await anyio.to_thread.run_sync(gauges)
+                if all(seen.get(name) == value for name, value in expected.items()):
+                    return seen
+                await anyio.sleep(0.05)
+        raise AssertionError(f"expected {expected}, scraped {seen}")
+
+    in_use = f"tenant_mcp_db_connections_in_use,backend={backend}"
+    idle = {
+        in_use: 0,
+        "tenant_mcp_sessions_open": 0,
+        "tenant_mcp_streams_open,kind=get": 0,
+        "tenant_mcp_streams_open,kind=listen": 0,
+    }
+    try:
+        await until(idle)
+        async with httpx2.AsyncClient(timeout=30) as http, anyio.create_task_group() as tg:
+            # A 2025-era session, and its GET stream.
+            auth = {**SSE, "Authorization": f"Bearer {tenants.keys['acme']}"}
+            init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                    "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
+            r = await http.post(server.url, headers=auth, json=init)
+            session = {**auth, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": LEGACY}
+            r = await http.post(server.url, headers=session, json={"jsonrpc": "2.0", "method": "notifications/initialized"})  # fmt: skip
+            assert r.status_code == 202, r.text
+            await until({**idle, "tenant_mcp_sessions_open": 1})
+
+            async def get_stream() -> None:
+                async with http.stream(
+                    "GET", server.url, headers={**session, "Accept": "text/event-stream"}
+                ) as s:
+                    assert s.status_code == 200
+                    async for _ in s.aiter_lines():
+                        pass
+
+            async def listen_stream() -> None:
+                async with (
+                    mcp_client(server.url, tenants.keys["globex"]) as c,
+                    c.listen(resource_subscriptions=["items://1"]),
+                ):
+                    await anyio.sleep_forever()
+
+            async def hold_db() -> None:
+                async with mcp_client(server.url, tenants.keys["acme"]) as c:
+                    assert not (await c.call_tool("hold_db", {"seconds": 60})).is_error
+
+            for task in (get_stream, listen_stream, hold_db):
+                tg.start_soon(task)
+            busy = await until({
+                in_use: 1,
+                "tenant_mcp_streams_open,kind=get": 1,
+                "tenant_mcp_streams_open,kind=listen": 1,
+            })  # fmt: skip
+            assert busy[f"tenant_mcp_db_connections_open,backend={backend}"] >= 1
+            assert (await http.delete(server.url, headers=session)).status_code == 200
+            tg.cancel_scope.cancel()
+        await until(idle)
     finally:
         server.stop()

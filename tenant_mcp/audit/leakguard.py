@@ -66,9 +66,16 @@ def _owners(entry: str) -> dict[str, MarkerKind]:
     return {tenant: kind for tenant, _, kind in (part.partition("=") for part in entry.split(";"))}  # type: ignore[misc]
 
 
+def _lower(text: str) -> str:
+    """`text` in lower case, one character for one, so match offsets stay valid in the original.
+    lower() keeps the length (casefold does not) except for one character: İ (U+0130) becomes
+    i and a combining dot, which would shift every offset after it and hide the markers there."""
+    lowered = text.lower()
+    return lowered if len(lowered) == len(text) else text.replace("\u0130", "i").lower()
+
+
 def _norm(value: str) -> str:
-    # lower() keeps string length (unlike casefold), so match offsets stay valid in the original.
-    return value.strip().lower()
+    return _lower(value.strip())
 
 
 class LeakGuard:
@@ -137,7 +144,7 @@ class LeakGuard:
         return len(self._owners)
 
     def _matches(self, text: str) -> Iterator[tuple[int, str]]:
-        lowered = text.lower()
+        lowered = _lower(text)
         for automaton in (self._main, self._delta):
             if automaton.kind == ahocorasick.AHOCORASICK:
                 for end, length in automaton.iter(lowered):

@@ -47,7 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenant_mcp.auth.client_metadata import ClientMetadataFetcher
 from tenant_mcp.auth.invalidation import Invalidation
-from tenant_mcp.errors import AuthenticationError
+from tenant_mcp.errors import AuthenticationError, required
 from tenant_mcp.storage.sql import Database
 
 if TYPE_CHECKING:
@@ -149,9 +149,7 @@ class OAuthServer:
 
     @property
     def _rt(self) -> Runtime:
-        if self.runtime is None:
-            raise AuthenticationError("the server is not running")
-        return self.runtime
+        return required(self.runtime, "the server is not running", AuthenticationError)
 
     @property
     def _db(self) -> Database:

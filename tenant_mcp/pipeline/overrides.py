@@ -38,8 +38,12 @@ _HOMOGLYPHS = str.maketrans(
         **dict(zip("авеіјкмнопрстухѕԁԛԝһӏ", "abeijkmhonpctyxsdqwhl", strict=True)),  # Cyrillic
         **dict(zip("αβγεηικνορτυχω", "abyenikvoptuxw", strict=True)),  # Greek
         **dict(zip("օսցհոɡıȷ", "oughngij", strict=True)),  # Armenian, Latin extensions
+        **dict(zip("ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘʀꜱᴛᴜᴠᴡʏᴢ", "abcdefghijklmnoprstuvwyz", strict=True)),  # small capitals
     }
 )
+# Greek capitals that look like Latin ones while their small letters look like others (capital Nu
+# is an N, small nu a v): mapped before case folding.
+_CAPITALS = str.maketrans(dict(zip("\u039d\u039c\u0397\u03a5\u0396", "nmhyz", strict=True)))
 _MAX_DEPTH = 32  # levels of arguments or `_meta` searched for tenant names; deeper is refused
 
 
@@ -50,7 +54,7 @@ def _fold(name: str) -> str:
         return name.lower()
     chars = unicodedata.normalize("NFKD", name)
     kept = "".join(c for c in chars if unicodedata.category(c)[0] != "M" and unicodedata.category(c) != "Cf")
-    return kept.casefold().translate(_HOMOGLYPHS)
+    return kept.translate(_CAPITALS).casefold().translate(_HOMOGLYPHS)
 
 
 _SEPARATORS = re.compile(r"[\W_]+")
@@ -64,15 +68,14 @@ def plain_name(name: str) -> str:
 @functools.lru_cache(maxsize=4096)  # argument names repeat (a list of 1,000 objects has few keys)
 def names_tenant(name: str) -> bool:
     """True for a name that selects a tenant: `tenant_id`, `X-Tenant-Id`, `io.acme/tenant`,
-    `com.example.tenant_id`, their full-width or Cyrillic look-alikes... Separators are dropped, and
-    every dotted suffix of the last `/` or `:` segment is tried, so a namespace in front hides nothing.
-    """
+    `com.example.tenant_id`, `target_tenant`, their full-width or Cyrillic look-alikes... Separators
+    are dropped; the word "tenant" anywhere in the last `/` or `:` segment is enough (fail closed),
+    and every dotted suffix of it is tried against the other words (`org_id`, `account_id`...), so
+    a namespace in front hides nothing."""
     parts = re.split(r"[/:]", _fold(name))[-1].split(".")
-    for i in range(len(parts)):
-        word = _SEPARATORS.sub("", "".join(parts[i:]))
-        if word in TENANT_WORDS or word.startswith("tenant"):
-            return True
-    return False
+    if "tenant" in _SEPARATORS.sub("", "".join(parts)):
+        return True
+    return any(_SEPARATORS.sub("", "".join(parts[i:])) in TENANT_WORDS for i in range(len(parts)))
 
 
 def schema_names(schema: Any) -> set[str]:

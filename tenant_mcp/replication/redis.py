@@ -43,7 +43,7 @@ from mcp_types.jsonrpc import JSONRPCMessage, jsonrpc_message_adapter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tenant_mcp.auth.invalidation import Invalidation
-from tenant_mcp.errors import ConfigurationError, TenantMCPError
+from tenant_mcp.errors import ConfigurationError, TenantMCPError, required
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -242,9 +242,7 @@ class Broker:
 
     @property
     def client(self) -> Redis:
-        if self._client is None:
-            raise BrokerError("the broker is not running")
-        return self._client
+        return required(self._client, "the broker is not running", BrokerError)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Connect, subscribe to invalidations, then read until cancelled.

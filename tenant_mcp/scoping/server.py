@@ -131,6 +131,11 @@ class ScopedServer(MCPServer[Any]):
         ll.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, self._listen)
         self.sessions = SessionSubscriptions(self.tenant_bus, *max_subscriptions)
 
+    @property
+    def open_listen_streams(self) -> int:
+        """`subscriptions/listen` streams open in this process, for the metrics."""
+        return self.sessions.open_listen_streams
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _input_schema(self, name: str) -> dict[str, Any] | None:

@@ -48,6 +48,7 @@ class SessionSubscriptions:
         self._per_tenant: dict[str, int] = {}  # slug -> its subscriptions plus open listen streams
         self._list_watchers: dict[Owner, Callable[[], None]] = {}
         self._forwarding: set[asyncio.Task[None]] = set()
+        self.open_listen_streams = 0  # every tenant's, for the metrics
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -175,6 +176,7 @@ class SessionSubscriptions:
         once the tenant's events from other replicas can arrive (the SDK acknowledges right after
         subscribing, and the client may act on the ack at once)."""
         self._take_place(slug, None, own)
+        self.open_listen_streams += 1
         try:
             release = await self._bus.hold()
             try:
@@ -182,4 +184,5 @@ class SessionSubscriptions:
             finally:
                 release()
         finally:
+            self.open_listen_streams -= 1
             self._free_place(slug)

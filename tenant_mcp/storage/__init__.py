@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tenant_mcp.errors import ConfigurationError
-from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, Admit, Result, TenantDatabase, new_id
+from tenant_mcp.storage.database import (
+    DEFAULT_HOLD_SECONDS,
+    Admit,
+    PoolUsage,
+    Result,
+    TenantDatabase,
+    new_id,
+)
 from tenant_mcp.storage.sql import ConstraintError
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "Admit",
     "ConstraintError",
     "DataStore",
+    "PoolUsage",
     "Result",
     "TenantDatabase",
     "is_postgres",
@@ -36,6 +44,7 @@ class DataStore(Protocol):
     async def drop(self, tenant_id: str) -> None: ...
     async def export(self, tenant_id: str) -> dict[str, list[dict[str, Any]]]: ...
     async def plant_canary(self, tenant_id: str, value: str) -> None: ...
+    def usage(self) -> PoolUsage: ...
     async def aclose(self) -> None: ...
 
 

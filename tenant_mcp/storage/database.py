@@ -123,6 +123,16 @@ class OwnedUnit:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolUsage:
+    """A data store's connections right now, for the metrics: `open` (on SQLite, one per tenant
+    file kept open) and `in_use` (held by a call), on `backend` (``sqlite`` or ``postgresql``)."""
+
+    backend: str
+    open: int
+    in_use: int
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     """What a write did: rows changed, and (SQLite only) the rowid of the last inserted row."""
 

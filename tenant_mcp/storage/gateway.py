@@ -55,6 +55,7 @@ _NODES = frozenset(
         "CaseWhen",
         "CoalesceExpr",
         "CollateClause",
+        "ColumnDef",  # the column list of a record function (`jsonb_to_record(...) AS x(a int)`)
         "ColumnRef",
         "CommonTableExpr",
         "CTESearchClause",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -100,15 +100,16 @@ def _numbered(sql: str) -> tuple[str, tuple[str | int, ...]]:
     out: list[str] = []
     order: list[str | int] = []
     last = 0
-    sequential = 0
+    following = 0  # the index a bare `?` takes: one past the largest so far, as in SQLite
     for text, start, end in _placeholders(sql):
         if text == "?":
-            key: str | int = sequential
-            sequential += 1
+            key: str | int = following
+            following += 1
         elif text.startswith("?"):
             key = int(text[1:]) - 1
             if key < 0:
                 raise TenantMCPError("SQL parameter numbers start at ?1")
+            following = max(following, key + 1)
         else:
             key = text[1:]
         if key not in order:
@@ -148,6 +149,15 @@ class GatewayRefusal(TenantMCPError):
 
 class ConstraintError(TenantMCPError):
     """A statement broke a UNIQUE, CHECK or FOREIGN KEY constraint (either backend)."""
+
+
+@contextmanager
+def constraint_errors(engine_error: type[Exception]) -> Iterator[None]:
+    """The engine's exception for a broken constraint as `ConstraintError`, the same on both backends."""
+    try:
+        yield
+    except engine_error as exc:
+        raise ConstraintError(str(exc)) from None
 
 
 class Connection(Protocol):

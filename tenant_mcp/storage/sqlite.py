@@ -14,8 +14,8 @@ import re
 import secrets
 import sqlite3
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,15 @@ import aiosqlite
 import anyio
 
 from tenant_mcp.errors import TenantMCPError
-from tenant_mcp.storage.database import DEFAULT_HOLD_SECONDS, Admit, OwnedUnit, Result, TenantDatabase
-from tenant_mcp.storage.sql import ConstraintError, GatewayRefusal, Params
+from tenant_mcp.storage.database import (
+    DEFAULT_HOLD_SECONDS,
+    Admit,
+    OwnedUnit,
+    PoolUsage,
+    Result,
+    TenantDatabase,
+)
+from tenant_mcp.storage.sql import GatewayRefusal, Params, constraint_errors
 
 # Read-only introspection is harmless; every other pragma could change durability or the
 # migration version, so tool code may not run it.
@@ -103,6 +110,12 @@ class DatabasePool:
     @property
     def open_count(self) -> int:
         return len(self._handles)
+
+    def usage(self) -> PoolUsage:
+        """Open tenant files, and how many a call holds (read from the metrics thread: one
+        atomic copy of the table, no awaits)."""
+        handles = list(self._handles.values())
+        return PoolUsage("sqlite", len(handles), sum(1 for h in handles if h.lock.value == 0))
 
     async def _handle(self, tenant_id: str) -> _Handle:
         handle = self._handles.get(tenant_id)
@@ -206,15 +219,6 @@ def _split(script: str) -> Iterable[str]:
         yield buffer
 
 
-@contextmanager
-def _constraints() -> Iterator[None]:
-    """The same exception for a broken constraint on both backends."""
-    try:
-        yield
-    except sqlite3.IntegrityError as exc:
-        raise ConstraintError(str(exc)) from None
-
-
 def remove_files(path: Path) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
@@ -264,7 +268,7 @@ class _Unit(OwnedUnit):
             handle.refused = None
             self._busy += 1
             try:
-                with _constraints():
+                with constraint_errors(sqlite3.IntegrityError):
                     yield handle.conn
             except sqlite3.DatabaseError as exc:
                 if handle.refused is not None:
@@ -386,7 +390,7 @@ class _Statements:
         self._conn = conn
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        with _constraints():
+        with constraint_errors(sqlite3.IntegrityError):
             async with self._conn.execute(sql, params) as cur:
                 return cur.rowcount
 

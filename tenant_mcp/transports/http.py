@@ -258,6 +258,7 @@ class _Gate:
         self._hosts = hosts
         self._required = frozenset(options.required_scopes)
         self._open: set[_Exchange] = set()
+        self._get_streams = 0
         self._header_verdicts: dict[bytes, bool] = {}
         if options.authorization_servers:
             self._challenge = (
@@ -266,6 +267,11 @@ class _Gate:
             )
         else:
             self._challenge = 'Bearer error="invalid_token", error_description="Authentication required"'
+
+    @property
+    def open_get_streams(self) -> int:
+        """Authenticated GET (SSE) streams being served, for the metrics."""
+        return self._get_streams
 
     def _unauthorized(self) -> Response:
         return JSONResponse(
@@ -344,10 +350,13 @@ class _Gate:
         reset = auth_context_var.set(user)
         exchange = _Exchange(token, send, rt.authenticator)
         self._open.add(exchange)
+        stream = scope["method"] == "GET"
+        self._get_streams += stream
         try:
             with exchange.scope:
                 await rt.limiter.serve(token, self._server.session_manager, scope, receive, exchange.send)
         finally:
+            self._get_streams -= stream
             self._open.discard(exchange)
             auth_context_var.reset(reset)
         if exchange.scope.cancelled_caught:
@@ -485,6 +494,10 @@ def build_app(
             gate.runtime = runtime
             if oauth is not None:
                 oauth.runtime = runtime
+            manager = server.session_manager
+            runtime.telemetry.watch_http(
+                sessions=lambda: _sdk.open_sessions(manager), get_streams=lambda: gate.open_get_streams
+            )
             tg.start_soon(gate.sweep, runtime)
             try:
                 yield {}

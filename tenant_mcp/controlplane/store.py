@@ -1,10 +1,11 @@
-"""The control plane: tenants, API keys, audit events and OAuth state, in one database.
+"""`ControlPlane`: tenants, API keys, policies, leak markers and audit events, in one database.
 
 SQLite through aiosqlite is the default so a single machine needs no service; every process that
 opens it brings the schema up to date inside one write transaction, so two processes starting
 together cannot apply a step twice. On PostgreSQL (several replicas) the tables live in the
 ``tenant_mcp`` schema, migrated by `tenant-mcp migrate` as their owner; a server only checks
-that the schema is current. Queries are written once, with ``?`` placeholders, for both.
+that the schema is current. The tables are declared in `controlplane.tables`; queries are written
+once, with ``?`` placeholders, for both.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tenant_mcp.auth import apikeys
-from tenant_mcp.errors import ConfigurationError, NotFoundError, TenantMCPError
+from tenant_mcp.controlplane.tables import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS, TENANT_TABLES
+from tenant_mcp.errors import ConfigurationError, NotFoundError, TenantMCPError, required
 from tenant_mcp.models import Tenant, TenantStatus
 from tenant_mcp.storage import data_dir, is_postgres, sqlite_path
 from tenant_mcp.storage.sql import Connection, ConstraintError, Database
@@ -28,249 +30,6 @@ from tenant_mcp.storage.sql import Connection, ConstraintError, Database
 DEFAULT_DATABASE_URL = "sqlite:///./tenant_mcp.db"
 # Always fullmatch: `$` also matches before a trailing newline, which made "acme\n" a second acme.
 SLUG_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-
-_MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE tenants (
-        id TEXT PRIMARY KEY,
-        slug TEXT NOT NULL UNIQUE,
-        name TEXT NOT NULL,
-        plan TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('active', 'suspended')),
-        metadata TEXT NOT NULL DEFAULT '{}',
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE api_keys (
-        key_id TEXT PRIMARY KEY,
-        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-        digest TEXT NOT NULL,
-        scopes TEXT NOT NULL DEFAULT '[]',
-        label TEXT NOT NULL DEFAULT '',
-        created_at TEXT NOT NULL,
-        last_used_at TEXT,
-        revoked_at TEXT
-    );
-    CREATE INDEX api_keys_tenant ON api_keys(tenant_id);
-    CREATE TABLE audit_events (
-        id INTEGER PRIMARY KEY,
-        at TEXT NOT NULL,
-        tenant_id TEXT,
-        principal TEXT,
-        method TEXT NOT NULL,
-        target TEXT,
-        outcome TEXT NOT NULL,
-        reason TEXT,
-        duration_ms REAL NOT NULL DEFAULT 0,
-        arguments TEXT
-    );
-    CREATE INDEX audit_events_tenant ON audit_events(tenant_id, id);
-    """,
-    # The built-in OAuth authorization server (tenant_mcp.auth.oauth). Codes and tokens are stored as
-    # SHA-256 digests, like API keys; a token is bound to one tenant, key, client and resource.
-    """
-    CREATE TABLE oauth_clients (
-        client_id TEXT PRIMARY KEY,
-        info TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE oauth_requests (
-        id TEXT PRIMARY KEY,
-        client_id TEXT NOT NULL,
-        params TEXT NOT NULL,
-        csrf TEXT NOT NULL,
-        browser TEXT,
-        expires_at REAL NOT NULL
-    );
-    CREATE TABLE oauth_codes (
-        digest TEXT PRIMARY KEY,
-        client_id TEXT NOT NULL,
-        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-        key_id TEXT NOT NULL,
-        scopes TEXT NOT NULL,
-        params TEXT NOT NULL,
-        expires_at REAL NOT NULL
-    );
-    CREATE TABLE oauth_tokens (
-        digest TEXT PRIMARY KEY,
-        kind TEXT NOT NULL CHECK (kind IN ('access', 'refresh')),
-        client_id TEXT NOT NULL,
-        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-        key_id TEXT NOT NULL,
-        scopes TEXT NOT NULL,
-        resource TEXT,
-        family TEXT NOT NULL,
-        expires_at REAL NOT NULL,
-        revoked_at REAL
-    );
-    CREATE INDEX oauth_tokens_family ON oauth_tokens(family);
-    """,
-    # Markers of the outbound leak guard (tenant_mcp.audit.leakguard): identifiers and canaries.
-    """
-    CREATE TABLE leak_markers (
-        id INTEGER PRIMARY KEY,
-        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-        kind TEXT NOT NULL CHECK (kind IN ('identifier', 'canary')),
-        value TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        UNIQUE (tenant_id, value)
-    );
-    """,
-    # Per-tenant secrets (tenant_mcp.secrets): data keys wrapped by a key that is not stored here.
-    """
-    CREATE TABLE tenant_keys (
-        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
-        kek_id TEXT NOT NULL,
-        wrapped BLOB NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE secrets (
-        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-        name TEXT NOT NULL,
-        ciphertext BLOB NOT NULL,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (tenant_id, name)
-    );
-    """,
-    # The per-tenant catalogue as data: a tenant's enabled/disabled items, a key's allow-list.
-    """
-    ALTER TABLE tenants ADD COLUMN catalogue TEXT NOT NULL DEFAULT '{}';
-    ALTER TABLE api_keys ADD COLUMN items TEXT;
-    CREATE TABLE plan_policies (plan TEXT PRIMARY KEY, catalogue TEXT NOT NULL DEFAULT '{}');
-    """,
-    # Per-tenant limits (tenant_mcp.limits): overrides of the plan defaults, and usage per UTC day.
-    """
-    CREATE TABLE tenant_limits (
-        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
-        limits TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    CREATE TABLE tenant_usage (
-        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-        day TEXT NOT NULL,
-        calls INTEGER NOT NULL DEFAULT 0,
-        refused INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (tenant_id, day)
-    );
-    """,
-)
-
-
-# The same tables on PostgreSQL: 64-bit floats for times (REAL is 32-bit there), identity columns
-# for SQLite's rowids, and the canary table of tenant data (created per file on SQLite).
-POSTGRES_MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE tenants (
-        seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
-        id TEXT PRIMARY KEY,
-        slug TEXT NOT NULL UNIQUE,
-        name TEXT NOT NULL,
-        plan TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('active', 'suspended')),
-        metadata TEXT NOT NULL DEFAULT '{}',
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE api_keys (
-        key_id TEXT PRIMARY KEY,
-        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-        digest TEXT NOT NULL,
-        scopes TEXT NOT NULL DEFAULT '[]',
-        label TEXT NOT NULL DEFAULT '',
-        created_at TEXT NOT NULL,
-        last_used_at TEXT,
-        revoked_at TEXT
-    );
-    CREATE INDEX api_keys_tenant ON api_keys(tenant_id);
-    CREATE TABLE audit_events (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        at TEXT NOT NULL,
-        tenant_id TEXT,
-        principal TEXT,
-        method TEXT NOT NULL,
-        target TEXT,
-        outcome TEXT NOT NULL,
-        reason TEXT,
-        duration_ms DOUBLE PRECISION NOT NULL DEFAULT 0,
-        arguments TEXT
-    );
-    CREATE INDEX audit_events_tenant ON audit_events(tenant_id, id);
-    CREATE TABLE oauth_clients (client_id TEXT PRIMARY KEY, info TEXT NOT NULL, created_at TEXT NOT NULL);
-    CREATE TABLE oauth_requests (
-        id TEXT PRIMARY KEY,
-        client_id TEXT NOT NULL,
-        params TEXT NOT NULL,
-        csrf TEXT NOT NULL,
-        browser TEXT,
-        expires_at DOUBLE PRECISION NOT NULL
-    );
-    CREATE TABLE oauth_codes (
-        digest TEXT PRIMARY KEY,
-        client_id TEXT NOT NULL,
-        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-        key_id TEXT NOT NULL,
-        scopes TEXT NOT NULL,
-        params TEXT NOT NULL,
-        expires_at DOUBLE PRECISION NOT NULL
-    );
-    CREATE TABLE oauth_tokens (
-        digest TEXT PRIMARY KEY,
-        kind TEXT NOT NULL CHECK (kind IN ('access', 'refresh')),
-        client_id TEXT NOT NULL,
-        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-        key_id TEXT NOT NULL,
-        scopes TEXT NOT NULL,
-        resource TEXT,
-        family TEXT NOT NULL,
-        expires_at DOUBLE PRECISION NOT NULL,
-        revoked_at DOUBLE PRECISION
-    );
-    CREATE INDEX oauth_tokens_family ON oauth_tokens(family);
-    CREATE TABLE leak_markers (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-        kind TEXT NOT NULL CHECK (kind IN ('identifier', 'canary')),
-        value TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        UNIQUE (tenant_id, value)
-    );
-    CREATE TABLE public.tenant_mcp_canaries (value TEXT NOT NULL);
-    """,
-    """
-    CREATE TABLE tenant_keys (
-        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
-        kek_id TEXT NOT NULL,
-        wrapped BYTEA NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE secrets (
-        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-        name TEXT NOT NULL,
-        ciphertext BYTEA NOT NULL,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (tenant_id, name)
-    );
-    """,
-    """
-    ALTER TABLE tenants ADD COLUMN catalogue TEXT NOT NULL DEFAULT '{}';
-    ALTER TABLE api_keys ADD COLUMN items TEXT;
-    CREATE TABLE plan_policies (plan TEXT PRIMARY KEY, catalogue TEXT NOT NULL DEFAULT '{}');
-    """,
-    """
-    CREATE TABLE tenant_limits (
-        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
-        limits TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    CREATE TABLE tenant_usage (
-        tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
-        day TEXT NOT NULL,
-        calls BIGINT NOT NULL DEFAULT 0,
-        refused BIGINT NOT NULL DEFAULT 0,
-        PRIMARY KEY (tenant_id, day)
-    );
-    """,
-)
 
 
 def _check_text(what: str, value: str) -> None:
@@ -420,7 +179,8 @@ class ControlPlane:
         if self._db is not None:
             return
         if self.postgres:
-            from tenant_mcp.storage.postgres import PostgresDatabase, check_version
+            from tenant_mcp.storage.pg_control import PostgresDatabase
+            from tenant_mcp.storage.pg_migrate import check_version
 
             pg = await PostgresDatabase.open(self.url)
             try:
@@ -445,19 +205,20 @@ class ControlPlane:
 
     @property
     def db(self) -> Database:
-        if self._db is None:
-            raise TenantMCPError("the control plane is not open")
-        return self._db
+        return required(self._db, "the control plane is not open")
 
     async def _migrate(self) -> None:
         async with self.db.transaction() as tx:
             await tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = await tx.fetch_one("SELECT max(version) AS v FROM schema_version")
             current = (row["v"] if row else None) or 0
-            for version, script in enumerate(_MIGRATIONS, start=1):
-                if version <= current:
-                    continue
-                for statement in filter(None, (s.strip() for s in script.split(";"))):
+            if current > len(SQLITE_MIGRATIONS):  # a newer tenant_mcp wrote it: never run against it
+                raise ConfigurationError(
+                    f"the control plane's schema is at version {current}, newer than this version of "
+                    f"tenant_mcp knows ({len(SQLITE_MIGRATIONS)}): upgrade tenant_mcp"
+                )
+            for version, statements in enumerate(SQLITE_MIGRATIONS[current:], start=current + 1):
+                for statement in statements:
                     await tx.execute(statement)
                 await tx.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
@@ -554,10 +315,7 @@ class ControlPlane:
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,))
             # secrets and tenant_keys: the data key goes, so no copy of a ciphertext can be read again
-            for table in (
-                "api_keys", "oauth_codes", "oauth_tokens", "leak_markers", "audit_events", "secrets", "tenant_keys",
-                "tenant_limits", "tenant_usage",
-            ):  # fmt: skip
+            for table in TENANT_TABLES:
                 await tx.execute(f"DELETE FROM {table} WHERE tenant_id = ?", (tenant_id,))
 
     # -- API keys ----------------------------------------------------------------------------
