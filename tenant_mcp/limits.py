@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import math
+import random
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -74,6 +75,7 @@ _SWEEP_SECONDS = 5.0
 _IDLE_SECONDS = 60.0  # a tenant's quota counts are refreshed while it called within this long
 _HOLD_SECONDS = 1.0  # a 429 at the gate is held back until a slot frees, at most this long
 _HOLD_MAX = 32  # refusals held back at a time per tenant; past that, answered at once
+_HOLD_SPREAD = 0.2  # seconds over which held refusals are released once a slot frees
 _PEEK_BYTES = 64 * 1024  # larger bodies of a blocked tenant go to the SDK, which refuses them there
 FIELDS = ("rate", "principal_rate", "concurrency", "sessions", "daily", "monthly", "subscriptions")
 
@@ -642,7 +644,10 @@ class Limiter:
             if held < _HOLD_MAX:
                 self._held[tenant_id] = held + 1
                 try:
-                    await anyio.sleep(max(0.0, min(_HOLD_SECONDS, reset_at - time.monotonic())))
+                    # Spread over `_HOLD_SPREAD`: released together, a flood's connections would all
+                    # ask again at once, and several would reach the MCP layer before one re-arms this.
+                    wait = max(0.0, reset_at - time.monotonic()) + random.random() * _HOLD_SPREAD  # noqa: S311
+                    await anyio.sleep(min(_HOLD_SECONDS, wait))
                 finally:
                     _release(self._held, tenant_id)
             retry_after = max(1, math.ceil(reset_at - time.monotonic()))
