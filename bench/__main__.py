@@ -2,6 +2,7 @@
 
     python -m bench            # the full run, under 5 minutes
     python -m bench --quick    # 1,000 tenants instead of 10,000, fewer rounds: under a minute
+    python -m bench --paired   # both servers of a comparison loaded at once, on one shared CPU
 
 Each comparison starts its servers as separate processes (see `bench.harness`), drives them with
 the load generator in a third (`bench.load`), warms both up, runs alternating rounds and reports
@@ -24,10 +25,22 @@ from pathlib import Path
 from typing import Any
 
 from bench import otlp_sink, provision
-from bench.harness import ROOT, Comparison, Load, LoadGenerator, Server, Side, compare, free_port, serve
+from bench.harness import (
+    ROOT,
+    Comparison,
+    Load,
+    LoadGenerator,
+    Pairing,
+    Server,
+    Side,
+    compare,
+    free_port,
+    serve,
+)
 
 PRIVATE_TOOLS = 20
 JSON = ("--stateless", "--json-response")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _tenant_mcp(label: str, db: str, *flags: str, app: str = "bench.servers:app", **env: str) -> Server:
@@ -63,6 +76,22 @@ def _bare(mode: str) -> Server:
     return Server("bare SDK", (sys.executable, "bench/bare_server.py", "{port}"), (("BENCH_MODE", mode),))
 
 
+def _workers(small: provision.Plane, redis_prefix: str) -> list[Comparison]:
+    """`serve --workers 2` against one process, both --stateless and on Redis (as --workers needs):
+    throughput with 16 in flight, so that one process cannot keep up alone."""
+    redis = ("--redis-url", REDIS_URL, "--redis-prefix", redis_prefix)
+    notes = "example_servers.notes:app"
+    one = _tenant_mcp("1 worker", small.url, *JSON, *redis, app=notes)
+    two = _tenant_mcp("2 workers", small.url, *JSON, *redis, "--workers", "2", app=notes)
+    return [
+        Comparison("17.4", f"whoami, {label}, 2 workers vs 1",
+                   Side("1 worker", one, Load((small.key,), mode=mode, concurrency=16)),
+                   Side("2 workers", two, Load((small.key,), mode=mode, concurrency=16)),
+                   metric="scaling", goal=">= 1.7", threshold=1.7)
+        for mode, label in (("json", "stateless JSON"), ("modern", "2026-07-28 requests"))
+    ]  # fmt: skip
+
+
 def comparisons(
     small: provision.Plane,
     big: provision.Plane,
@@ -72,6 +101,7 @@ def comparisons(
     policied: provision.Plane,
     realistic: list[provision.Plane],
     otlp: str,
+    redis_prefix: str = "tenant_mcp_bench",
 ) -> list[Comparison]:
     """`otlp`: the URL of the local OTLP/HTTP sink (`bench.otlp_sink`) that target 15 exports to."""
     key = Load((small.key,))
@@ -139,6 +169,7 @@ def comparisons(
                        "telemetry on, OTLP", small.url, *JSON, *metrics, OTEL_TRACES_EXPORTER="otlp",
                        OTEL_EXPORTER_OTLP_ENDPOINT=otlp), key),
                    goal=">= 0.95", threshold=0.95),
+        *_workers(small, redis_prefix),
         Comparison("-", "whoami, leak guard",
                    Side("guard off", _tenant_mcp("guard off", marked.url, *JSON, BENCH_GUARD="0"), Load((marked.key,))),
                    Side("guard on", _tenant_mcp("guard on", marked.url, *JSON), Load((marked.key,))),
@@ -178,8 +209,8 @@ def _table(report: dict[str, Any]) -> str:
     lines = [
         f"{report['date']}, {report['machine']}, `{report['command']}`",
         "",
-        "| target | comparison | A | B | A | B | B/A | CPU ms/request A, B | capacity B/A | goal | met |",
-        "|---|---|---|---|---:|---:|---:|---|---:|---|---|",
+        "| target | comparison | A | B | A | B | B/A | CPU ms/request A, B | capacity B/A | p99 ms A, B | goal | met |",
+        "|---|---|---|---|---:|---:|---:|---|---:|---|---|---|",
     ]
     for r in report["results"]:
         latency = r["metric"] == "latency"
@@ -188,8 +219,9 @@ def _table(report: dict[str, Any]) -> str:
         )
         met = "-" if r["target"] == "-" else ("yes" if r["met"] else "**no**")
         lines.append(f"| {r['target']} | {r['name']} | {r['a']} | {r['b']} | {a} {unit} | {b} {unit} | {r['ratio']} "
-                     f"| {r['cpu_ms_per_request_a']}, {r['cpu_ms_per_request_b']} | {r['capacity_ratio']} "
-                     f"| {r['goal']} {'(p50)' if latency else '(capacity)'} | {met} |")  # fmt: skip
+                     f"| {r['cpu_ms_per_request_a']}, {r['cpu_ms_per_request_b']} | {r['capacity_ratio']}"
+                     f"{' (paired)' if r['method'] == 'paired' else ''} | {r['p99_ms_a']}, {r['p99_ms_b']} "
+                     f"| {r['goal']} ({_JUDGED[r['metric']]}) | {met} |")  # fmt: skip
     m = report["memory"]
     lines += ["", f"Memory (server RSS): {m['bytes_per_idle_tenant']:,} bytes per idle tenant (goal {m['goal_bytes_per_idle_tenant']}: "
               f"{'met' if m['met'] else 'missed'}), {m['bytes_per_private_tool']:,} bytes per private tool; RSS KiB {m['rss_kib']}"]  # fmt: skip
@@ -201,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1,000 tenants, fewer rounds: under a minute")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results.json"), help="JSON results file")
     parser.add_argument("--only", help="comma-separated targets to run, e.g. 1,4 (memory runs with 2)")
+    parser.add_argument("--paired", action="store_true",
+                        help="load both servers of a comparison at once, pinned to one CPU (two distinct "
+                        "servers compared on capacity; the others alternate as usual)")  # fmt: skip
     args = parser.parse_args(argv)
     rounds, requests = (3, 120) if args.quick else (5, 1200)
     n, markers_each = (1000, 10) if args.quick else (10_000, 100)
@@ -226,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(asyncio.run(provision.control_plane(root / f"notes{i}" / "control.db")))
         public_key, private_key = provision.jwt_key_pair(root)
         gen = LoadGenerator()
+        paired = Pairing(seconds=1.0 if args.quick else 4.0) if args.paired else None
         try:
             with otlp_sink.running(free_port()) as sink:
                 selected = comparisons(
@@ -237,12 +273,13 @@ def main(argv: list[str] | None = None) -> int:
                     policied,
                     notes,
                     sink.url,
+                    f"tenant_mcp_bench_{os.getpid()}",
                 )
                 if args.only:
                     selected = [c for c in selected if c.target in args.only.split(",")]
                 for c in selected:
                     c.requests //= 8 if args.quick else 1
-                results = [compare(gen, c, rounds=rounds, requests=requests) for c in selected]
+                results = [compare(gen, c, rounds=rounds, requests=requests, paired=paired) for c in selected]
                 # Requests the OTLP server answered (warm-up and rounds), and the spans that reached
                 # the sink: the servers flush their exporters as they stop.
                 otlp = {"requests": sum(max((c.requests or requests) // 3, c.b.load.concurrency)
@@ -252,11 +289,13 @@ def main(argv: list[str] | None = None) -> int:
             mem = memory(gen, results, big, n) if any(r["target"] == "2" for r in results) else {}
         finally:
             gen.close()
+            if paired is not None:
+                paired.close()
 
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": _machine(),
-        "command": "python -m bench" + (" --quick" if args.quick else ""),
+        "command": "python -m bench" + (" --quick" if args.quick else "") + (" --paired" if args.paired else ""),
         "tenants": n, "rounds": rounds, "requests_per_round": requests,
         "seconds": round(time.monotonic() - started),
         "results": results, "memory": mem, "otlp": otlp,
@@ -270,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+_JUDGED = {"latency": "p50", "scaling": "throughput", "throughput": "capacity"}
 _NO_MEMORY = {"bytes_per_idle_tenant": 0, "bytes_per_private_tool": 0, "goal_bytes_per_idle_tenant": "-",
               "met": False, "rss_kib": "not measured"}  # fmt: skip
 

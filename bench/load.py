@@ -5,7 +5,11 @@ harness pays for starting Python and importing httpx once, not once per round:
 
     {"url": ..., "tokens": [...], "requests": 1500, "concurrency": 8, "mode": "json",
      "method": "tools/call", "tool": "whoami", "arguments": {}}
-    ->  {"rps": ..., "p50_ms": ...}
+    ->  {"rps": ..., "p50_ms": ..., "p99_ms": ..., "requests": ...}
+
+With `"seconds": S` instead of a request count, each connection sends requests until S seconds
+have passed: two generators started together then load two servers over the same interval
+(the harness's paired mode).
 
 Modes, one per way a client can speak to the server:
 - `json`: stateless POSTs at protocol 2025-11-25, answered with `application/json`.
@@ -114,8 +118,13 @@ async def run(job: dict[str, Any]) -> dict[str, float]:
         clients = [_Client(http, job) for _ in range(concurrency)]
         await asyncio.gather(*(client.open(first) for client in clients))  # sessions are not timed
 
-        async def worker(client: _Client, count: int) -> None:
-            for _ in range(count):
+        seconds = job.get("seconds")
+        count = int(job.get("requests", 0)) // concurrency
+
+        async def worker(client: _Client) -> None:
+            sent = 0
+            while (time.perf_counter() < deadline) if seconds else (sent < count):
+                sent += 1
                 request_id = next(ids)
                 token = first if client.session is not None else next(tokens)
                 started = time.perf_counter()
@@ -125,10 +134,17 @@ async def run(job: dict[str, Any]) -> dict[str, float]:
                 latencies.append(time.perf_counter() - started)
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker(client, int(job["requests"]) // concurrency) for client in clients))
+        deadline = started + float(seconds or 0)
+        await asyncio.gather(*(worker(client) for client in clients))
         elapsed = time.perf_counter() - started
         await asyncio.gather(*(client.close(first) for client in clients))
-    return {"rps": len(latencies) / elapsed, "p50_ms": statistics.median(latencies) * 1000}
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "requests": len(latencies),
+    }
 
 
 def main() -> None:

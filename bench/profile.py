@@ -27,7 +27,7 @@ _IDLE = ("EpollSelector.select", "_find_and_load", "load_app", "<frozen importli
 
 
 _LIBRARIES = frozenset({"mcp", "mcp_types", "starlette", "uvicorn", "h11", "anyio", "pydantic", "pydantic_core",
-                        "sse_starlette", "aiosqlite", "jwt", "cryptography", "opentelemetry", "tenant_mcp"})  # fmt: skip
+                        "sse_starlette", "jwt", "cryptography", "opentelemetry", "tenant_mcp"})  # fmt: skip
 
 
 def _library(frame: str) -> str | None:

@@ -20,6 +20,10 @@ from tenant_mcp.audit.sinks import AuditSink, Forwarder
 from tenant_mcp.auth.authenticator import Authenticator
 from tenant_mcp.auth.invalidation import Invalidation
 from tenant_mcp.auth.jwt import JWTSettings, JWTVerifier
+from tenant_mcp.connections.pages import ConnectPages
+from tenant_mcp.connections.provider import ClientAuth, Per, Provider
+from tenant_mcp.connections.service import Connections
+from tenant_mcp.connections.store import ConnectionStore
 from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, POSTGRES_MIGRATIONS, ControlPlane
 from tenant_mcp.errors import ConfigurationError, TenantMCPError, required
 from tenant_mcp.limits import Limiter, Limits, OnRedisError
@@ -27,7 +31,7 @@ from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.pipeline import Pipeline
 from tenant_mcp.replication.redis import DEFAULT_PREFIX, Broker, check_reachable
 from tenant_mcp.runtime import Runtime
-from tenant_mcp.scoping.catalogue import Catalogue, Section, Visibility
+from tenant_mcp.scoping.catalogue import Catalogue, CatalogueItem, Section, Visibility
 from tenant_mcp.scoping.entries import prompt_entry, resource_entry, tool_entry, visibility
 from tenant_mcp.scoping.server import ScopedServer
 from tenant_mcp.secrets import KeyRing, SecretStore
@@ -129,6 +133,9 @@ class TenantMCP:
         self._tool_templates: dict[Hashable, Tool] = {}  # per-tenant tools built once per function
         self._migrations: list[Migration] = []
         self._runtime: Runtime | None = None
+        self._providers: dict[str, Provider] = {}
+        self._connect_pages = ConnectPages()
+        self._public_url: str | None = None  # where browsers reach the HTTP transport (connect links)
         self._background: set[asyncio.Task[None]] = set()
         self._pipeline = Pipeline(self._catalogue)
         self._server = ScopedServer(
@@ -285,6 +292,11 @@ class TenantMCP:
             data_role=data_role,
         )
 
+    def items(self) -> list[CatalogueItem]:
+        """The items registered for every tenant (not those of `tenant(slug)`), with the rules
+        code gives them: what tools and tests that inspect an app read, instead of its internals."""
+        return self._catalogue.shared_items()
+
     def catalogue_report(self, tenant: Tenant) -> list[dict[str, Any]]:
         """Each shared item, whether `tenant` sees it (with a key holding the scopes the item
         needs and no allow-list), and why."""
@@ -307,6 +319,35 @@ class TenantMCP:
                 visible = section.allowed(entry, tenant, key)
                 rows.append({"item": item, "visible": visible, "why": why})
         return rows
+
+    def connection(
+        self,
+        name: str,
+        *,
+        authorize_url: str,
+        token_url: str,
+        client_id: str,
+        client_secret: str | None = None,
+        scopes: Sequence[str] = (),
+        per: Per = "tenant",
+        api_base_url: str | None = None,
+        title: str | None = None,
+        client_auth: ClientAuth = "client_secret_basic",
+    ) -> Provider:
+        """Declare an upstream OAuth 2.1 provider tools call as the tenant (`per="tenant"`: one
+        connection per tenant) or as the calling person (`per="principal"`). Tools use
+        `ctx.connections.token(name)` or `ctx.connections.client(name)`; the provider's redirect
+        URI to register is ``<public URL>/connections/callback``. See docs/connections.md."""
+        if self._runtime is not None:
+            raise TenantMCPError("declare connections before the server runs")
+        if name in self._providers:
+            raise TenantMCPError(f"connection {name!r} is declared twice")
+        provider = Provider(
+            name, authorize_url, token_url, client_id, client_secret, tuple(scopes), per, api_base_url, title,
+            client_auth,
+        )  # fmt: skip
+        self._providers[name] = provider
+        return provider
 
     def tenant(self, slug: str) -> TenantScope:
         """Register items for one tenant only, also while serving."""
@@ -332,12 +373,16 @@ class TenantMCP:
     def runtime(self) -> Runtime:
         return required(self._runtime, "the server is not running")
 
-    @staticmethod
-    async def _open_secrets(control_plane: ControlPlane) -> SecretStore:
+    async def _open_secrets(self, control_plane: ControlPlane) -> SecretStore:
         secrets = SecretStore(control_plane.db, KeyRing.from_env())
         if not secrets.has_key and await secrets.configured():
             raise ConfigurationError(
                 "tenants have secrets but TENANT_MCP_SECRET_KEY is not set: the server cannot decrypt them"
+            )
+        if not secrets.has_key and self._providers:
+            raise ConfigurationError(
+                "connections store tokens encrypted: set TENANT_MCP_SECRET_KEY (make one with "
+                "`tenant-mcp secret new-key`)"
             )
         return secrets
 
@@ -424,9 +469,17 @@ class TenantMCP:
                         db=store.usage,
                         listen_streams=lambda: self._server.open_listen_streams,
                     )
-                    self._runtime = Runtime(
-                        control_plane, authenticator, audit, store, guard, telemetry, secrets, limiter, broker
+                    connections = (
+                        Connections(
+                            self._providers, ConnectionStore(control_plane.db, secrets), self._public_url
+                        )
+                        if self._providers
+                        else None
                     )
+                    self._runtime = Runtime(
+                        control_plane, authenticator, audit, store, guard, telemetry, secrets, limiter, broker,
+                        connections,
+                    )  # fmt: skip
                     self._server.runtime = self._runtime
                     self._pipeline.start(self._runtime)
                     try:
@@ -480,8 +533,11 @@ class TenantMCP:
         """The ASGI app serving MCP at ``/mcp`` (runs `running()` in its lifespan)."""
         from tenant_mcp.transports.http import HTTPOptions, build_app
 
+        options = options or HTTPOptions()
+        self._public_url = options.base_url
+        mounts = [self._connect_pages] if self._providers else []
         return build_app(
-            self._server, self.running, options or HTTPOptions(), replicated=self.redis_url is not None
+            self._server, self.running, options, replicated=self.redis_url is not None, mounts=mounts
         )
 
     async def check(self) -> None:

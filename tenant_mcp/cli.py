@@ -1,7 +1,8 @@
 """`tenant-mcp`: manage tenants and keys, read the audit trail, serve an app.
 
 Every command takes `--db URL` (or `TENANT_MCP_DATABASE_URL`) and `--json`. User mistakes print
-one line to stderr and exit non-zero; no traceback.
+one line to stderr and exit non-zero; no traceback. The commands that manage tenants only parse
+arguments and print: the work is the admin API's (`tenant_mcp.admin`), which programs use alike.
 """
 
 from __future__ import annotations
@@ -21,22 +22,15 @@ from typing import Any
 
 import anyio
 
+from tenant_mcp.admin import Admin, TenantLimits, item_key
 from tenant_mcp.app import TenantMCP
-from tenant_mcp.audit.leakguard import plant_canary
-from tenant_mcp.auth.invalidation import Invalidation
 from tenant_mcp.auth.jwt import JWTSettings
-from tenant_mcp.controlplane import DEFAULT_DATABASE_URL, ControlPlane, item_key
-from tenant_mcp.errors import ConfigurationError, NotFoundError, TenantMCPError
-from tenant_mcp.limits import FIELDS, Limits, parse_rate, read_override, usage, write_override
-from tenant_mcp.models import Tenant
-from tenant_mcp.replication.redis import (
-    DEFAULT_PREFIX,
-    BrokerError,
-    drop_tenant_data,
-    publish_invalidation,
-)
-from tenant_mcp.secrets import KeyRing, SecretStore
-from tenant_mcp.storage import is_postgres, open_store
+from tenant_mcp.controlplane import DEFAULT_DATABASE_URL
+from tenant_mcp.errors import ConfigurationError, TenantMCPError
+from tenant_mcp.limits import FIELDS, parse_rate
+from tenant_mcp.replication.redis import DEFAULT_PREFIX, BrokerError
+from tenant_mcp.secrets import KeyRing
+from tenant_mcp.storage import is_postgres
 from tenant_mcp.telemetry import TelemetrySettings, configure_tracing
 from tenant_mcp.transports.http import HTTPOptions
 
@@ -61,13 +55,6 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2, default=str) if args.json else text)
 
 
-def _tenant_dict(tenant: Tenant) -> dict[str, Any]:
-    return {
-        "id": tenant.id, "slug": tenant.slug, "name": tenant.name, "plan": tenant.plan,
-        "status": tenant.status, "metadata": tenant.metadata, "created_at": tenant.created_at,
-    }  # fmt: skip
-
-
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     cells = [list(map(str, header)), *[["" if c is None else str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
@@ -76,101 +63,71 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     )
 
 
-async def _broadcast(args: argparse.Namespace, invalidation: Invalidation, *, deleted: bool = False) -> None:
-    """With Redis configured, make every serving replica drop what it cached about the change now
-    rather than within its credential-cache window (and, for a deleted tenant, its data there)."""
-    if not args.redis_url:
-        return
-    prefix = args.redis_prefix or DEFAULT_PREFIX
-    try:
-        await publish_invalidation(args.redis_url, invalidation, prefix=prefix)
-        if deleted:
-            await drop_tenant_data(args.redis_url, invalidation.id, prefix=prefix)
-    except BrokerError as exc:
-        # The change is stored; replicas still pick it up within credential_cache_seconds.
-        print(f"tenant-mcp: warning: {exc}; servers notice within their cache window", file=sys.stderr)
+def _unannounced(exc: BrokerError) -> None:
+    # The change is stored; replicas still pick it up within credential_cache_seconds.
+    print(f"tenant-mcp: warning: {exc}; servers notice within their cache window", file=sys.stderr)
+
+
+def _admin(args: argparse.Namespace) -> Admin:
+    """The admin API on --db; with --app, it also knows the app's plans and catalogue."""
+    target: str | TenantMCP = args.db
+    if getattr(args, "app", None):
+        target = load_app(args.app)
+        target.database_url = args.db
+    return Admin(target, redis_url=getattr(args, "redis_url", None),
+                 redis_prefix=getattr(args, "redis_prefix", None), on_announce_error=_unannounced)  # fmt: skip
 
 
 # -- tenants -------------------------------------------------------------------------------------
 
 
-async def _tenant_create(args: argparse.Namespace, cp: ControlPlane) -> None:
-    tenant = await cp.create_tenant(args.slug, name=args.name, plan=args.plan)
-    _print(args, _tenant_dict(tenant), f"created tenant {tenant.slug} (plan {tenant.plan})")
+async def _tenant_create(args: argparse.Namespace, admin: Admin) -> None:
+    tenant = await admin.create_tenant(args.slug, name=args.name, plan=args.plan)
+    _print(args, tenant.public(), f"created tenant {tenant.slug} (plan {tenant.plan})")
 
 
-async def _tenant_list(args: argparse.Namespace, cp: ControlPlane) -> None:
-    tenants = await cp.list_tenants()
+async def _tenant_list(args: argparse.Namespace, admin: Admin) -> None:
+    tenants = await admin.list_tenants()
     rows = [(t.slug, t.name, t.plan, t.status, t.created_at) for t in tenants]
-    _print(
-        args, [_tenant_dict(t) for t in tenants], _table(rows, ("SLUG", "NAME", "PLAN", "STATUS", "CREATED"))
-    )
+    _print(args, [t.public() for t in tenants], _table(rows, ("SLUG", "NAME", "PLAN", "STATUS", "CREATED")))
 
 
-async def _tenant_status(args: argparse.Namespace, cp: ControlPlane) -> None:
-    tenant = await cp.set_status(args.slug, "suspended" if args.command == "suspend" else "active")
-    await _broadcast(args, Invalidation(kind="tenant", id=tenant.id))
-    _print(args, _tenant_dict(tenant), f"tenant {tenant.slug} is {tenant.status}")
+async def _tenant_status(args: argparse.Namespace, admin: Admin) -> None:
+    tenant = await (admin.suspend if args.command == "suspend" else admin.activate)(args.slug)
+    _print(args, tenant.public(), f"tenant {tenant.slug} is {tenant.status}")
 
 
-async def _tenant_delete(args: argparse.Namespace, cp: ControlPlane) -> None:
+async def _tenant_delete(args: argparse.Namespace, admin: Admin) -> None:
     if not args.yes:
         raise _UsageError(f"deleting {args.slug!r} removes all of its data; repeat with --yes to confirm")
     if args.drain_seconds < 0:
         raise _UsageError("--drain-seconds must not be negative")
-    tenant = await cp.require_tenant(args.slug)
-    # 1. Credentials stop: suspended, and with Redis every replica drops its cache at once. Servers
-    #    also refuse the tenant's calls in flight any new use of its data (checked on acquiring it).
-    if tenant.status != "suspended":
-        await cp.set_status(args.slug, "suspended")
-    await _broadcast(args, Invalidation(kind="tenant", id=tenant.id))
-    # 2. Drain: every server has noticed within its credential-cache window (1 s by default) and
-    #    has flushed the audit events of calls that ended; the data drop below waits for calls in
-    #    flight (PostgreSQL's drain lock; on SQLite their writes go to the deleted file).
-    await anyio.sleep(args.drain_seconds)
-    store = await open_store(cp.url)
-    try:
-        # 3. Data, then the control rows; a failure leaves the tenant (suspended) there to retry.
-        await store.drop(tenant.id)
-        await cp.purge_tenant(tenant.id)
-        # 4. A second sweep for what committed in between; later audit batches find no tenant.
-        await store.drop(tenant.id)
-        await cp.purge_tenant(tenant.id)
-    finally:
-        await store.aclose()
-    # 5. Announce.
-    await _broadcast(args, Invalidation(kind="tenant", id=tenant.id), deleted=True)
+    tenant = await admin.delete_tenant(args.slug, drain_seconds=args.drain_seconds)
     _print(args, {"deleted": tenant.slug}, f"deleted tenant {tenant.slug} and all of its data")
 
 
-async def _tenant_export(args: argparse.Namespace, cp: ControlPlane) -> None:
-    tenant = await cp.require_tenant(args.slug)
-    keys = [k.public(tenant.slug) for k in await cp.list_keys(tenant.slug)]
-    output = Path(args.output or f"{tenant.slug}-export.json")
-    store = await open_store(cp.url)
-    try:
-        tables = await store.export(tenant.id)
-    finally:
-        await store.aclose()
-    data = {"tenant": _tenant_dict(tenant), "keys": keys, "tables": tables}
-    await anyio.Path(output).write_text(json.dumps(data, indent=2, default=str))
-    counts = {table: len(rows) for table, rows in tables.items()}
-    _print(args, {"tenant": tenant.slug, "file": str(output), "rows": counts}, f"wrote {output} ({counts})")
+async def _tenant_export(args: argparse.Namespace, admin: Admin) -> None:
+    export = await admin.export_tenant(args.slug)
+    slug = export.tenant.slug
+    output = Path(args.output or f"{slug}-export.json")
+    await anyio.Path(output).write_text(json.dumps(export.as_dict(), indent=2, default=str))
+    counts = {table: len(rows) for table, rows in export.tables.items()}
+    _print(args, {"tenant": slug, "file": str(output), "rows": counts}, f"wrote {output} ({counts})")
 
 
 # -- keys ----------------------------------------------------------------------------------------
 
 
-async def _key_create(args: argparse.Namespace, cp: ControlPlane) -> None:
+async def _key_create(args: argparse.Namespace, admin: Admin) -> None:
     items = None if args.tools is None else _csv(args.tools)
-    record, key = await cp.create_key(args.tenant, scopes=_csv(args.scopes), label=args.label, items=items)
+    record, key = await admin.create_key(args.tenant, scopes=_csv(args.scopes), label=args.label, items=items)
     data = {"tenant": args.tenant, "key_id": record.key_id, "key": key, "scopes": list(record.scopes),
             "items": None if record.items is None else list(record.items)}  # fmt: skip
     _print(args, data, f"{key}\n(key id {record.key_id}; this is the only time the key is shown)")
 
 
-async def _key_list(args: argparse.Namespace, cp: ControlPlane) -> None:
-    keys = await cp.list_keys(args.tenant)
+async def _key_list(args: argparse.Namespace, admin: Admin) -> None:
+    keys = await admin.list_keys(args.tenant)
     rows = [
         (
             k.key_id,
@@ -186,36 +143,28 @@ async def _key_list(args: argparse.Namespace, cp: ControlPlane) -> None:
     _print(args, [k.public(args.tenant) for k in keys], _table(rows, header))
 
 
-async def _key_revoke(args: argparse.Namespace, cp: ControlPlane) -> None:
-    record = await cp.revoke_key(args.key_id)
-    await _broadcast(args, Invalidation(kind="key", id=record.key_id))
+async def _key_revoke(args: argparse.Namespace, admin: Admin) -> None:
+    record = await admin.revoke_key(args.key_id)
     _print(args, {"key_id": record.key_id, "revoked_at": record.revoked_at}, f"revoked key {record.key_id}")
 
 
 # -- the per-tenant catalogue ----------------------------------------------------------------------
 
 
-async def _item_policy(args: argparse.Namespace, cp: ControlPlane) -> None:
+async def _item_policy(args: argparse.Namespace, admin: Admin) -> None:
     """`tool enable|disable|reset TENANT ITEM` and `plan set-default PLAN ITEM STATE`."""
     item = item_key(args.item)
     if "plan" in args:
-        await cp.set_plan_item_policy(args.plan, item, args.state)
-        invalidation, scope, whom = Invalidation(kind="all"), {"plan": args.plan}, f"plan {args.plan}"
+        await admin.set_plan_policy(args.plan, item, args.state)
+        scope, whom = {"plan": args.plan}, f"plan {args.plan}"
     else:
-        tenant = await cp.set_item_policy(args.tenant, item, args.state)
-        invalidation, scope, whom = (
-            Invalidation(kind="tenant", id=tenant.id),
-            {"tenant": tenant.slug},
-            tenant.slug,
-        )
-    await _broadcast(args, invalidation)  # a plan: every tenant on it, wherever it is cached
+        tenant = await admin.set_item_policy(args.tenant, item, args.state)
+        scope, whom = {"tenant": tenant.slug}, tenant.slug
     _print(args, {**scope, "item": item, "state": args.state}, f"{item} is {args.state} for {whom}")
 
 
-async def _tool_list(args: argparse.Namespace, cp: ControlPlane) -> None:
-    app = load_app(args.app)
-    tenant = await cp.require_tenant(args.tenant)
-    rows = app.catalogue_report(tenant)
+async def _tool_list(args: argparse.Namespace, admin: Admin) -> None:
+    rows = await admin.catalogue(args.tenant)
     _print(args, rows, _table([(r["item"], "yes" if r["visible"] else "no", r["why"]) for r in rows],
                               ("ITEM", "VISIBLE", "WHY")))  # fmt: skip
 
@@ -223,12 +172,8 @@ async def _tool_list(args: argparse.Namespace, cp: ControlPlane) -> None:
 # -- secrets -------------------------------------------------------------------------------------
 
 
-def _secrets(cp: ControlPlane) -> SecretStore:
-    return SecretStore(cp.db, KeyRing.from_env())
-
-
-async def _secret_set(args: argparse.Namespace, cp: ControlPlane) -> None:
-    tenant = await cp.require_tenant(args.tenant)
+async def _secret_set(args: argparse.Namespace, admin: Admin) -> None:
+    tenant = await admin.tenant(args.tenant)
     if args.from_env:
         value = os.environ.get(args.from_env)
         if value is None:
@@ -239,7 +184,7 @@ async def _secret_set(args: argparse.Namespace, cp: ControlPlane) -> None:
         value = getpass.getpass(f"value of {args.name} for {tenant.slug}: ")
     else:
         value = sys.stdin.read().removesuffix("\n")  # `echo value |` adds one
-    await _secrets(cp).set(tenant.id, args.name, value)
+    await admin.set_secret(tenant.slug, args.name, value)
     _print(
         args,
         {"tenant": tenant.slug, "name": args.name, "set": True},
@@ -247,9 +192,8 @@ async def _secret_set(args: argparse.Namespace, cp: ControlPlane) -> None:
     )
 
 
-async def _secret_list(args: argparse.Namespace, cp: ControlPlane) -> None:
-    tenant = await cp.require_tenant(args.tenant)
-    items = await _secrets(cp).list(tenant.id)
+async def _secret_list(args: argparse.Namespace, admin: Admin) -> None:
+    items = await admin.list_secrets(args.tenant)
     _print(
         args,
         [{"name": i.name, "created_at": i.created_at, "updated_at": i.updated_at} for i in items],
@@ -257,15 +201,13 @@ async def _secret_list(args: argparse.Namespace, cp: ControlPlane) -> None:
     )
 
 
-async def _secret_delete(args: argparse.Namespace, cp: ControlPlane) -> None:
-    tenant = await cp.require_tenant(args.tenant)
-    if not await _secrets(cp).delete(tenant.id, args.name):
-        raise NotFoundError(f"tenant {tenant.slug!r} has no secret {args.name!r}")
-    _print(args, {"tenant": tenant.slug, "name": args.name, "deleted": True}, f"secret {args.name} deleted")
+async def _secret_delete(args: argparse.Namespace, admin: Admin) -> None:
+    await admin.delete_secret(args.tenant, args.name)
+    _print(args, {"tenant": args.tenant, "name": args.name, "deleted": True}, f"secret {args.name} deleted")
 
 
-async def _secret_rotate(args: argparse.Namespace, cp: ControlPlane) -> None:
-    count = await _secrets(cp).rotate()
+async def _secret_rotate(args: argparse.Namespace, admin: Admin) -> None:
+    count = await admin.rotate_secret_key()
     _print(args, {"rewrapped": count}, f"re-wrapped {count} tenant data key(s) with the first key")
 
 
@@ -273,15 +215,33 @@ def _secret_new_key(args: argparse.Namespace) -> None:
     print(KeyRing.new_key())
 
 
+# -- upstream connections -------------------------------------------------------------------------
+
+
+async def _connection_list(args: argparse.Namespace, admin: Admin) -> None:
+    tenant = await admin.tenant(args.tenant)
+    items = [c.public(tenant.slug) for c in await admin.list_connections(args.tenant, args.provider)]
+    rows = [
+        (c["provider"], c["owner"], c["status"], c["reason"], c["connected_by"], c["updated_at"])
+        for c in items
+    ]
+    _print(args, items, _table(rows, ("PROVIDER", "OWNER", "STATUS", "REASON", "CONNECTED BY", "UPDATED")))
+
+
+async def _connection_revoke(args: argparse.Namespace, admin: Admin) -> None:
+    tenant = await admin.tenant(args.tenant)
+    count = await admin.revoke_connections(args.tenant, args.provider)
+    what = f"{args.provider} connection(s)" if args.provider else "connection(s)"
+    _print(args, {"tenant": tenant.slug, "provider": args.provider, "revoked": count},
+           f"forgot {count} {what} of {tenant.slug} (revoke the grant at the provider too)")  # fmt: skip
+
+
 # -- canaries ------------------------------------------------------------------------------------
 
 
-async def _canary_plant(args: argparse.Namespace, cp: ControlPlane) -> None:
-    """A random value recorded as the tenant's canary and written into its database, so a
-    query that wrongly crosses tenants carries it out and the leak guard catches it."""
-    tenant = await cp.require_tenant(args.tenant)
-    value = await plant_canary(cp, tenant.id)
-    _print(args, {"tenant": tenant.slug, "canary": value}, f"planted canary {value} in {tenant.slug}")
+async def _canary_plant(args: argparse.Namespace, admin: Admin) -> None:
+    value = await admin.plant_canary(args.tenant)
+    _print(args, {"tenant": args.tenant, "canary": value}, f"planted canary {value} in {args.tenant}")
 
 
 # -- limits and usage ----------------------------------------------------------------------------
@@ -305,18 +265,8 @@ def _limit_value(name: str, raw: str) -> Any:
     return value
 
 
-async def _effective(
-    args: argparse.Namespace, cp: ControlPlane, tenant: Tenant
-) -> tuple[dict[str, Any], Limits | None]:
-    """(stored override, effective limits): the latter only with --app, which knows the plans."""
-    override = await read_override(cp, tenant.id)
-    if not args.app:
-        return override, None
-    plans = load_app(args.app).limits
-    return override, (plans.get(tenant.plan) or plans.get("*") or Limits()).with_override(override)
-
-
-def _limits_text(tenant: Tenant, override: dict[str, Any], effective: Limits | None) -> str:
+def _limits_text(limits: TenantLimits) -> str:
+    tenant, override, effective = limits.tenant, limits.override, limits.effective
     rows: list[tuple[Any, ...]] = []
     for name in FIELDS:
         stored = ("unlimited" if override[name] is None else override[name]) if name in override else "(plan)"
@@ -332,59 +282,50 @@ def _limits_text(tenant: Tenant, override: dict[str, Any], effective: Limits | N
     return f"tenant {tenant.slug} (plan {tenant.plan})\n" + _table(rows, header) + note
 
 
-async def _limits_set(args: argparse.Namespace, cp: ControlPlane) -> None:
+async def _limits_set(args: argparse.Namespace, admin: Admin) -> None:
     values = {name: _limit_value(name, raw) for name in FIELDS if (raw := getattr(args, name)) is not None}
     if not values:
         raise _UsageError("give at least one limit, e.g. --rate 100/minute or --concurrency 8")
-    tenant = await cp.require_tenant(args.tenant)
-    override = await write_override(cp, tenant.id, values)
-    await _broadcast(args, Invalidation(kind="tenant", id=tenant.id))
-    data = {"tenant": tenant.slug, "plan": tenant.plan, "override": override}
+    limits = await admin.set_limits(args.tenant, values)
+    tenant = limits.tenant
+    data = {"tenant": tenant.slug, "plan": tenant.plan, "override": limits.override}
     _print(
         args, data, f"limits of {tenant.slug} set; servers apply them within their credential cache window"
     )
 
 
-async def _limits_show(args: argparse.Namespace, cp: ControlPlane) -> None:
-    tenant = await cp.require_tenant(args.tenant)
-    override, effective = await _effective(args, cp, tenant)
-    data: dict[str, Any] = {"tenant": tenant.slug, "plan": tenant.plan, "override": override}
-    if effective is not None:
-        data["effective"] = effective.as_dict()
-    _print(args, data, _limits_text(tenant, override, effective))
-
-
-async def _usage(args: argparse.Namespace, cp: ControlPlane) -> None:
-    tenant = await cp.require_tenant(args.tenant)
-    today = time.strftime("%Y-%m-%d", time.gmtime())
-    since = args.since or f"{today[:7]}-01"
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", since):
-        raise _UsageError(f"--since takes a UTC date YYYY-MM-DD (got {since!r})")
-    days = await usage(cp, tenant.id, min(since, f"{today[:7]}-01"))
-    shown = [d for d in days if d["day"] >= since]
-    override, effective = await _effective(args, cp, tenant)
-    quotas = effective.as_dict() if effective is not None else override
-    used = {
-        "daily": sum(d["calls"] for d in days if d["day"] == today),
-        "monthly": sum(d["calls"] for d in days if d["day"][:7] == today[:7]),
+async def _limits_show(args: argparse.Namespace, admin: Admin) -> None:
+    limits = await admin.limits(args.tenant)
+    data: dict[str, Any] = {
+        "tenant": limits.tenant.slug,
+        "plan": limits.tenant.plan,
+        "override": limits.override,
     }
-    left: dict[str, int | None] = {}
-    for period, n in used.items():
-        quota = quotas.get(period)
-        left[period] = None if quota is None else max(0, quota - n)
+    if limits.effective is not None:
+        data["effective"] = limits.effective.as_dict()
+    _print(args, data, _limits_text(limits))
+
+
+async def _usage(args: argparse.Namespace, admin: Admin) -> None:
+    if args.since is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", args.since):
+        raise _UsageError(f"--since takes a UTC date YYYY-MM-DD (got {args.since!r})")
+    used = await admin.usage(args.tenant, args.since)
     data = {
-        "tenant": tenant.slug, "since": since, "days": shown,
-        "calls": sum(d["calls"] for d in shown), "refused": sum(d["refused"] for d in shown),
-        "today": used["daily"], "this_month": used["monthly"], "quota_left": left,
+        "tenant": used.limits.tenant.slug, "since": used.since, "days": used.days,
+        "calls": used.calls, "refused": used.refused,
+        "today": used.today, "this_month": used.this_month, "quota_left": used.quota_left,
     }  # fmt: skip
-    lines = [_table([(d["day"], d["calls"], d["refused"]) for d in shown], ("DAY (UTC)", "CALLS", "REFUSED"))]
-    lines.append(f"total since {since}: {data['calls']} calls, {data['refused']} refused")
+    lines = [
+        _table([(d["day"], d["calls"], d["refused"]) for d in used.days], ("DAY (UTC)", "CALLS", "REFUSED"))
+    ]
+    lines.append(f"total since {used.since}: {used.calls} calls, {used.refused} refused")
+    quotas, left, effective = used.limits.quotas, used.quota_left, used.limits.effective
     for period in ("daily", "monthly"):
         if left[period] is not None:
             lines.append(f"{period} quota: {quotas[period]}, {left[period]} left")
         elif period in quotas or effective is not None:
             lines.append(f"{period} quota: unlimited")
-    if effective is None and not any(p in override for p in ("daily", "monthly")):
+    if effective is None and not any(p in used.limits.override for p in ("daily", "monthly")):
         lines.append("(plan quotas are in the app: add --app MODULE:ATTR to see what is left)")
     _print(args, data, "\n".join(lines))
 
@@ -392,10 +333,10 @@ async def _usage(args: argparse.Namespace, cp: ControlPlane) -> None:
 # -- audit ---------------------------------------------------------------------------------------
 
 
-async def _audit(args: argparse.Namespace, cp: ControlPlane) -> None:
+async def _audit(args: argparse.Namespace, admin: Admin) -> None:
     if args.limit < 1:
         raise _UsageError("--limit must be at least 1")
-    events = await cp.audit_events(args.tenant, args.limit)
+    events = await admin.audit_events(args.tenant, args.limit)
     rows = [(e["at"], e["principal"], e["method"], e["target"], e["outcome"], e["reason"]) for e in events]
     _print(args, events, _table(rows, ("AT", "PRINCIPAL", "METHOD", "TARGET", "OUTCOME", "REASON")))
 
@@ -418,20 +359,20 @@ def _since(text: str | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - _duration(text))) + ".000Z"
 
 
-async def _audit_export(args: argparse.Namespace, cp: ControlPlane) -> None:
-    tenant_id = (await cp.require_tenant(args.tenant)).id if args.tenant else None
+async def _audit_export(args: argparse.Namespace, admin: Admin) -> None:
     since, cursor, written = _since(args.since), args.after, 0
+    pages = admin.audit_pages(args.tenant, after=cursor, since=since)
+    first = await anext(pages, None)  # an unknown tenant fails here, before the file is opened
     # A CLI command, not a server: blocking writes are what a pipe to the next tool wants.
     out = open(args.output, "a", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115, ASYNC230
     try:
-        while True:
-            page = await cp.audit_page(tenant_id=tenant_id, after_id=cursor, since=since, limit=1000)
+        page = first
+        while page is not None:
             for event in page:
                 out.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
             out.flush()
-            if not page:
-                break
             cursor, written = int(page[-1]["id"]), written + len(page)
+            page = await anext(pages, None)
     finally:
         if out is not sys.stdout:
             out.close()
@@ -439,10 +380,10 @@ async def _audit_export(args: argparse.Namespace, cp: ControlPlane) -> None:
     print(f"exported {written} event(s); cursor {cursor}", file=sys.stderr)
 
 
-async def _audit_prune(args: argparse.Namespace, cp: ControlPlane) -> None:
+async def _audit_prune(args: argparse.Namespace, admin: Admin) -> None:
     before = _since(args.older_than)
     assert before is not None
-    deleted = await cp.prune_audit(before)
+    deleted = await admin.prune_audit(before)
     _print(
         args, {"deleted": deleted, "before": before}, f"deleted {deleted} audit event(s) from before {before}"
     )
@@ -531,7 +472,8 @@ def _http_options(args: argparse.Namespace) -> HTTPOptions:
     return options
 
 
-def _serve(args: argparse.Namespace) -> None:
+def _configured(args: argparse.Namespace) -> tuple[TenantMCP, HTTPOptions]:
+    """The app and HTTP options of a `serve` command line."""
     app = load_app(args.app)
     if args.db_given:
         app.database_url = args.db
@@ -549,13 +491,58 @@ def _serve(args: argparse.Namespace) -> None:
         app.audit_retain_days = _duration(args.audit_retain) / 86400
     app.redis_url = args.redis_url or app.redis_url
     app.redis_prefix = args.redis_prefix or app.redis_prefix
-    options = _http_options(args)
+    return app, _http_options(args)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    app, options = _configured(args)
+    if args.workers < 1 or (args.workers > 1 and args.transport != "streamable-http"):
+        raise _UsageError("--workers is a number of processes, 1 or more, for streamable-http")
     if args.transport == "stdio":
         asyncio.run(app.serve_stdio(jwt=options.jwt))
+    elif args.workers > 1:
+        _serve_workers(args, app, options)
     elif args.transport == "streamable-http":
         asyncio.run(app.serve_http(options, log_level=args.log_level, access_log=args.access_log))
     else:
         raise _UsageError(f"unknown transport {args.transport!r}: use streamable-http or stdio")
+
+
+_WORKER_ARGV = "TENANT_MCP_WORKER_ARGV"
+
+
+def _serve_workers(args: argparse.Namespace, app: TenantMCP, options: HTTPOptions) -> None:
+    """`serve --workers N`: N processes on one socket; each rebuilds the app from this command line."""
+    if not options.stateless:
+        raise _UsageError(
+            f"--workers {args.workers} needs --stateless: a 2025-era session lives in the memory of the "
+            "worker that opened it, and connections, not sessions, are spread over the workers "
+            "(2026-07-28 clients never open sessions; --stateless serves them as well)"
+        )
+    if app.redis_url is None:
+        raise _UsageError(
+            f"--workers {args.workers} needs Redis (--redis-url or TENANT_MCP_REDIS_URL): the workers share "
+            "rate limits, credential revocations and tenant events through it"
+        )
+    from tenant_mcp.transports.http import serve_workers
+
+    asyncio.run(app.check())
+    os.environ[_WORKER_ARGV] = json.dumps(args.argv)
+    access_log = args.access_log and app.telemetry.log_format != "json"
+    serve_workers(
+        "tenant_mcp.cli:worker_app", options, args.workers, log_level=args.log_level, access_log=access_log
+    )
+
+
+def worker_app() -> Any:
+    """The ASGI app of one `serve --workers N` process (uvicorn calls this in each worker)."""
+    from tenant_mcp.transports.http import prepare_process
+
+    args = _parse(json.loads(os.environ[_WORKER_ARGV]))
+    app, options = _configured(args)
+    asgi = app.http_app(options)
+    prepare_process(args.log_level)
+    return asgi
 
 
 def _migrate(args: argparse.Namespace) -> None:
@@ -596,17 +583,18 @@ def _demo(args: argparse.Namespace) -> None:
 
     async def prepare() -> dict[str, str]:
         keys = {}
-        async with ControlPlane(args.db) as cp:
+        async with Admin(args.db) as admin:
+            existing = {t.slug for t in await admin.list_tenants()}
             for slug, name, plan, scopes in (
                 ("acme", "Acme Corp", "pro", ["notes:export"]),
                 ("globex", "Globex", "free", []),
             ):
-                if await cp.tenant_by_slug(slug) is None:
-                    await cp.create_tenant(slug, name=name, plan=plan)
-                for old in await cp.list_keys(slug):  # one valid demo key per tenant, the newest
+                if slug not in existing:
+                    await admin.create_tenant(slug, name=name, plan=plan)
+                for old in await admin.list_keys(slug):  # one valid demo key per tenant, the newest
                     if old.label == "demo" and old.revoked_at is None:
-                        await cp.revoke_key(old.key_id)
-                _, keys[slug] = await cp.create_key(slug, scopes=scopes, label="demo")
+                        await admin.revoke_key(old.key_id)
+                _, keys[slug] = await admin.create_key(slug, scopes=scopes, label="demo")
         return keys
 
     keys = asyncio.run(prepare())
@@ -656,7 +644,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 # -- parser --------------------------------------------------------------------------------------
 
-Handler = Callable[[argparse.Namespace, ControlPlane], Coroutine[Any, Any, None]]
+Handler = Callable[[argparse.Namespace, Admin], Coroutine[Any, Any, None]]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -759,6 +747,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_secret_rotate)
     p = secret_cmds.add_parser("new-key", help="print a new random key for TENANT_MCP_SECRET_KEY")
     p.set_defaults(handler=None, run=_secret_new_key)
+
+    connection = commands.add_parser(
+        "connection", help="upstream OAuth connections of a tenant (tokens are never shown)",
+        description="Connections are made by people through connect links their tools hand them; "
+        "these commands show and forget them.",
+    )  # fmt: skip
+    connection_cmds = connection.add_subparsers(dest="command", required=True, metavar="ACTION")
+    for action, handler, text in (
+        ("list", _connection_list, "a tenant's connections: provider, owner, status (no tokens)"),
+        (
+            "revoke",
+            _connection_revoke,
+            "forget a tenant's connections (of PROVIDER, or all): calls get a new link",
+        ),
+    ):
+        p = connection_cmds.add_parser(action, parents=[common], help=text)
+        p.add_argument("tenant", help="tenant slug")
+        p.add_argument("provider", nargs="?", help="connection name, e.g. crm (default: all)")
+        p.set_defaults(handler=handler)
 
     tool = commands.add_parser(
         "tool", help="the per-tenant catalogue: what a tenant sees (tools, prompts, resources, templates)",
@@ -920,6 +927,8 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["critical", "error", "warning", "info", "debug"])  # fmt: skip
     serve.add_argument("--access-log", action="store_true", default=_flag("ACCESS_LOG"),
                        help="one uvicorn access line per HTTP request (off: the audit trail has them)")  # fmt: skip
+    serve.add_argument("--workers", type=int, default=int(_env("WORKERS", "1") or 1),
+                       help="serve from N processes sharing the port (needs --stateless and Redis)")  # fmt: skip
     serve.set_defaults(handler=None, run=_serve)
 
     p = commands.add_parser(
@@ -950,15 +959,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    raw = list(sys.argv[1:] if argv is None else argv)
+def _parse(raw: list[str]) -> argparse.Namespace:
     if raw[:1] == ["audit"] and len(raw) > 1 and raw[1] not in ("show", "export", "prune", "-h", "--help"):
-        raw.insert(1, "show")  # `audit TENANT`, as before there were actions
-    args = parser.parse_args(raw)
+        raw = [raw[0], "show", *raw[1:]]  # `audit TENANT`, as before there were actions
+    args = build_parser().parse_args(raw)
+    args.argv = raw
     args.db_given = (
         any(a == "--db" or a.startswith("--db=") for a in raw) or "TENANT_MCP_DATABASE_URL" in os.environ
     )
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
     try:
         if args.handler is None:
             args.run(args)
@@ -966,8 +979,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             handler: Handler = args.handler
 
             async def run() -> None:
-                async with ControlPlane(args.db) as cp:
-                    await handler(args, cp)
+                async with _admin(args) as admin:
+                    await handler(args, admin)
 
             asyncio.run(run())
     except (_UsageError, TenantMCPError) as exc:

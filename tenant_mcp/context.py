@@ -2,12 +2,13 @@
 
 It is the SDK's `Context` (progress, logging, elicitation, nested reads all work as documented
 there) plus the caller's tenant, principal and the tenant-bound services: `ctx.db`, `ctx.secrets`,
-`ctx.markers`. Annotate a parameter with it and the framework fills it in; it never appears in an
+`ctx.connections`, `ctx.markers`. Annotate a parameter with it and the framework fills it in; it never appears in an
 input schema. The services are made on first use, so a tool that uses none pays for none.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from mcp.server.mcpserver import Context
 
 from tenant_mcp import _sdk
 from tenant_mcp.audit.leakguard import Markers
+from tenant_mcp.connections.tenant import TenantConnections
 from tenant_mcp.errors import TenantMCPError, required
 from tenant_mcp.models import Principal, Tenant
 from tenant_mcp.secrets import TenantSecrets
@@ -38,6 +40,7 @@ class _Tenancy:
     db: TenantDatabase | None = None
     markers: Markers | None = None
     secrets: TenantSecrets | None = None
+    connections: TenantConnections | None = None
     finished: bool = False  # the handler returned: no new unit of work may start from this context
 
     def running(self) -> Runtime:
@@ -76,16 +79,42 @@ class TenantContext(Context[Any, Any]):
             t.db = t.runtime.store.database(t.tenant.id)
         return t.db
 
+    def _withhold(self, rt: Runtime) -> Callable[[str], None]:
+        """Makes a value a secret of the caller's tenant: withheld from every response."""
+        guard, tenant_id = rt.leak_guard, self._tenancy.tenant.id
+        return (lambda value: guard.add_secret(tenant_id, value)) if guard else _ignore
+
     @property
     def secrets(self) -> TenantSecrets:
         """The caller's tenant's secrets (`await ctx.secrets.get(name)`); see `tenant_mcp.secrets`."""
         t = self._tenancy
         if t.secrets is None:
-            rt, tenant_id = t.running(), t.tenant.id
-            guard = rt.leak_guard
-            withhold = (lambda value: guard.add_secret(tenant_id, value)) if guard else _ignore
-            t.secrets = TenantSecrets(rt.secrets, tenant_id, t.tenant.slug, withhold)
+            rt = t.running()
+            t.secrets = TenantSecrets(rt.secrets, t.tenant.id, t.tenant.slug, self._withhold(rt))
         return t.secrets
+
+    @property
+    def connections(self) -> TenantConnections:
+        """The caller's upstream connections (`await ctx.connections.token(name)`,
+        `ctx.connections.client(name)`); see `tenant_mcp.connections`."""
+        t = self._tenancy
+        if t.connections is None:
+            rt = t.running()
+            if rt.connections is None:
+                raise TenantMCPError("this server declares no connections (app.connection(...))")
+            t.connections = TenantConnections(
+                rt.connections, t.tenant, t.principal, self._withhold(rt), self._url_elicitation
+            )
+        return t.connections
+
+    def _url_elicitation(self) -> bool:
+        """Whether the calling client declared URL-mode elicitation (a connect link is then one)."""
+        try:
+            capabilities = self.client_capabilities
+        except (AttributeError, RuntimeError, ValueError):
+            return False
+        elicitation = capabilities.elicitation if capabilities is not None else None
+        return elicitation is not None and elicitation.url is not None
 
     @property
     def markers(self) -> Markers:

@@ -30,6 +30,13 @@ class Tenant:
     def active(self) -> bool:
         return self.status == "active"
 
+    def public(self) -> dict[str, Any]:
+        """What an operator sees of the tenant (listings, exports); its catalogue policy aside."""
+        return {
+            "id": self.id, "slug": self.slug, "name": self.name, "plan": self.plan,
+            "status": self.status, "metadata": self.metadata, "created_at": self.created_at,
+        }  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:

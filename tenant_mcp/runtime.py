@@ -12,6 +12,7 @@ from tenant_mcp.audit.leakguard import LeakGuard
 from tenant_mcp.audit.log import AuditLog
 from tenant_mcp.auth.authenticator import Authenticator
 from tenant_mcp.auth.invalidation import Invalidation
+from tenant_mcp.connections.service import Connections
 from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.limits import Limiter
 from tenant_mcp.replication.redis import Broker
@@ -34,6 +35,7 @@ class Runtime:
     secrets: SecretStore
     limiter: Limiter  # per-tenant rates, concurrency, sessions and quotas
     broker: Broker | None = None  # with Redis: what this replica shares with the others
+    connections: Connections | None = None  # upstream OAuth connections, when any is declared
 
     async def invalidate(self, invalidation: Invalidation) -> None:
         """Make cached lookups stale here, and on every replica when Redis is configured."""

@@ -171,16 +171,29 @@ class SecretStore:
     def _aad(tenant_id: str, name: str) -> bytes:
         return b"tenant_mcp secret\0" + tenant_id.encode() + b"\0" + name.encode()
 
+    async def seal(self, tx: Connection, tenant_id: str, aad: bytes, data: bytes) -> bytes:
+        """`data` encrypted with the tenant's data key (made on first use), bound to `aad` (which
+        names the tenant and where the ciphertext belongs). Upstream connection tokens use it too."""
+        key = await self._data_key(tx, tenant_id, create=True)
+        assert key is not None
+        nonce = _random.token_bytes(_NONCE)
+        return nonce + AESGCM(key).encrypt(nonce, data, aad)
+
+    async def unseal(self, tx: Connection, tenant_id: str, aad: bytes, sealed: bytes) -> bytes | None:
+        """What `seal` sealed, or None when the tenant has no data key (it was deleted).
+        Raises `InvalidTag` when the ciphertext was tampered with or moved."""
+        key = await self._data_key(tx, tenant_id, create=False)
+        if key is None:
+            return None
+        return AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], aad)
+
     async def set(self, tenant_id: str, name: str, value: str) -> None:
         check_name(name)
         data = value.encode()
         if not data or len(data) > MAX_VALUE:
             raise TenantMCPError(f"a secret value has 1 to {MAX_VALUE} bytes")
         async with self._db.transaction() as tx:
-            key = await self._data_key(tx, tenant_id, create=True)
-            assert key is not None
-            nonce = _random.token_bytes(_NONCE)
-            sealed = nonce + AESGCM(key).encrypt(nonce, data, self._aad(tenant_id, name))
+            sealed = await self.seal(tx, tenant_id, self._aad(tenant_id, name), data)
             now = _now()
             await tx.execute(
                 "INSERT INTO secrets (tenant_id, name, ciphertext, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
@@ -197,14 +210,11 @@ class SecretStore:
             )
             if row is None:
                 return None
-            key = await self._data_key(tx, tenant_id, create=False)
-        if key is None:
-            return None
-        sealed = bytes(row["ciphertext"])
-        try:
-            return AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], self._aad(tenant_id, name)).decode()
-        except InvalidTag:
-            raise TenantMCPError(f"secret {name!r} failed to decrypt (tampered with or moved)") from None
+            try:
+                data = await self.unseal(tx, tenant_id, self._aad(tenant_id, name), bytes(row["ciphertext"]))
+            except InvalidTag:
+                raise TenantMCPError(f"secret {name!r} failed to decrypt (tampered with or moved)") from None
+        return None if data is None else data.decode()
 
     async def list(self, tenant_id: str) -> list[SecretInfo]:
         rows = await self._db.fetch_all(

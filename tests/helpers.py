@@ -2,7 +2,8 @@
 
 `ServerProcess` starts `tenant-mcp serve` exactly as an operator would, on a free loopback port,
 with its own SQLite control plane in a temporary directory. Tenants and keys are created through
-the same `ControlPlane` the CLI uses. The fixtures built from these live in `conftest.py`.
+the admin API (`tenant_mcp.Admin`), which the CLI uses too. The fixtures built from these live in
+`conftest.py`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tenant_mcp.controlplane import ControlPlane
+from tenant_mcp.admin import Admin
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,16 +59,16 @@ class Tenants:
 
     def run(self, coro_fn: Any) -> Any:
         async def go() -> Any:
-            async with ControlPlane(self.db_url) as cp:
-                return await coro_fn(cp)
+            async with Admin(self.db_url) as admin:
+                return await coro_fn(admin)
 
         # A thread of its own, so this also works from inside an async test's running loop.
         with ThreadPoolExecutor(1) as pool:
             return pool.submit(asyncio.run, go()).result()
 
     def create(self, slug: str, *, plan: str = "free", name: str | None = None) -> str:
-        async def go(cp: ControlPlane) -> str:
-            return (await cp.create_tenant(slug, name=name, plan=plan)).id
+        async def go(admin: Admin) -> str:
+            return (await admin.create_tenant(slug, name=name, plan=plan)).id
 
         self.ids[slug] = self.run(go)
         return self.ids[slug]
@@ -75,8 +76,8 @@ class Tenants:
     def key(
         self, tenant: str, *, scopes: tuple[str, ...] = (), label: str = "", name: str | None = None
     ) -> str:
-        async def go(cp: ControlPlane) -> tuple[str, str]:
-            record, key = await cp.create_key(tenant, scopes=scopes, label=label)
+        async def go(admin: Admin) -> tuple[str, str]:
+            record, key = await admin.create_key(tenant, scopes=scopes, label=label)
             return record.key_id, key
 
         key_id, key = self.run(go)
@@ -85,8 +86,8 @@ class Tenants:
         return key
 
     def audit(self, tenant: str, limit: int = 200) -> list[dict[str, Any]]:
-        async def go(cp: ControlPlane) -> list[dict[str, Any]]:
-            return await cp.audit_events(tenant, limit)
+        async def go(admin: Admin) -> list[dict[str, Any]]:
+            return await admin.audit_events(tenant, limit)
 
         return self.run(go)
 

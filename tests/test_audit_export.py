@@ -16,7 +16,7 @@ import pytest
 
 from tenant_mcp.audit.log import _iso
 from tenant_mcp.controlplane import AuditEvent, ControlPlane
-from tests.helpers import ServerProcess, Tenants, mcp_client, migrated, run_cli, standard_tenants
+from tests.helpers import ServerProcess, Tenants, in_thread, mcp_client, migrated, run_cli, standard_tenants
 
 pytestmark = pytest.mark.anyio
 
@@ -81,17 +81,18 @@ def _events(t: Tenants) -> None:
     """Four events of acme (two old, two new) and one of globex, through the real control plane."""
     old, new = _iso(time.time() - 200 * 86400), _iso(time.time())
 
-    async def go(cp: ControlPlane) -> None:
-        await cp.write_audit(
-            [
-                AuditEvent(at, t.ids[slug], "key:x", "tools/call", f"tool{i}", "ok", None, 1.0, None)
-                for i, (at, slug) in enumerate(
-                    [(old, "acme"), (old, "acme"), (new, "acme"), (new, "acme"), (new, "globex")]
-                )
-            ]
-        )
+    async def go() -> None:
+        async with ControlPlane(t.db_url) as cp:
+            await cp.write_audit(
+                [
+                    AuditEvent(at, t.ids[slug], "key:x", "tools/call", f"tool{i}", "ok", None, 1.0, None)
+                    for i, (at, slug) in enumerate(
+                        [(old, "acme"), (old, "acme"), (new, "acme"), (new, "acme"), (new, "globex")]
+                    )
+                ]
+            )
 
-    t.run(go)
+    in_thread(go())
 
 
 def _check_export_and_prune(t: Tenants) -> None:

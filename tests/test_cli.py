@@ -230,12 +230,13 @@ def add_notes(db: DB, slug: str, titles: list[str]) -> Path:
             data_dir = cp.data_dir
         pool = DatabasePool(data_dir, [migration_sql("sqlite", m) for m in app._migrations])
         try:
+            rows = [(new_id(), title, f"body of {title}") for title in titles]
             async with pool.lease(tenant.id) as handle:
-                for title in titles:
-                    await handle.conn.execute(
-                        "INSERT INTO notes (id, title, body) VALUES (?, ?, ?)",
-                        (new_id(), title, f"body of {title}"),
+                await handle.run(
+                    lambda conn: conn.executemany(
+                        "INSERT INTO notes (id, title, body) VALUES (?, ?, ?)", rows
                     )
+                )
         finally:
             await pool.aclose()
         return pool.path(tenant.id)
@@ -872,7 +873,7 @@ def test_demo(tmp_path: Path) -> None:
     assert "Traceback" not in again.stderr, again.stderr
 
     tenants = Tenants(db_url)
-    listed = tenants.run(lambda cp: cp.list_tenants())
+    listed = tenants.run(lambda admin: admin.list_tenants())
     assert [(t.slug, t.plan) for t in listed] == [("acme", "pro"), ("globex", "free")], (
         "demo duplicated tenants"
     )

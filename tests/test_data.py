@@ -14,7 +14,7 @@ import pytest
 
 from tenant_mcp.errors import TenantMCPError
 from tenant_mcp.storage.sql import GatewayRefusal
-from tenant_mcp.storage.sqlite import SQLiteStore
+from tenant_mcp.storage.sqlite import WORKERS, SQLiteStore
 from tests.helpers import ServerProcess, Tenants, mcp_client, tool_result
 
 pytestmark = pytest.mark.anyio
@@ -138,18 +138,23 @@ async def test_bulk_import_is_all_or_nothing(notes_server: ServerProcess, tenant
 
 
 async def test_pool_bounds_open_connections_and_threads(tmp_path: Path) -> None:
-    pool = SQLiteStore(tmp_path, ["CREATE TABLE t (v TEXT)"], max_open=4)
+    """Open tenants hold connections, not threads: a few shared workers serve all of them."""
+    pool = SQLiteStore(tmp_path, ["CREATE TABLE t (v TEXT)"], max_open=24)
     threads_before = threading.active_count()
     try:
-        for i in range(40):
-            db = pool.database(f"{i:032x}")
-            await db.execute("INSERT INTO t (v) VALUES (?)", (f"tenant {i}",))
-            await db._finish(commit=True)
-            assert pool.open_count <= 4
-            assert threading.active_count() <= threads_before + 4
+        for batch in range(0, 80, 8):  # 40 tenants twice, 8 calls at a time
+            dbs = [pool.database(f"{i % 40:032x}") for i in range(batch, batch + 8)]
+            inserts = (
+                db.execute("INSERT INTO t (v) VALUES (?)", (f"tenant {i % 40}",))
+                for i, db in enumerate(dbs, batch)
+            )
+            await asyncio.gather(*inserts)
+            await asyncio.gather(*(db._finish(commit=True) for db in dbs))
+            assert pool.open_count <= 24
+            assert threading.active_count() <= threads_before + WORKERS.limit < 24, batch
         assert len(list(tmp_path.glob("*.sqlite3"))) == 40
         db = pool.database(f"{7:032x}")  # closed long ago: reopened lazily, data intact
-        assert await db.fetch_all("SELECT v FROM t") == [{"v": "tenant 7"}]
+        assert await db.fetch_all("SELECT v FROM t") == [{"v": "tenant 7"}, {"v": "tenant 7"}]
         await db._finish(commit=False)
     finally:
         await pool.aclose()
@@ -242,7 +247,17 @@ async def test_a_missing_table_says_which_and_what_to_do(tmp_path: Path) -> None
     store = SQLiteStore(tmp_path, [])
     db = store.database("0" * 32)
     try:
-        with pytest.raises(TenantMCPError, match=r"no such table: notes .*declare a migration"):
+        with pytest.raises(
+            TenantMCPError, match=r"no such table: notes .*none of the app's 0 migration\(s\) creates it"
+        ):
+            await db.fetch_all("SELECT * FROM notes")
+    finally:
+        await db._finish(commit=False)
+        await store.aclose()
+    store = SQLiteStore(tmp_path / "other", ["CREATE TABLE notes (id INTEGER PRIMARY KEY); DROP TABLE notes"])
+    db = store.database("0" * 32)
+    try:
+        with pytest.raises(TenantMCPError, match=r"no such table: notes .*migration 1 creates it"):
             await db.fetch_all("SELECT * FROM notes")
     finally:
         await db._finish(commit=False)

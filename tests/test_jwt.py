@@ -196,9 +196,13 @@ def jwt_db(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def jwt_tenants(jwt_db: str) -> Tenants:
     t = standard_tenants(jwt_db)  # acme, globex
-    t.run(lambda cp: cp.create_tenant("initech", plan="free", metadata={"jwt_issuers": [OTHER_ISS]}))
+    t.run(lambda admin: admin.create_tenant("initech", plan="free", metadata={"jwt_issuers": [OTHER_ISS]}))
     # A tenant whose metadata names an issuer the server does not trust: metadata may only narrow.
-    t.run(lambda cp: cp.create_tenant("hooli", plan="free", metadata={"jwt_issuers": ["https://rogue.test"]}))
+    t.run(
+        lambda admin: admin.create_tenant(
+            "hooli", plan="free", metadata={"jwt_issuers": ["https://rogue.test"]}
+        )
+    )
     return t
 
 
@@ -448,7 +452,7 @@ def test_suspended_tenant_is_refused_then_readmitted(
     url = static_server.url
     token = sign(claims(url, sub="suspend-me"))
     session_id = _open_session(url, token)  # a session opened while active
-    jwt_tenants.run(lambda cp: cp.set_status("acme", "suspended"))
+    jwt_tenants.run(lambda admin: admin.suspend("acme"))
     try:
         time.sleep(1.3)  # past the 1 s credential cache
         assert_refused(static_server, post(url, sign(claims(url))), "suspended tenant, new connection")
@@ -456,7 +460,7 @@ def test_suspended_tenant_is_refused_then_readmitted(
         globex = post(url, sign(claims(url, tenant="globex")))
         assert_accepted(globex, "another tenant is unaffected by acme's suspension")
     finally:
-        jwt_tenants.run(lambda cp: cp.set_status("acme", "active"))
+        jwt_tenants.run(lambda admin: admin.activate("acme"))
     time.sleep(1.3)
     assert_accepted(post(url, sign(claims(url))), "after re-activation")
     assert_accepted(_tools_list(url, token, session_id), "the open session after re-activation")
@@ -694,7 +698,9 @@ def test_per_tenant_issuers_given_as_a_string_are_not_substring_matched(
 ) -> None:
     realm_a = "https://kc.test/realms/a"
     realm_ab = "https://kc.test/realms/ab"
-    jwt_tenants.run(lambda cp: cp.create_tenant("abco", plan="free", metadata={"jwt_issuers": realm_ab}))
+    jwt_tenants.run(
+        lambda admin: admin.create_tenant("abco", plan="free", metadata={"jwt_issuers": realm_ab})
+    )
     server = ServerProcess(
         "example_servers.notes:app",
         jwt_db,

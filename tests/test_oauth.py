@@ -26,6 +26,7 @@ from mcp.shared.auth import (
     OAuthToken,
 )
 
+from tenant_mcp.admin import Admin
 from tests.helpers import ServerProcess, Tenants, mcp_client, postgres_database
 
 pytestmark = pytest.mark.anyio
@@ -216,7 +217,7 @@ async def test_revoking_the_key_ends_its_tokens_and_refresh_rotates(
     storage = MemoryStorage()
     assert (await whoami(server, provider(server, Person(key), storage)))["tenant"] == "acme"
     live = storage.tokens.access_token  # type: ignore[union-attr]
-    t.run(lambda cp: cp.revoke_key(t.key_ids["acme-oauth"]))
+    t.run(lambda admin: admin.revoke_key(t.key_ids["acme-oauth"]))
     await anyio.sleep(1.2)
     async with httpx2.AsyncClient(timeout=30) as http:
         r = await http.post(server.url, headers={"Authorization": f"Bearer {live}"}, json={})
@@ -312,12 +313,12 @@ async def test_flow_attacks_are_refused(oauth_server: tuple[ServerProcess, Tenan
                 "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
         assert (await http.post(server.url, headers=mcp_headers, json=init)).status_code == 200
         # suspending the tenant ends the token within the credential cache window
-        t.run(lambda cp: cp.set_status("globex", "suspended"))
+        t.run(lambda admin: admin.suspend("globex"))
         try:
             await anyio.sleep(1.2)
             assert (await http.post(server.url, headers=mcp_headers, json=init)).status_code == 401
         finally:
-            t.run(lambda cp: cp.set_status("globex", "active"))
+            t.run(lambda admin: admin.activate("globex"))
 
 
 async def test_a_grant_inherits_the_approving_keys_allow_list(
@@ -325,8 +326,8 @@ async def test_a_grant_inherits_the_approving_keys_allow_list(
 ) -> None:
     server, t = oauth_server
 
-    async def narrow_key(cp: Any) -> str:
-        _, key = await cp.create_key("globex", items=["list_notes"])
+    async def narrow_key(admin: Admin) -> str:
+        _, key = await admin.create_key("globex", items=["list_notes"])
         return str(key)
 
     key = t.run(narrow_key)

@@ -21,6 +21,7 @@ import httpx2
 import pytest
 import redis
 
+from tenant_mcp.admin import Admin
 from tenant_mcp.errors import ConfigurationError
 from tenant_mcp.replication.redis import Names
 from tests.helpers import (
@@ -198,9 +199,8 @@ async def test_the_cli_reports_an_unreachable_redis_but_keeps_the_revocation(
     assert result.returncode == 0, result.stderr
     assert "warning: cannot publish to Redis" in result.stderr
 
-    async def revoked(cp: Any) -> bool:
-        record = await cp.key(t.key_ids["acme2"])
-        return record is not None and record.revoked_at is not None
+    async def revoked(admin: Admin) -> bool:
+        return (await admin.key(t.key_ids["acme2"])).revoked_at is not None
 
     assert t.run(revoked)
 

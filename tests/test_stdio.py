@@ -178,8 +178,8 @@ def refusals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Refusal]:
     for slug in ("live", "revoked", "suspended"):
         t.create(slug)
         t.key(slug)
-    t.run(lambda cp: cp.revoke_key(t.key_ids["revoked"]))
-    t.run(lambda cp: cp.set_status("suspended", "suspended"))
+    t.run(lambda admin: admin.revoke_key(t.key_ids["revoked"]))
+    t.run(lambda admin: admin.suspend("suspended"))
     live = t.keys["live"]
     keys: dict[str, str | None] = {
         "missing": None,
@@ -239,7 +239,7 @@ async def test_revoking_the_key_stops_an_open_session(tenants: Tenants, tmp_path
         assert await _whoami(revoked) == "acme"
         assert await _whoami(other_key) == "acme"
 
-        tenants.run(lambda cp: cp.revoke_key(tenants.key_ids["acme2"]))
+        tenants.run(lambda admin: admin.revoke_key(tenants.key_ids["acme2"]))
         took, error = await _refused_within(revoked, REVOCATION_DEADLINE)
         assert isinstance(error, MCPError), error
         for attempt in ("whoami", "list_notes", "create_note"):
@@ -272,7 +272,7 @@ async def test_suspending_the_tenant_stops_an_open_session(tenants: Tenants, tmp
     errlog = tmp_path / "stderr.log"
     async with stdio_session(tenants.db_url, tenants.keys["globex"], errlog) as globex:
         assert await _whoami(globex) == "globex"
-        tenants.run(lambda cp: cp.set_status("globex", "suspended"))
+        tenants.run(lambda admin: admin.suspend("globex"))
         took, error = await _refused_within(globex, REVOCATION_DEADLINE)
         assert isinstance(error, MCPError)
         with pytest.raises(MCPError):

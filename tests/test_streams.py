@@ -81,9 +81,9 @@ async def _touch(server: ServerProcess, key: str) -> None:
 
 def _end_credential(t: Tenants, slug: str, how: str) -> None:
     if how == "revoke":
-        t.run(lambda cp: cp.revoke_key(t.key_ids[f"{slug}-watched"]))
+        t.run(lambda admin: admin.revoke_key(t.key_ids[f"{slug}-watched"]))
     else:
-        t.run(lambda cp: cp.set_status(slug, "suspended"))
+        t.run(lambda admin: admin.suspend(slug))
 
 
 @asynccontextmanager
@@ -124,7 +124,7 @@ async def test_ending_the_credential_closes_a_legacy_get_stream(
             while not stream.updates():
                 await anyio.sleep(0.05)
         if how == "suspend":
-            t.run(lambda cp: cp.set_status(slug, "suspended"))
+            t.run(lambda admin: admin.suspend(slug))
         else:
             _end_credential(t, slug, how)
         ended_at = time.monotonic()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -247,21 +246,3 @@ class Markers:
         await self._control_plane.add_marker(self._tenant_id, value, "identifier")
         if self._guard is not None:  # now, not at the next sync
             self._guard.add(self._tenant_id, value, "identifier")
-
-
-async def plant_canary(control_plane: ControlPlane, tenant_id: str) -> str:
-    """Record a random canary for the tenant and write it into the tenant's data.
-
-    A query that wrongly crosses tenants then carries the canary out, and the guard (which knows
-    it as the tenant's marker) catches it. Returns the value.
-    """
-    from tenant_mcp.storage import open_store
-
-    value = "tmcanary" + secrets.token_hex(12)
-    await control_plane.add_marker(tenant_id, value, "canary")
-    store = await open_store(control_plane.url)
-    try:
-        await store.plant_canary(tenant_id, value)
-    finally:
-        await store.aclose()
-    return value

@@ -93,7 +93,7 @@ def _of_live_tenants(conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> 
 class _DirectWriter:
     """Writes a batch from the event loop's own thread, never waiting.
 
-    The control plane's aiosqlite connection runs statements on a worker thread, which under load
+    The control plane's connection runs statements on a worker thread, which under load
     must win the GIL back from the busy event loop several times per batch; those hand-overs cost
     far more than the write (measured: about 3 more context switches per request and 10-20% more
     CPU per request). Here a batch is one short transaction on a plain connection: microseconds

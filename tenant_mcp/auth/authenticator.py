@@ -133,8 +133,7 @@ class Authenticator:
         cached = self._keys.entry(key_id)
         if cached is None:
             generation, read_at = self._generation, time.monotonic()
-            record = await self.control_plane.key(key_id)
-            tenant = await self.control_plane.tenant_by_id(record.tenant_id) if record else None
+            record, tenant = await self.control_plane.key_and_tenant(key_id)
             if generation == self._generation:
                 self._keys.put(key_id, (record, tenant), read_at=read_at)
                 self._saw(tenant, read_at)

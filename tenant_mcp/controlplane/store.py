@@ -1,6 +1,6 @@
 """`ControlPlane`: tenants, API keys, policies, leak markers and audit events, in one database.
 
-SQLite through aiosqlite is the default so a single machine needs no service; every process that
+SQLite is the default so a single machine needs no service; every process that
 opens it brings the schema up to date inside one write transaction, so two processes starting
 together cannot apply a step twice. On PostgreSQL (several replicas) the tables live in the
 ``tenant_mcp`` schema, migrated by `tenant-mcp migrate` as their owner; a server only checks
@@ -119,6 +119,24 @@ def item_key(item: str) -> str:
 # A tenant with its plan's catalogue defaults, which its own policy overrides item by item.
 _TENANTS = (
     "SELECT t.*, p.catalogue AS plan_catalogue FROM tenants t LEFT JOIN plan_policies p ON p.plan = t.plan"
+)
+
+
+_KEY_COLUMNS = (
+    "key_id",
+    "tenant_id",
+    "digest",
+    "scopes",
+    "label",
+    "created_at",
+    "last_used_at",
+    "revoked_at",
+    "items",
+)
+_KEY_AND_TENANT = (
+    "SELECT " + ", ".join(f"k.{c} AS k_{c}" for c in _KEY_COLUMNS) + ", t.*, p.catalogue AS plan_catalogue"
+    " FROM api_keys k LEFT JOIN tenants t ON t.id = k.tenant_id LEFT JOIN plan_policies p ON p.plan = t.plan"
+    " WHERE k.key_id = ?"
 )
 
 
@@ -390,6 +408,15 @@ class ControlPlane:
     async def key(self, key_id: str) -> KeyRecord | None:
         row = await self.db.fetch_one("SELECT * FROM api_keys WHERE key_id = ?", (key_id,))
         return _key(row) if row else None
+
+    async def key_and_tenant(self, key_id: str) -> tuple[KeyRecord | None, Tenant | None]:
+        """A key and its tenant in one read: what verifying an API key needs, read at one moment
+        (a cold credential costs one round trip, not two)."""
+        row = await self.db.fetch_one(_KEY_AND_TENANT, (key_id,))
+        if row is None:
+            return None, None
+        key = _key({column[2:]: value for column, value in row.items() if column.startswith("k_")})
+        return key, (_tenant(row) if row["id"] is not None else None)
 
     async def list_keys(self, tenant_slug: str) -> list[KeyRecord]:
         tenant = await self.require_tenant(tenant_slug)

@@ -182,6 +182,39 @@ TENANT_USAGE = _tenant_row(
     key=("tenant_id", "day"),
 )
 
+# Upstream connections (tenant_mcp.connections): OAuth tokens of a tenant (or one principal in it)
+# for another API, sealed with the tenant's data key; pending connect links, stored by digest.
+CONNECTIONS = _tenant_row(
+    "connections",
+    Column("provider", "text"),
+    Column("owner", "text"),  # "" for the tenant's one connection, else the principal's id
+    Column("ciphertext", "blob"),
+    Column("status", "text", choices=("active", "broken")),
+    Column("reason", "text", null=True),
+    Column("connected_by", "text"),
+    Column("version", "integer", default=1),
+    Column("refreshing_until", "real", null=True),  # a replica's claim to refresh, until then
+    Column("created_at", "text"),
+    Column("updated_at", "text"),
+    key=("tenant_id", "provider", "owner"),
+)
+CONNECTION_LINKS = Table(
+    "connection_links",
+    (
+        Column("digest", "text"),
+        _tenant_id(),
+        Column("provider", "text"),
+        Column("owner", "text"),
+        Column("principal", "text"),  # who asked: the only one who may complete it
+        Column("verifier", "text"),  # PKCE; never leaves this server
+        Column("csrf", "text"),
+        Column("browser", "text", null=True),
+        Column("state", "text", null=True, unique=True),
+        Column("expires_at", "real"),
+    ),
+    primary_key=("digest",),
+)
+
 STEPS: tuple[Step, ...] = (
     Step((CreateTable(TENANTS), CreateTable(API_KEYS), CreateTable(AUDIT_EVENTS))),
     Step(
@@ -201,6 +234,7 @@ STEPS: tuple[Step, ...] = (
         )
     ),
     Step((CreateTable(TENANT_LIMITS), CreateTable(TENANT_USAGE))),
+    Step((CreateTable(CONNECTIONS), CreateTable(CONNECTION_LINKS))),
 )
 
 SQLITE_MIGRATIONS = versions(STEPS, "sqlite")

@@ -121,6 +121,23 @@ class StaticResource:
     mime_type: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class CatalogueItem:
+    """A shared item as code registered it, for whoever reads the catalogue rather than serves it
+    (reports, the isolation kit): `key` is how catalogue policies and keys' allow-lists name it."""
+
+    kind: str  # "tool", "prompt", "resource" or "template"
+    name: str  # the tool's or prompt's name, the resource's URI or URI template
+    scopes: frozenset[str]
+    plans: frozenset[str] | None  # None: every plan
+    per_tenant: bool  # seen only by tenants it is enabled for
+    fn: Callable[..., Any] | None  # the function that answers it
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
 class Catalogue:
     def __init__(self) -> None:
         # Item and wire types are SDK classes; the server module, which builds them, knows them.
@@ -128,3 +145,18 @@ class Catalogue:
         self.prompts: Section[Any, Any] = Section("prompt", "prompt")
         self.resources: Section[Any, Any] = Section("resource", "resource")
         self.templates: Section[Any, Any] = Section("resource template", "template")
+
+    def shared_items(self) -> list[CatalogueItem]:
+        """Every shared item, tools first, in registration order."""
+        return [
+            CatalogueItem(
+                section.item_kind,
+                entry.key,
+                entry.visibility.scopes,
+                entry.visibility.plans,
+                entry.visibility.opt_in,
+                getattr(entry.item, "fn", None),
+            )
+            for section in (self.tools, self.prompts, self.resources, self.templates)
+            for entry in section.shared.values()
+        ]

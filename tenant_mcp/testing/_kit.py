@@ -19,9 +19,8 @@ from typing import Any, Protocol
 
 import anyio
 
+from tenant_mcp.admin import Admin
 from tenant_mcp.app import TenantMCP
-from tenant_mcp.audit.leakguard import plant_canary
-from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.transports.http import HTTPOptions
 
 _MISSING = "tenant-mcp-kit-missing-item"
@@ -197,9 +196,9 @@ def _distinct(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _catalogue_access(app: TenantMCP) -> tuple[str, list[str]]:
     """The plan and scopes that see the whole catalogue (the first plan any tool names)."""
-    tools = app._catalogue.tools.shared.values()
-    scopes = sorted({s for entry in tools for s in entry.visibility.scopes})
-    plans = sorted({p for entry in tools for p in (entry.visibility.plans or ())})
+    tools = [item for item in app.items() if item.kind == "tool"]
+    scopes = sorted({s for item in tools for s in item.scopes})
+    plans = sorted({p for item in tools for p in (item.plans or ())})
     return (plans[0] if plans else "free"), scopes
 
 
@@ -242,13 +241,7 @@ async def _request(client: Any, kind: str, name: str, args: dict[str, Any], seco
 
 def _opt_in_items(app: TenantMCP) -> list[str]:
     """Items the app registers with `per_tenant=True`, as catalogue policies name them."""
-    catalogue = app._catalogue
-    return [
-        f"{section.item_kind}:{key}"
-        for section in (catalogue.tools, catalogue.prompts, catalogue.resources, catalogue.templates)
-        for key, entry in section.shared.items()
-        if entry.visibility.opt_in
-    ]
+    return [item.key for item in app.items() if item.per_tenant]
 
 
 class IsolationKit:
@@ -265,7 +258,7 @@ class IsolationKit:
         self.call_timeout = call_timeout
         self.report = IsolationReport(budget=budget)
 
-    async def _provision(self, cp: ControlPlane) -> dict[str, dict[str, str]]:
+    async def _provision(self, admin: Admin) -> dict[str, dict[str, str]]:
         rich_plan, scopes = _catalogue_access(self.app)
         tenants: dict[str, dict[str, str]] = {}
         for label, plan, key_scopes in (
@@ -274,14 +267,14 @@ class IsolationKit:
             ("c", "kit-minimal", []),
         ):
             slug = f"kit-{label}-{secrets.token_hex(3)}"
-            tenant = await cp.create_tenant(
+            tenant = await admin.create_tenant(
                 slug, name=f"Kit Tenant {label.upper()} {secrets.token_hex(3)}", plan=plan
             )
-            _, key = await cp.create_key(slug, scopes=key_scopes)
+            _, key = await admin.create_key(slug, scopes=key_scopes)
             if label != "c":  # policies on: the rich tenants get every per_tenant=True item too
                 for item in _opt_in_items(self.app):
-                    await cp.set_item_policy(slug, item, "enabled")
-            canary = await plant_canary(cp, tenant.id)
+                    await admin.set_item_policy(slug, item, "enabled")
+            canary = await admin.plant_canary(slug)
             tenants[label] = {
                 "slug": slug,
                 "name": tenant.name,
@@ -324,8 +317,8 @@ class IsolationKit:
             self.app.database_url = f"sqlite:///{Path(tmp) / 'kit.db'}"
             self.app.leak_guard = "report"
             try:
-                async with ControlPlane(self.app.database_url) as cp:
-                    tenants = await self._provision(cp)
+                async with Admin(self.app.database_url) as admin:
+                    tenants = await self._provision(admin)
                 with _serving(self.app, _free_port()) as url:
                     await self._attack(url, tenants)
             finally:

@@ -43,8 +43,8 @@ from typing import Any
 
 import anyio
 
+from tenant_mcp.admin import Admin
 from tenant_mcp.app import TenantMCP
-from tenant_mcp.controlplane import ControlPlane
 from tenant_mcp.testing._kit import _catalogue_access, _connect, _free_port, _harvest, _load, _request, _tls
 
 # Small and shared by both tenants: interference mostly shows where their values collide.
@@ -283,9 +283,7 @@ def _target(app: TenantMCP | str) -> str:
         _load(app)  # fail here, with the CLI's message, if it does not name a TenantMCP
         return app
     # Where it is defined (its tools' module) first; never __main__, which a server cannot import.
-    homes = {
-        getattr(getattr(e.item, "fn", None), "__module__", None) for e in app._catalogue.tools.shared.values()
-    }
+    homes = {getattr(item.fn, "__module__", None) for item in app.items() if item.kind == "tool"}
     found = sorted(
         ((name not in homes, name, attr)
          for name, module in list(sys.modules.items()) if name != "__main__"
@@ -318,12 +316,12 @@ class _Server:
         """Tenants A and B (on the plan and scopes that see everything) and C (on a plan of its own,
         without scopes) in a new control plane, then the server process (not waited for)."""
         db_url = self.db_url
-        async with ControlPlane(db_url) as cp:
+        async with Admin(db_url) as admin:
             for label, plan, scopes in (("A", self.plan, self.scopes), ("B", self.plan, self.scopes),
                                         ("C", _OTHER_PLAN, [])):  # fmt: skip
                 slug = f"tenant-{label.lower()}"
-                await cp.create_tenant(slug, name=f"Tenant {label}", plan=plan)
-                self.keys[label] = (await cp.create_key(slug, scopes=scopes))[1]
+                await admin.create_tenant(slug, name=f"Tenant {label}", plan=plan)
+                self.keys[label] = (await admin.create_key(slug, scopes=scopes))[1]
         self._spawn(db_url)
 
     def _spawn(self, db_url: str) -> None:

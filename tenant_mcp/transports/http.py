@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import anyio
@@ -35,7 +35,7 @@ from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenant_mcp import _sdk
@@ -433,12 +433,26 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
+class Mount(Protocol):
+    """Routes of another concern served beside MCP (the upstream connect pages): mounted behind the
+    same Host check, handed the runtime while the app serves, like the OAuth server."""
+
+    runtime: Runtime | None
+
+    def routes(self) -> list[BaseRoute]: ...
+
+
 def build_app(
-    server: ScopedServer, running: Running, options: HTTPOptions, *, replicated: bool = False
+    server: ScopedServer,
+    running: Running,
+    options: HTTPOptions,
+    *,
+    replicated: bool = False,
+    mounts: Sequence[Mount] = (),
 ) -> Starlette:
     """The ASGI app serving `server` at `options.path`; its lifespan enters `running()` and hands
-    the runtime to the gate and the OAuth server. `replicated`: sessions keep their stream events
-    in Redis (the runtime's broker), so a client can resume on another replica."""
+    the runtime to the gate, the OAuth server and the `mounts`. `replicated`: sessions keep their
+    stream events in Redis (the runtime's broker), so a client can resume on another replica."""
     if not options.path.startswith("/"):
         raise ConfigurationError("the MCP path must start with '/'")
     hosts = _Hosts(options)
@@ -460,7 +474,9 @@ def build_app(
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    routes = [Route(options.path, endpoint=gate), Route("/healthz", health)]
+    routes: list[BaseRoute] = [Route(options.path, endpoint=gate), Route("/healthz", health)]
+    for mount in mounts:
+        routes += mount.routes()
     oauth = None
     if options.oauth_issuer is not None:
         oauth = OAuthServer(
@@ -494,6 +510,8 @@ def build_app(
             gate.runtime = runtime
             if oauth is not None:
                 oauth.runtime = runtime
+            for mount in mounts:
+                mount.runtime = runtime
             manager = server.session_manager
             runtime.telemetry.watch_http(
                 sessions=lambda: _sdk.open_sessions(manager), get_streams=lambda: gate.open_get_streams
@@ -502,6 +520,8 @@ def build_app(
             try:
                 yield {}
             finally:
+                for mount in mounts:
+                    mount.runtime = None
                 gate.runtime = None
                 if oauth is not None:
                     oauth.runtime = None
@@ -534,21 +554,19 @@ def _store_session_events(server: ScopedServer, gate: _Gate) -> None:
     _sdk.on_session_admitted(manager, choose)
 
 
-async def serve(
-    asgi: Starlette, options: HTTPOptions, *, log_level: str = "info", access_log: bool = False
-) -> None:
-    """Serve until interrupted; on shutdown in-flight requests finish and the audit is flushed."""
-    import uvicorn
+def _uvicorn_settings(options: HTTPOptions, log_level: str, access_log: bool) -> dict[str, Any]:
+    return {
+        "host": options.host,
+        "port": options.port,
+        "log_level": log_level,
+        "access_log": access_log,
+        "timeout_graceful_shutdown": 15,
+        "lifespan": "on",
+    }
 
-    config = uvicorn.Config(
-        asgi,
-        host=options.host,
-        port=options.port,
-        log_level=log_level,
-        access_log=access_log,
-        timeout_graceful_shutdown=15,
-        lifespan="on",
-    )
+
+def prepare_process(log_level: str) -> None:
+    """What a serving process does once its app is built, before it serves."""
     if log_level != "debug":  # the SDK's per-request INFO lines ("Terminating session" in stateless mode)
         quiet_sdk_request_lines()
     # What exists now (the SDK, the app, its catalogue) lives as long as the process. Frozen, the
@@ -556,4 +574,28 @@ async def serve(
     # with a small catalogue, more with many per-tenant tools.
     gc.collect()
     gc.freeze()
+
+
+async def serve(
+    asgi: Starlette, options: HTTPOptions, *, log_level: str = "info", access_log: bool = False
+) -> None:
+    """Serve until interrupted; on shutdown in-flight requests finish and the audit is flushed."""
+    import uvicorn
+
+    config = uvicorn.Config(asgi, **_uvicorn_settings(options, log_level, access_log))
+    prepare_process(log_level)
     await uvicorn.Server(config).serve()
+
+
+def serve_workers(
+    factory: str, options: HTTPOptions, workers: int, *, log_level: str = "info", access_log: bool = False
+) -> None:
+    """Serve from `workers` processes sharing one listening socket, until interrupted.
+
+    uvicorn's supervisor binds the socket, starts the processes (each imports `factory`,
+    "module:function", and calls it for its ASGI app), restarts one that dies, and on SIGINT or
+    SIGTERM stops them all, each finishing its in-flight requests and flushing its audit.
+    """
+    import uvicorn
+
+    uvicorn.run(factory, factory=True, workers=workers, **_uvicorn_settings(options, log_level, access_log))

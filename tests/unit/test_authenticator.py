@@ -15,6 +15,7 @@ from tenant_mcp.auth.authenticator import Authenticator, _TTLCache
 from tenant_mcp.auth.invalidation import Invalidation
 from tenant_mcp.controlplane import ControlPlane, KeyRecord
 from tenant_mcp.errors import AuthenticationError
+from tenant_mcp.models import Tenant
 
 pytestmark = pytest.mark.anyio
 
@@ -131,17 +132,17 @@ async def test_an_invalidation_during_a_lookup_keeps_its_answer_out_of_the_cache
     be exactly the state the invalidation announced as stale."""
     auth = Authenticator(plane, cache_seconds=60)
     record, key = await plane.create_key("acme")
-    read = plane.key
+    read = plane.key_and_tenant
 
-    async def read_then_revoked_elsewhere(key_id: str) -> KeyRecord | None:
+    async def read_then_revoked_elsewhere(key_id: str) -> tuple[KeyRecord | None, Tenant | None]:
         found = await read(key_id)
         async with ControlPlane(plane.url) as other:  # another process revokes and announces it
             await other.revoke_key(key_id)
         auth.invalidate(Invalidation(kind="key", id=key_id))
         return found
 
-    monkeypatch.setattr(plane, "key", read_then_revoked_elsewhere)
+    monkeypatch.setattr(plane, "key_and_tenant", read_then_revoked_elsewhere)
     await auth.authenticate(key)  # answered from what it read before the revocation
-    monkeypatch.setattr(plane, "key", read)
+    monkeypatch.setattr(plane, "key_and_tenant", read)
     with pytest.raises(AuthenticationError, match=f"API key {record.key_id} is revoked"):
         await auth.authenticate(key)
