@@ -9,6 +9,8 @@ own process and nothing here leaks into another variant:
   `tenant-N` (registered before serving, as `app.tenant(slug).add_tool` does at run time).
 - `BENCH_MAX_OPEN=N`: `max_open_databases=N` (the per-tenant connection pool's bound).
 - `BENCH_LIMITS={"rate": "40/second", ...}`: these `Limits` for every plan (`bench.limits`).
+- `BENCH_HOLD=0`: refusals at the gate answered at once, not held back until a slot frees (to
+  show what holding them back buys; not a setting of the framework).
 
 It also adds `write_row`, a tool that writes one row through `ctx.db`.
 """
@@ -19,6 +21,7 @@ import json
 import os
 from collections.abc import Awaitable, Callable
 
+import tenant_mcp.limits
 from example_servers.notes import app
 from tenant_mcp import TenantContext, new_id
 from tenant_mcp.limits import Limits
@@ -30,6 +33,8 @@ if "BENCH_MAX_OPEN" in os.environ:
     app.max_open_databases = int(os.environ["BENCH_MAX_OPEN"])
 if "BENCH_LIMITS" in os.environ:
     app.limits = {"*": Limits(**json.loads(os.environ["BENCH_LIMITS"]))}
+if os.environ.get("BENCH_HOLD", "1") == "0":
+    tenant_mcp.limits._HOLD_MAX = 0
 
 
 @app.tool()

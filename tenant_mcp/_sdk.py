@@ -7,7 +7,7 @@ fails loudly if an attribute moves: nothing here swallows an AttributeError).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mcp.server.context import ServerRequestContext
@@ -64,9 +64,9 @@ def derive_context(cls: type[C], base: Context[Any, Any]) -> C:
     return ctx
 
 
-def session_owners(manager: StreamableHTTPSessionManager) -> Iterable[AuthorizationContext]:
-    """Who owns each open stateful session (client id, issuer, tenant-qualified subject)."""
-    return manager._session_owners.values()
+def session_open(manager: StreamableHTTPSessionManager, session_id: str) -> bool:
+    """Whether the stateful session is still open (not ended by DELETE, idle timeout or a crash)."""
+    return session_id in manager._server_instances
 
 
 def open_sessions(manager: StreamableHTTPSessionManager) -> int:

@@ -823,6 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sessions", "open HTTP sessions"),
         ("daily", "tool calls per UTC day"),
         ("monthly", "tool calls per calendar month (UTC)"),
+        ("subscriptions", "resource subscriptions and listen streams held at once"),
     ):
         p.add_argument(
             f"--{name.replace('_', '-')}", dest=name, metavar="VALUE", help=f"{helptext}; none; default"

@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import math
+import random
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -38,14 +39,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import limits as _limits
 from anyio.abc import TaskStatus
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.responses import JSONResponse, Response
 
-from tenant_mcp._sdk import session_owners
+from tenant_mcp._sdk import session_open
 from tenant_mcp.errors import ConfigurationError, TenantMCPError
+from tenant_mcp.replication.windows import SharedWindows, Window
 
 if TYPE_CHECKING:
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -71,8 +73,11 @@ _LOCAL_FALLBACK_SECONDS = 5.0  # with on_redis_error="local": how long before tr
 _FLUSH_SECONDS = 1.0
 _SWEEP_SECONDS = 5.0
 _IDLE_SECONDS = 60.0  # a tenant's quota counts are refreshed while it called within this long
+_HOLD_SECONDS = 1.0  # a 429 at the gate is held back until a slot frees, at most this long
+_HOLD_MAX = 32  # refusals held back at a time per tenant; past that, answered at once
+_HOLD_SPREAD = 0.2  # seconds over which held refusals are released once a slot frees
 _PEEK_BYTES = 64 * 1024  # larger bodies of a blocked tenant go to the SDK, which refuses them there
-FIELDS = ("rate", "principal_rate", "concurrency", "sessions", "daily", "monthly")
+FIELDS = ("rate", "principal_rate", "concurrency", "sessions", "daily", "monthly", "subscriptions")
 
 
 def parse_rate(value: str) -> _limits.RateLimitItem:
@@ -93,7 +98,8 @@ class Limits:
     `rate`: requests per moving window for the whole tenant ("100/minute"); `principal_rate`: the
     same per API key or JWT subject; `concurrency`: calls running at once (tool calls, resource
     reads, prompts, completions); `sessions`: open HTTP sessions; `daily` and `monthly`: tool
-    calls per UTC day and calendar month.
+    calls per UTC day and calendar month; `subscriptions`: resource subscriptions and open
+    `subscriptions/listen` streams together (below the server's `max_subscriptions_per_tenant`).
     """
 
     rate: str | None = None
@@ -102,13 +108,14 @@ class Limits:
     sessions: int | None = None
     daily: int | None = None
     monthly: int | None = None
+    subscriptions: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("rate", "principal_rate"):
             value = getattr(self, name)
             if value is not None:
                 parse_rate(value)
-        for name in ("concurrency", "sessions", "daily", "monthly"):
+        for name in ("concurrency", "sessions", "daily", "monthly", "subscriptions"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise TenantMCPError(f"invalid {name} {value!r}: a whole number of at least 1, or None")
@@ -203,6 +210,14 @@ def _describe(item: _limits.RateLimitItem) -> str:
     return f"{item.amount}/{unit}" if item.multiples == 1 else f"{item.amount}/{item.multiples} {unit}s"
 
 
+def _rate_refusal(item: _limits.RateLimitItem, scope: str, wait: float) -> Refused:
+    return Refused(
+        f"rate limited: {_describe(item)} per {scope}",
+        f"Rate limit exceeded: {_describe(item)} per {scope}",
+        wait,
+    )
+
+
 def _day(now: datetime) -> str:
     return now.strftime("%Y-%m-%d")
 
@@ -231,7 +246,8 @@ def _until_next_month(now: datetime) -> float:
 
 @dataclass
 class _Quota:
-    """Tool calls of one tenant this UTC day and month: durable counts plus this process's."""
+    """Tool calls of one tenant this UTC day and month: the durable counts plus this process's,
+    updated in place (calls being admitted hold it between their reservation and the answer)."""
 
     day: str
     day_calls: int
@@ -239,42 +255,76 @@ class _Quota:
     used_at: float = 0.0  # monotonic time of the last call that asked
 
 
+_READ_BATCH = 500  # tenants per query when quota counts are read back
+
+
 class _Usage:
-    """Durable call and refusal counts per tenant and UTC day, written in batches."""
+    """Durable call and refusal counts per tenant and UTC day, written in batches.
+
+    A tool call is counted when it reserves its place (before any await of its admission), so at
+    any moment a tenant's quota counts are what the control plane holds plus `_pending` (and
+    `_flushing` while a batch is being written). Refusing a reserved call takes it back.
+    """
 
     def __init__(self, control_plane: ControlPlane) -> None:
         self._cp = control_plane
         self._pending: dict[tuple[str, str], list[int]] = {}  # (tenant id, day) -> [calls, refused]
+        self._flushing: dict[tuple[str, str], list[int]] = {}  # the batch being written
         self._quotas: dict[str, _Quota] = {}  # tenants with a quota: their counts
+        self._reading: dict[str, anyio.Event] = {}  # tenants whose counts are being read
 
-    def count(self, tenant_id: str, *, refused: bool) -> None:
-        counts = self._pending.setdefault((tenant_id, _today()), [0, 0])
-        counts[1 if refused else 0] += 1
+    def count(self, tenant_id: str, *, refused: bool, day: str | None = None, calls: int = 1) -> None:
+        counts = self._pending.setdefault((tenant_id, day or _today()), [0, 0])
+        counts[1 if refused else 0] += calls
 
     async def quota(self, tenant_id: str) -> _Quota:
-        quota = self._quotas.get(tenant_id)
-        if quota is None or quota.day != _today():
-            quota = self._quotas[tenant_id] = await self._read(tenant_id)
-        quota.used_at = time.monotonic()
-        return quota
+        """The tenant's counts for today, read once however many calls ask at the same time."""
+        while True:
+            quota = self._quotas.get(tenant_id)
+            if quota is not None and quota.day == _today():
+                quota.used_at = time.monotonic()
+                return quota
+            reading = self._reading.get(tenant_id)
+            if reading is not None:
+                await reading.wait()  # then look again (the reader may have failed)
+                continue
+            reading = self._reading[tenant_id] = anyio.Event()
+            try:
+                day, counts = await self._read([tenant_id])
+                self._quotas[tenant_id] = _Quota(day, *counts[tenant_id])
+            finally:
+                del self._reading[tenant_id]
+                reading.set()
 
-    async def _read(self, tenant_id: str) -> _Quota:
+    async def _read(self, tenant_ids: list[str]) -> tuple[str, dict[str, tuple[int, int]]]:
+        """(today, tenant id -> (calls today, calls this month)) in one query per batch of tenants."""
         now = datetime.now(UTC)
-        day = _day(now)
-        rows = await self._cp.db.fetch_all(
-            "SELECT day, calls FROM tenant_usage WHERE tenant_id = ? AND day >= ?",
-            (tenant_id, now.strftime("%Y-%m-01")),
-        )
-        pending = {d: c[0] for (t, d), c in self._pending.items() if t == tenant_id}
-        day_calls = sum(r["calls"] for r in rows if r["day"] == day) + pending.get(day, 0)
-        month_calls = sum(r["calls"] for r in rows if r["day"] <= day) + sum(
-            n for d, n in pending.items() if d[:7] == day[:7]
-        )
-        return _Quota(day, day_calls, month_calls)
+        day, month = _day(now), now.strftime("%Y-%m-01")
+        rows: list[dict[str, Any]] = []
+        for i in range(0, len(tenant_ids), _READ_BATCH):
+            batch = tenant_ids[i : i + _READ_BATCH]
+            rows += await self._cp.db.fetch_all(
+                f"SELECT tenant_id, day, calls FROM tenant_usage WHERE tenant_id IN ({', '.join('?' * len(batch))})"
+                " AND day >= ? AND day <= ?",
+                (*batch, month, day),
+            )
+        # From here on nothing awaits: the counts not yet durable are added as they are now.
+        counts = {t: [0, 0] for t in tenant_ids}
+        unwritten = [(t, d, c[0]) for (t, d), c in (*self._flushing.items(), *self._pending.items())]
+        for t, d, calls in [(r["tenant_id"], r["day"], r["calls"]) for r in rows] + unwritten:
+            mine = counts.get(t)
+            if mine is not None and month[:7] == d[:7] and d <= day:
+                mine[1] += calls
+                if d == day:
+                    mine[0] += calls
+        return day, {t: (c[0], c[1]) for t, c in counts.items()}
 
     async def flush(self) -> None:
+        """Write the counts, then bring the quota counts of tenants that called lately up to date
+        with every replica's calls (in place); the others are read again on their next call."""
         pending, self._pending = self._pending, {}
         if pending:
+            self._flushing = pending
             try:
                 async with self._cp.db.transaction() as tx:
                     # A tenant deleted meanwhile is skipped (its row would break the foreign key
@@ -287,24 +337,31 @@ class _Usage:
                         [(t, d, c[0], c[1], t) for (t, d), c in pending.items()],
                     )
             except Exception:
-                for key, counts in pending.items():  # kept for the next attempt
-                    mine = self._pending.setdefault(key, [0, 0])
-                    mine[0] += counts[0]
-                    mine[1] += counts[1]
+                for (tenant_id, day), counts in pending.items():  # kept for the next attempt
+                    self.count(tenant_id, refused=False, day=day, calls=counts[0])
+                    self.count(tenant_id, refused=True, day=day, calls=counts[1])
                 raise
-        # Other replicas' calls: re-read the counts of tenants with a quota that called lately;
-        # the others are read again on their next call.
+            finally:
+                self._flushing = {}
         idle = time.monotonic() - _IDLE_SECONDS
-        for tenant_id, quota in list(self._quotas.items()):
-            if quota.used_at < idle:
-                del self._quotas[tenant_id]
-            else:
-                fresh = await self._read(tenant_id)
-                fresh.used_at = quota.used_at
-                self._quotas[tenant_id] = fresh
+        self._quotas = {t: q for t, q in self._quotas.items() if q.used_at >= idle}
+        if self._quotas:
+            day, fresh = await self._read(list(self._quotas))
+            for tenant_id, quota in self._quotas.items():
+                if quota.day == day and tenant_id in fresh:
+                    quota.day_calls, quota.month_calls = fresh[tenant_id]
 
     def forget(self, tenant_id: str) -> None:
         self._quotas.pop(tenant_id, None)
+
+
+def _release(counter: dict[str, int], key: str) -> None:
+    """One less held under `key` (counters keep no zero entries: they would grow with every tenant)."""
+    left = counter[key] - 1
+    if left:
+        counter[key] = left
+    else:
+        del counter[key]
 
 
 class _Admission:
@@ -321,11 +378,7 @@ class _Admission:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._counter is not None:
-            left = self._counter[self._tenant_id] - 1
-            if left:
-                self._counter[self._tenant_id] = left
-            else:
-                del self._counter[self._tenant_id]
+            _release(self._counter, self._tenant_id)
 
 
 _NOTHING_HELD = _Admission(None, "")
@@ -351,25 +404,18 @@ class Limiter:
         self._on_redis_error = on_redis_error
         self._cache_seconds = cache_seconds
         self._local = MovingWindowRateLimiter(_LocalStorage())
-        self._shared: MovingWindowRateLimiter | None = None
+        self._shared: SharedWindows | None = None
         if redis_url is not None:
-            uri = "async+" + redis_url if not redis_url.startswith("async+") else redis_url
-            storage = RedisStorage(
-                uri,
-                implementation="redispy",
-                key_prefix=f"{redis_prefix}:limits",
-                wrap_exceptions=True,
-                socket_connect_timeout=1.0,
-                socket_timeout=1.0,
-            )
-            self._shared = MovingWindowRateLimiter(storage)
+            self._shared = SharedWindows.connect(redis_url, f"{redis_prefix}:limits")
         self._redis_down_until = 0.0
         self._items: dict[str, _limits.RateLimitItem] = {}
         self._overrides: dict[str, tuple[float, Limits]] = {}
         self._inflight: dict[str, int] = {}  # tenant id -> calls running
         self._opening: dict[str, int] = {}  # tenant id -> requests opening a session
-        # tenant id -> (refuse at the gate until, no slot before, the refusal): see `_block`
-        self._blocked: dict[str, tuple[float, float, Refused]] = {}
+        self._sessions: dict[str, set[str]] = {}  # tenant id -> sessions it opened here (some may have ended)
+        # tenant id -> (no slot before, the tenant rate used up, the refusal): see `_block`
+        self._blocked: dict[str, tuple[float, str, Refused]] = {}
+        self._held: dict[str, int] = {}  # tenant id -> refusals held back (`_refuse_early`)
         self._usage = _Usage(control_plane)
 
     # -- effective limits --------------------------------------------------------------------
@@ -425,28 +471,29 @@ class Limiter:
             self._usage.count(tenant.id, refused=True)
             call.denied = refusal.reason
             raise refusal.error() from None
-        if method == "tools/call":
-            self._usage.count(tenant.id, refused=False)
         return held
 
     async def _check(self, call: Call, method: str) -> _Admission:
         tenant, principal = call.tenant, call.principal
         limits = await self.limits_of(tenant)
-        quota = await self._reserve_quota(tenant.id, limits) if method == "tools/call" else None
+        reserved = await self._reserve(tenant.id, limits) if method == "tools/call" else None
         try:
             # The entry is None for a hidden tool, as for a missing one: no rate of its own.
             tool_rate = call.entry.rate if method == "tools/call" and call.entry is not None else None
+            hits: list[tuple[str, str, tuple[str, ...]]] = []
             if tool_rate is not None:
                 name = str(call.name)
-                await self._hit(tool_rate, f"tool {name}", "tool", tenant.id, name)
+                hits.append((tool_rate, f"tool {name}", ("tool", tenant.id, name)))
             if limits.principal_rate is not None:
-                await self._hit(limits.principal_rate, "principal", "principal", tenant.id, principal.subject)
+                hits.append((limits.principal_rate, "principal", ("principal", tenant.id, principal.subject)))
             if limits.rate is not None:
+                hits.append((limits.rate, "tenant", ("tenant", tenant.id)))
+            if hits:
                 try:
-                    await self._hit(limits.rate, "tenant", "tenant", tenant.id)
+                    await self._hit(hits)
                 except Refused as refusal:
-                    if refusal.reason.startswith("rate limited"):
-                        self._block(tenant.id, refusal)
+                    if limits.rate is not None and refusal.reason.endswith(" per tenant"):
+                        self._block(tenant.id, limits.rate, refusal)
                     raise
             if limits.concurrency is None or method not in _WORK:
                 return _NOTHING_HELD
@@ -458,18 +505,24 @@ class Limiter:
                     1,
                 )
         except Refused:
-            if quota is not None:  # the call does not run, so it does not use up the quota
-                quota.day_calls -= 1
-                quota.month_calls -= 1
+            if reserved is not None:  # the call does not run, so it does not use up the quota
+                day, quota = reserved
+                self._usage.count(tenant.id, refused=False, day=day, calls=-1)
+                if quota is not None:
+                    quota.day_calls -= 1
+                    quota.month_calls -= 1
             raise
         self._inflight[tenant.id] = running + 1
         return _Admission(self._inflight, tenant.id)
 
-    async def _reserve_quota(self, tenant_id: str, limits: Limits) -> _Quota | None:
-        """Count the call against the tenant's quotas, or refuse it when one is used up. Counted
-        before any other await, so calls arriving together cannot overshoot in this process."""
+    async def _reserve(self, tenant_id: str, limits: Limits) -> tuple[str, _Quota | None]:
+        """Count the tool call in usage and against the tenant's quotas (its day, and its quota
+        counts if it has quotas), or refuse it when a quota is used up. Counted before any other
+        await, so calls arriving together cannot overshoot in this process."""
         if limits.daily is None and limits.monthly is None:
-            return None
+            day = _today()
+            self._usage.count(tenant_id, refused=False, day=day)
+            return day, None
         quota = await self._usage.quota(tenant_id)
         now = datetime.now(UTC)
         if limits.daily is not None and quota.day_calls >= limits.daily:
@@ -486,18 +539,17 @@ class Limiter:
             )
         quota.day_calls += 1
         quota.month_calls += 1
-        return quota
+        self._usage.count(tenant_id, refused=False, day=quota.day)
+        return quota.day, quota
 
-    async def _hit(self, rate: str, scope: str, *key: str) -> None:
-        item = self._item(rate)
-        limiter = (
-            self._shared if self._shared is not None and time.monotonic() >= self._redis_down_until else None
-        )
-        if limiter is not None:
+    async def _hit(self, hits: list[tuple[str, str, tuple[str, ...]]]) -> None:
+        """Count one hit on each of the windows (rate, scope as the refusal names it, key), or on
+        none of them: raise `Refused` for the first without room."""
+        items = [(self._item(rate), scope, key) for rate, scope, key in hits]
+        if self._shared is not None and time.monotonic() >= self._redis_down_until:
+            windows = [Window(item.key_for(*key), item.amount, item.get_expiry()) for item, _, key in items]
             try:
-                if await limiter.hit(item, *key):
-                    return
-                stats = await limiter.get_window_stats(item, *key)
+                full = await self._shared.hit(windows)
             except Exception as exc:  # Redis unreachable, timed out, or refused the script
                 if self._on_redis_error == "fail_closed":
                     logger.warning("rate limits: Redis unavailable (%s); refusing (fail_closed)", exc)
@@ -510,27 +562,27 @@ class Limiter:
                     "rate limits: Redis unavailable (%s); limiting in this process for a while", exc
                 )
                 self._redis_down_until = time.monotonic() + _LOCAL_FALLBACK_SECONDS
-                limiter = None
-        if limiter is None:
-            if await self._local.hit(item, *key):
+            else:
+                if full is not None:
+                    index, wait = full
+                    raise _rate_refusal(*items[index][:2], wait)
                 return
-            stats = await self._local.get_window_stats(item, *key)
-        raise Refused(
-            f"rate limited: {_describe(item)} per {scope}",
-            f"Rate limit exceeded: {_describe(item)} per {scope}",
-            stats.reset_time - time.time(),
-        )
+        for item, scope, key in items:  # all in memory, no await that yields: atomic
+            if not await self._local.test(item, *key):
+                stats = await self._local.get_window_stats(item, *key)
+                raise _rate_refusal(item, scope, stats.reset_time - time.time())
+        for item, _, key in items:
+            await self._local.hit(item, *key)
 
     # -- before the MCP layer ----------------------------------------------------------------
 
-    def _block(self, tenant_id: str, refusal: Refused) -> None:
-        """Remember that the tenant's rate is used up: no slot frees before `refusal.wait`. The
-        HTTP gate then refuses its requests before the SDK parses them, for at most the cache
-        window (an override lifting the limit must not wait longer), re-armed by the next refusal."""
-        now = time.monotonic()
+    def _block(self, tenant_id: str, rate: str, refusal: Refused) -> None:
+        """Remember that the tenant's `rate` is used up: no slot frees before `refusal.wait`. Until
+        then the HTTP gate refuses its requests before the SDK parses them, as long as `rate` is
+        still the tenant's (an override that lifts or changes it ends the block)."""
         if len(self._blocked) > 100_000:
             self._blocked.clear()
-        self._blocked[tenant_id] = (now + min(refusal.wait, self._cache_seconds), now + refusal.wait, refusal)
+        self._blocked[tenant_id] = (time.monotonic() + refusal.wait, rate, refusal)
 
     async def serve(
         self, token: TenantAccessToken, manager: StreamableHTTPSessionManager, scope: Scope, receive: Receive,
@@ -541,7 +593,7 @@ class Limiter:
         or a new session over the tenant's cap."""
         blocked = self._blocked.get(token.tenant.id) if self._blocked else None
         if blocked is not None:
-            if time.monotonic() < blocked[0]:
+            if time.monotonic() < blocked[0] and (await self.limits_of(token.tenant)).rate == blocked[1]:
                 replay = await self._refuse_early(token, blocked, scope, receive, send)
                 if replay is None:
                     return
@@ -554,11 +606,16 @@ class Limiter:
             await manager.handle_request(scope, receive, send)
 
     async def _refuse_early(
-        self, token: TenantAccessToken, blocked: tuple[float, float, Refused], scope: Scope, receive: Receive,
+        self, token: TenantAccessToken, blocked: tuple[float, str, Refused], scope: Scope, receive: Receive,
         send: Send,
     ) -> Receive | None:  # fmt: skip
         """429 for a single JSON-RPC request (never a notification or a response, which a client
-        must be able to deliver); None when refused, else a `receive` that replays the body."""
+        must be able to deliver); None when refused, else a `receive` that replays the body.
+
+        The 429 is held back until a slot frees (at most `_HOLD_SECONDS`, `_HOLD_MAX` requests per
+        tenant at a time): a client that asks again as soon as it is answered, as a runaway agent
+        does, then floods at the pace of its connections, not of the server's refusals, and leaves
+        the event loop to the other tenants (a refusal still costs 0.25 ms of HTTP parsing)."""
         length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
         if scope["method"] != "POST" or not length.isdigit() or int(length) > _PEEK_BYTES:
             return receive
@@ -576,13 +633,24 @@ class Limiter:
         except ValueError:
             request = None
         if isinstance(request, dict) and "id" in request and request.get("method") not in (None, *_FREE):
-            _, reset_at, refusal = blocked
-            retry_after = max(1, math.ceil(reset_at - time.monotonic()))
-            self._usage.count(token.tenant.id, refused=True)
+            tenant_id = token.tenant.id
+            reset_at, _, refusal = blocked
+            self._usage.count(tenant_id, refused=True)
             self._audit.record(
-                tenant_id=token.tenant.id, principal=token.principal.label,
+                tenant_id=tenant_id, principal=token.principal.label,
                 method=str(request["method"]), outcome="denied", reason=refusal.reason,
             )  # fmt: skip
+            held = self._held.get(tenant_id, 0)
+            if held < _HOLD_MAX:
+                self._held[tenant_id] = held + 1
+                try:
+                    # Spread over `_HOLD_SPREAD`: released together, a flood's connections would all
+                    # ask again at once, and several would reach the MCP layer before one re-arms this.
+                    wait = max(0.0, reset_at - time.monotonic()) + random.random() * _HOLD_SPREAD  # noqa: S311
+                    await anyio.sleep(min(_HOLD_SECONDS, wait))
+                finally:
+                    _release(self._held, tenant_id)
+            retry_after = max(1, math.ceil(reset_at - time.monotonic()))
             response = _too_many(
                 f"{refusal.message}; retry after {retry_after} s", retry_after, request["id"]
             )
@@ -607,19 +675,21 @@ class Limiter:
     ) -> None:  # fmt: skip
         """Serve a request that opens an HTTP session, unless the tenant has its `sessions` open.
 
-        The SDK's session table says who owns each open session (an owner's subject starts with
-        the tenant id). Requests still opening a session count too, so a burst cannot overshoot.
+        Each tenant's open sessions are the ids this process saw it open, minus those the SDK has
+        since ended, checked only when the tenant is at its cap: O(cap), not O(all sessions).
+        Requests still opening a session count too, so a burst cannot overshoot.
         """
         tenant = token.tenant
         limits = await self.limits_of(tenant)
         if limits.sessions is None:
             await manager.handle_request(scope, receive, send)
             return
-        prefix = f"{tenant.id}:"
         opening = self._opening.get(tenant.id, 0)
-        owners = session_owners(manager)
-        open_now = sum(1 for owner in owners if str(owner.get("subject") or "").startswith(prefix))
-        if open_now + opening >= limits.sessions:
+        ids = self._sessions.get(tenant.id, set())
+        if len(ids) + opening >= limits.sessions:
+            ids = {i for i in ids if session_open(manager, i)}  # some may have ended meanwhile
+            self._sessions[tenant.id] = ids
+        if len(ids) + opening >= limits.sessions:
             self._usage.count(tenant.id, refused=True)
             self._audit.record(
                 tenant_id=tenant.id, principal=token.principal.label, method="http", outcome="denied",
@@ -632,33 +702,45 @@ class Limiter:
             )(scope, receive, send)
             return
         self._opening[tenant.id] = opening + 1
+        opened: list[bytes] = []
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                opened.extend(v for k, v in message.get("headers", ()) if k == b"mcp-session-id")
+            await send(message)
+
         try:
-            await manager.handle_request(scope, receive, send)
+            await manager.handle_request(scope, receive, watch)
         finally:
-            left = self._opening[tenant.id] - 1
-            if left:
-                self._opening[tenant.id] = left
-            else:
-                del self._opening[tenant.id]
+            _release(self._opening, tenant.id)
+            session_id = opened[0].decode("latin-1") if opened else None
+            if session_id is not None and session_open(manager, session_id):
+                self._sessions.setdefault(tenant.id, set()).add(session_id)
 
     # -- background --------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Write usage counts every second until cancelled, and once more on the way out."""
+        """Every second until cancelled, and once more on the way out: write usage counts, and
+        record in Redis the hits admitted without asking it (`SharedWindows`)."""
         task_status.started()
         try:
             while True:
                 await anyio.sleep(_FLUSH_SECONDS)
-                try:
-                    await self._usage.flush()
-                except Exception:
-                    logger.exception("usage counts could not be written; retrying")
+                await self._flush_logged("retrying")
         finally:
             with anyio.CancelScope(shield=True):
-                try:
-                    await self._usage.flush()
-                except Exception:
-                    logger.exception("usage counts could not be written on shutdown")
+                await self._flush_logged("on shutdown")
+
+    async def _flush_logged(self, when: str) -> None:
+        try:
+            await self._usage.flush()
+        except Exception:
+            logger.exception("usage counts could not be written (%s)", when)
+        if self._shared is not None and time.monotonic() >= self._redis_down_until:
+            try:
+                await self._shared.report()
+            except Exception as exc:
+                logger.warning("rate limits: hits could not be recorded in Redis (%s); %s", exc, when)
 
     async def flush(self) -> None:
         await self._usage.flush()

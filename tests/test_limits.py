@@ -28,7 +28,11 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 
-from tenant_mcp.limits import RATE_LIMITED
+from tenant_mcp.audit.log import AuditLog
+from tenant_mcp.call import Call
+from tenant_mcp.controlplane import ControlPlane
+from tenant_mcp.limits import RATE_LIMITED, Limiter, Limits
+from tenant_mcp.models import Principal, Tenant
 from tests.helpers import (
     REDIS_URL,
     ROOT,
@@ -175,6 +179,34 @@ async def test_a_tenant_over_its_rate_is_refused_before_the_mcp_layer(
     with anyio.fail_after(5):
         while _denials(tenants, slug).count("rate limited: 3/minute per tenant") < 2:
             await anyio.sleep(0.1)
+
+
+async def test_a_slow_request_of_a_tenant_refused_at_the_gate_gets_its_429(
+    server: ServerProcess, tenants: Tenants, db: str
+) -> None:
+    """A request that reaches the gate while its tenant's rate is used up, but whose body arrives
+    only once the window has room again, is answered at once with a 429 (it was a 500)."""
+    slug, key = fresh(tenants, "tiny")
+    assert cli(db, "limits", "set", slug, "--rate", "2/3 seconds").returncode == 0
+    auth = {**ACCEPT, "Authorization": f"Bearer {key}", "mcp-protocol-version": "2025-06-18"}
+    opened = httpx2.post(server.url, json=INIT, headers=auth, timeout=10)
+    auth["mcp-session-id"] = opened.headers["mcp-session-id"]
+    body = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                       "params": {"name": "whoami", "arguments": {}}}).encode()  # fmt: skip
+
+    async def slowly() -> AsyncIterator[bytes]:
+        await anyio.sleep(3.5)  # past the moment the window has room again
+        yield body
+
+    async with httpx2.AsyncClient(timeout=10) as http:
+        with anyio.fail_after(10):  # until the MCP layer refuses the tenant, arming the gate
+            while "error" not in _rpc(await http.post(server.url, content=body, headers=auth)):
+                await anyio.sleep(0.05)
+        late = await http.post(
+            server.url, content=slowly(), headers={**auth, "content-length": str(len(body))}
+        )
+    assert late.status_code == 429, late.text
+    assert late.json()["id"] == 7 and late.headers["Retry-After"] == "1"
 
 
 async def test_a_refused_call_never_runs_the_tool(server: ServerProcess, tenants: Tenants, db: str) -> None:
@@ -329,6 +361,36 @@ async def test_session_cap_per_tenant(server: ServerProcess, tenants: Tenants) -
     await _eventually_denied(tenants, slug, "rate limited: sessions 2")
 
 
+async def test_subscription_cap_per_tenant(server: ServerProcess, tenants: Tenants, db: str) -> None:
+    """Resource subscriptions count against the tenant's `subscriptions`, whichever session holds
+    them; another tenant on the same plan is not affected, and an override raises the cap."""
+    slug, key = fresh(tenants, "tiny")
+    _, other_key = fresh(tenants, "tiny")
+    assert cli(db, "limits", "set", slug, "--rate", "none").returncode == 0
+    async with (
+        mcp_client(server.url, key, mode="legacy") as first,
+        mcp_client(server.url, key, mode="legacy") as second,
+        mcp_client(server.url, other_key, mode="legacy") as neighbour,
+    ):
+        await first.subscribe_resource("limited://1")
+        await second.subscribe_resource("limited://2")
+        with pytest.raises(MCPError) as exc:
+            await second.subscribe_resource("limited://3")
+        assert exc.value.error.message == "Subscription limit reached: at most 2 per tenant"
+        await neighbour.subscribe_resource("limited://1")  # the same plan, its own count
+        await first.unsubscribe_resource("limited://1")
+        await second.subscribe_resource("limited://3")  # room again
+        assert cli(db, "limits", "set", slug, "--subscriptions", "3").returncode == 0
+        with anyio.fail_after(5):
+            while True:
+                try:
+                    await first.subscribe_resource("limited://4")
+                    break
+                except MCPError:
+                    await anyio.sleep(0.2)
+    await _eventually_denied(tenants, slug, "rate limited: subscriptions 2")
+
+
 async def test_daily_quota_counts_durably_and_usage_reports_it(tenants: Tenants, db: str) -> None:
     slug, key = fresh(tenants, "tiny")
     set_ = cli(db, "limits", "set", slug, "--rate", "none", "--daily", "4", "--json")
@@ -369,6 +431,7 @@ def test_limits_cli_contract(tenants: Tenants, db: str) -> None:
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["effective"] == {
         "rate": "3/minute", "principal_rate": None, "concurrency": 1, "sessions": 2, "daily": 5, "monthly": None,
+        "subscriptions": 2,
     }  # fmt: skip
     assert (
         cli(db, "limits", "set", slug, "--concurrency", "8", "--principal-rate", "10/second").returncode == 0
@@ -404,17 +467,19 @@ def test_limits_cli_contract(tenants: Tenants, db: str) -> None:
 class RedisProxy:
     """A TCP proxy to the test Redis that can be cut, to take Redis away from a running server."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.port = free_port()
         self._scope = anyio.CancelScope()
+        self._delay = delay  # added to every chunk Redis answers (a slow network)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         host, port = REDIS_URL.split("//", 1)[1].split("/", 1)[0].split(":")
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=self.port)
 
-        async def pipe(a: anyio.abc.ByteStream, b: anyio.abc.ByteStream) -> None:
+        async def pipe(a: anyio.abc.ByteStream, b: anyio.abc.ByteStream, delay: float = 0.0) -> None:
             with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 async for chunk in a:
+                    await anyio.sleep(delay)
                     await b.send(chunk)
 
         async def handle(client: anyio.abc.SocketStream) -> None:
@@ -424,7 +489,7 @@ class RedisProxy:
                 anyio.create_task_group() as tg,
             ):
                 tg.start_soon(pipe, client, upstream)
-                await pipe(upstream, client)
+                await pipe(upstream, client, self._delay)
                 tg.cancel_scope.cancel()
 
         with self._scope:
@@ -615,3 +680,169 @@ async def test_usage_of_a_deleted_tenant_does_not_block_the_others(tenants: Tena
         server.stop()
     data = json.loads(cli(db, "usage", kept, "--json").stdout)
     assert data["calls"] == 1
+
+
+# -- quota bookkeeping in one process ---------------------------------------------------------------
+#
+# The limiter of one server process, driven directly (no transport) on a real SQLite control plane
+# and the real Redis, where the order of concurrent admissions and flushes must be controlled.
+
+
+@contextlib.asynccontextmanager
+async def _limiter(
+    tmp_path: Path, limits: Limits, **options: Any
+) -> AsyncIterator[tuple[Limiter, ControlPlane]]:
+    async with ControlPlane(f"sqlite:///{tmp_path}/cp.db") as cp:
+        yield Limiter(cp, AuditLog(cp), plans={"q": limits}, **options), cp
+
+
+@contextlib.asynccontextmanager
+async def _slow_redis_limiter(tmp_path: Path) -> AsyncIterator[tuple[Limiter, ControlPlane]]:
+    """A limiter whose rates live in Redis 0.3 s away: calls wait there after their quota
+    reservation, long enough for other calls and a flush to come between."""
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"tmtest-{secrets.token_hex(6)}"
+    proxy = RedisProxy(delay=0.3)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(proxy.serve)
+            url = f"redis://127.0.0.1:{proxy.port}/0"
+            limits = Limits(rate="100/minute", daily=2)
+            async with _limiter(tmp_path, limits, redis_url=url, redis_prefix=prefix) as made:
+                yield made
+            proxy.cut()
+    finally:
+        for k in client.scan_iter(f"{prefix}:*"):
+            client.delete(k)
+        client.close()
+
+
+async def _tenant(cp: ControlPlane, slug: str = "acme") -> Tenant:
+    return await cp.create_tenant(slug, plan="q")
+
+
+def _tool_call(tenant: Tenant, method: str = "tools/call") -> Call:
+    principal = Principal(tenant_id=tenant.id, subject=f"{tenant.id}:k", scopes=frozenset(),
+                          auth_method="api_key", client_id="k", key_id="k")  # fmt: skip
+    return Call(tenant, principal, method, {"name": "whoami", "arguments": {}})
+
+
+async def _admitted(limiter: Limiter, tenant: Tenant) -> bool:
+    try:
+        async with await limiter.admit(_tool_call(tenant)):
+            return True
+    except MCPError as exc:
+        assert exc.error.code == RATE_LIMITED
+        return False
+
+
+async def test_concurrent_first_calls_share_one_quota_read(tmp_path: Path) -> None:
+    """Calls of a tenant arriving together before its quota counts are known must not each read
+    them and reserve against their own copy: with a daily quota of 2, three calls admit two."""
+    async with _slow_redis_limiter(tmp_path) as (limiter, cp):
+        tenant = await _tenant(cp)
+        async with await limiter.admit(_tool_call(tenant, "tools/list")):
+            pass  # its limits are now known: the calls below go straight to their quota
+        results: list[bool] = []
+
+        async def one() -> None:
+            results.append(await _admitted(limiter, tenant))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+        assert sorted(results) == [False, True, True]
+
+
+async def test_a_flush_keeps_reservations_of_calls_being_admitted(tmp_path: Path) -> None:
+    """A flush that lands while a call is between its quota reservation and its admission must
+    not lose that reservation."""
+    async with _slow_redis_limiter(tmp_path) as (limiter, cp):
+        tenant = await _tenant(cp)
+        results: list[bool] = []
+
+        async def one() -> None:
+            results.append(await _admitted(limiter, tenant))
+
+        async with anyio.create_task_group() as calls:
+            calls.start_soon(one)
+            await anyio.sleep(0.2)  # the first call has reserved and waits for Redis
+            await limiter.flush()
+            calls.start_soon(one)
+        assert results == [True, True]
+        assert not await _admitted(limiter, tenant), "a third call was admitted on a quota of 2"
+
+
+async def test_usage_flush_reads_every_tenants_quota_in_one_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _limiter(tmp_path, Limits(daily=2)) as (limiter, cp):
+        tenants = [await _tenant(cp, f"t{i}") for i in range(20)]
+        for tenant in tenants:
+            assert await _admitted(limiter, tenant)
+        queries: list[str] = []
+        for name in ("fetch_all", "fetch_one", "execute", "execute_many"):
+            real = getattr(cp.db, name)
+
+            def counted(sql: str, *args: Any, _real: Any = real) -> Any:
+                queries.append(sql)
+                return _real(sql, *args)
+
+            monkeypatch.setattr(cp.db, name, counted)
+        await limiter.flush()
+        assert len(queries) <= 2, queries  # the counts written, then read back, for all 20 tenants
+        monkeypatch.undo()
+        for tenant in tenants:  # and the counts read back are right: one call left each
+            assert await _admitted(limiter, tenant)
+            assert not await _admitted(limiter, tenant)
+
+
+# -- rates of one request: all windows or none; Redis round trips in batches ------------------------
+
+
+@contextlib.asynccontextmanager
+async def _on_redis(tmp_path: Path, limits: Limits, replicas: int = 1) -> AsyncIterator[list[Limiter]]:
+    """`replicas` limiters on one control plane and one Redis prefix."""
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"tmtest-{secrets.token_hex(6)}"
+    try:
+        async with ControlPlane(f"sqlite:///{tmp_path}/cp.db") as cp:
+            yield [
+                Limiter(cp, AuditLog(cp), plans={"q": limits}, redis_url=REDIS_URL, redis_prefix=prefix)
+                for _ in range(replicas)
+            ]
+    finally:
+        for k in client.scan_iter(f"{prefix}:*"):
+            client.delete(k)
+        client.close()
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_a_refused_request_uses_up_none_of_its_rates(tmp_path: Path, store: str) -> None:
+    """The tenant's rate refuses the third call: its principal's rate must not count it, or the
+    principal would be refused later for calls it never got."""
+    limits = Limits(rate="2/second", principal_rate="3/minute")
+    async with contextlib.AsyncExitStack() as stack:
+        if store == "redis":
+            (limiter,) = await stack.enter_async_context(_on_redis(tmp_path, limits))
+            cp = limiter._cp
+        else:
+            limiter, cp = await stack.enter_async_context(_limiter(tmp_path, limits))
+        tenant = await _tenant(cp)
+        assert [await _admitted(limiter, tenant) for _ in range(3)] == [True, True, False]
+        await anyio.sleep(1.2)  # the tenant's window has room again; the principal's has one
+        assert [await _admitted(limiter, tenant) for _ in range(2)] == [True, False]
+
+
+async def test_a_rate_holds_across_replicas_within_a_tenth(tmp_path: Path) -> None:
+    """Far from its limit a replica admits a share of the headroom without asking Redis; two
+    replicas flooded together still admit no more than 10 % over the limit, and no less."""
+    async with _on_redis(tmp_path, Limits(rate="1000/minute"), replicas=2) as replicas:
+        tenant = await _tenant(replicas[0]._cp)
+        admitted = 0
+        for i in range(1500):
+            admitted += await _admitted(replicas[i % 2], tenant)
+        assert 1000 <= admitted <= 1100, admitted
+        for replica in replicas:  # the hits each admitted without asking are recorded
+            await replica._flush_logged("test")
+        assert not await _admitted(replicas[0], tenant)

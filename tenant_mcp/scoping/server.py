@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pydantic_core
@@ -63,6 +63,18 @@ if TYPE_CHECKING:
     from tenant_mcp.runtime import Runtime
 
 CompletionHandler = Callable[..., Any]
+
+
+@contextlib.contextmanager
+def _audited_cap(call: Call) -> Iterator[None]:
+    """A subscription refused by the tenant's own `subscriptions` limit is audited as that limit."""
+    try:
+        yield
+    except MCPError as exc:
+        reason = exc.error.data.get("reason") if isinstance(exc.error.data, dict) else None
+        if isinstance(reason, str) and reason.startswith("rate limited: subscriptions"):
+            call.denied = reason
+        raise
 
 
 def _require_call() -> Call:
@@ -290,6 +302,11 @@ class ScopedServer(MCPServer[Any]):
 
     # -- list_changed, resource subscriptions, listen streams ------------------------------------
 
+    async def _own_cap(self, call: Call) -> int | None:
+        """The tenant's `subscriptions` limit (its plan's, or its override), if it has one."""
+        rt = self.runtime
+        return (await rt.limiter.limits_of(call.tenant)).subscriptions if rt is not None else None
+
     def _watch_lists(self, ctx: ServerRequestContext[Any, Any]) -> None:
         call = current_call()
         if call is not None:
@@ -305,7 +322,8 @@ class ScopedServer(MCPServer[Any]):
         if not self._visible_uri(uri, call):
             self._hidden(call, "resource", uri, self._exists(self.catalogue.resources, uri))
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown resource: {uri}", data={"uri": uri})
-        await self.sessions.subscribe(ctx, call.tenant.slug, uri)
+        with _audited_cap(call):
+            await self.sessions.subscribe(ctx, call.tenant.slug, uri, await self._own_cap(call))
         return EmptyResult()
 
     async def _unsubscribe(
@@ -317,8 +335,10 @@ class ScopedServer(MCPServer[Any]):
     async def _listen(
         self, ctx: ServerRequestContext[Any, Any], params: SubscriptionsListenRequestParams
     ) -> SubscriptionsListenResult:
-        async with self.sessions.listening(_require_call().tenant.slug):
-            return await self._listen_handler(ctx, params)
+        call = _require_call()
+        with _audited_cap(call):
+            async with self.sessions.listening(call.tenant.slug, await self._own_cap(call)):
+                return await self._listen_handler(ctx, params)
 
     # -- completion ----------------------------------------------------------------------------
 

@@ -90,16 +90,23 @@ class SessionSubscriptions:
 
     # -- places under the caps -----------------------------------------------------------------
 
-    def _take_place(self, slug: str, session: dict[str, Callable[[], None]] | None) -> None:
-        """Count one more subscription of the tenant (and session), or refuse past a cap."""
+    def _take_place(self, slug: str, session: dict[str, Callable[[], None]] | None, own: int | None) -> None:
+        """Count one more subscription of the tenant (and session), or refuse past a cap: the
+        server's, or `own` (the tenant's `subscriptions` limit) when lower. A refusal by `own` says
+        so in its data, as the refusals of other limits do."""
+        data = None
         if session is not None and len(session) >= self.max_per_session:
             limit = f"{self.max_per_session} per session"
+        elif own is not None and own < self.max_per_tenant and self._per_tenant.get(slug, 0) >= own:
+            limit, data = f"{own} per tenant", {"reason": f"rate limited: subscriptions {own}"}
         elif self._per_tenant.get(slug, 0) >= self.max_per_tenant:
             limit = f"{self.max_per_tenant} per tenant"
         else:
             self._per_tenant[slug] = self._per_tenant.get(slug, 0) + 1
             return
-        raise MCPError(code=INVALID_REQUEST, message=f"Subscription limit reached: at most {limit}")
+        raise MCPError(
+            code=INVALID_REQUEST, message=f"Subscription limit reached: at most {limit}", data=data
+        )
 
     def _free_place(self, slug: str) -> None:
         left = self._per_tenant.get(slug, 0) - 1
@@ -114,14 +121,16 @@ class SessionSubscriptions:
     def _owner(ctx: ServerRequestContext[Any, Any], slug: str) -> Owner:
         return slug, _session_id(ctx) or f"connection:{id(ctx.session)}"
 
-    async def subscribe(self, ctx: ServerRequestContext[Any, Any], slug: str, uri: str) -> None:
+    async def subscribe(
+        self, ctx: ServerRequestContext[Any, Any], slug: str, uri: str, own: int | None = None
+    ) -> None:
         """Forward the tenant's updates of `uri` (already checked visible) to this session, until
-        unsubscribe or the session's end."""
+        unsubscribe or the session's end. `own`: the tenant's `subscriptions` limit, if any."""
         owner = self._owner(ctx, slug)
         known = self._resources.get(owner)
         if known is not None and uri in known:
             return
-        self._take_place(slug, known or {})
+        self._take_place(slug, known or {}, own)
         if known is None:
             known = self._resources[owner] = {}
             _sdk.on_session_end(ctx.session, self._drop, owner)  # registered once per session
@@ -162,11 +171,11 @@ class SessionSubscriptions:
     # -- listen streams ------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def listening(self, slug: str) -> AsyncIterator[None]:
+    async def listening(self, slug: str, own: int | None = None) -> AsyncIterator[None]:
         """Around a `subscriptions/listen` stream: it counts against the tenant's cap, and starts
         once the tenant's events from other replicas can arrive (the SDK acknowledges right after
         subscribing, and the client may act on the ack at once)."""
-        self._take_place(slug, None)
+        self._take_place(slug, None, own)
         self.open_listen_streams += 1
         try:
             release = await self._bus.hold()

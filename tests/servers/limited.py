@@ -1,7 +1,7 @@
 """A server with per-plan limits and a per-tool rate (tests/test_limits.py).
 
-Plans: "tiny" (3 calls a minute, 1 at a time, 2 sessions, 5 calls a day), "pro" (generous), any
-other plan unlimited. `slow` holds a call open until its release file appears, so a test can hold
+Plans: "tiny" (3 calls a minute, 1 at a time, 2 sessions, 5 calls a day, 2 subscriptions), "pro"
+(generous), any other plan unlimited. `limited://{n}` are resources to subscribe to. `slow` holds a call open until its release file appears, so a test can hold
 calls in flight; `touch_db` proves by a row whether a refused call ever ran.
 """
 
@@ -18,7 +18,7 @@ from tenant_mcp.limits import Limits
 app = TenantMCP(
     "limited",
     limits={
-        "tiny": Limits(rate="3/minute", concurrency=1, sessions=2, daily=5),
+        "tiny": Limits(rate="3/minute", concurrency=1, sessions=2, daily=5, subscriptions=2),
         "pro": Limits(rate="1000/minute", concurrency=4, sessions=50),
     },
     on_redis_error=os.environ.get("LIMITED_ON_REDIS_ERROR", "fail_closed"),  # type: ignore[arg-type]
@@ -55,3 +55,8 @@ async def slow(release: str, ctx: TenantContext) -> str:
 @app.tool(rate="1/minute", plans=["pro"])
 async def pro_report(ctx: TenantContext) -> str:
     return f"report of {ctx.tenant.slug}"
+
+
+@app.resource("limited://{n}")
+async def numbered(n: str) -> str:
+    return f"resource {n}"
