@@ -55,7 +55,9 @@ class TenantContext(Context[Any, Any]):
         cls, base: Context[Any, Any], tenant: Tenant, principal: Principal, runtime: Runtime | None
     ) -> TenantContext:
         ctx = _sdk.derive_context(cls, base)
-        ctx._tenancy = _Tenancy(tenant, principal, runtime)
+        # Into the instance's own dict, not pydantic's private store: read on every `ctx.tenant`,
+        # `ctx.db`..., it is then a plain attribute (30 ns) rather than a `__getattr__` (1.3 us).
+        object.__setattr__(ctx, "_tenancy", _Tenancy(tenant, principal, runtime))
         return ctx
 
     @property
