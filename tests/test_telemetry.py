@@ -153,23 +153,16 @@ async def test_default_logging_writes_no_line_per_request(tenants: Tenants, tmp_
             "MCP-Protocol-Version": "2025-06-18",
         }
         async with httpx2.AsyncClient(timeout=30) as http:
-            for i in range(20):
-                body = {
-                    "jsonrpc": "2.0",
-                    "id": i,
-                    "method": "tools/call",
-                    "params": {"name": "whoami", "arguments": {}},
-                }
-                assert (await http.post(server.url, json=body, headers=headers)).status_code == 200
+
+            async def calls(ids: range) -> None:
+                for i in ids:
+                    body = {"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                            "params": {"name": "whoami", "arguments": {}}}  # fmt: skip
+                    assert (await http.post(server.url, json=body, headers=headers)).status_code == 200
+
+            await calls(range(20))
             lines = server.log.read_text().splitlines()
-            for i in range(20, 40):
-                body = {
-                    "jsonrpc": "2.0",
-                    "id": i,
-                    "method": "tools/call",
-                    "params": {"name": "whoami", "arguments": {}},
-                }
-                assert (await http.post(server.url, json=body, headers=headers)).status_code == 200
+            await calls(range(20, 40))
         assert server.log.read_text().splitlines() == lines, server.log.read_text()[-2000:]
     finally:
         server.stop()
