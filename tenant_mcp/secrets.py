@@ -229,11 +229,6 @@ class SecretStore:
             > 0
         )
 
-    async def forget_tenant(self, tx: Connection, tenant_id: str) -> None:
-        """Destroy the tenant's data key and ciphertexts (part of deleting the tenant)."""
-        await tx.execute("DELETE FROM secrets WHERE tenant_id = ?", (tenant_id,))
-        await tx.execute("DELETE FROM tenant_keys WHERE tenant_id = ?", (tenant_id,))
-
     async def rotate(self) -> int:
         """Re-wrap every data key with the current KEK; returns how many were re-wrapped."""
         ring = self._keyring()

@@ -42,7 +42,7 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from pydantic import AnyUrl, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenant_mcp.auth.client_metadata import ClientMetadataFetcher
@@ -148,7 +148,7 @@ class OAuthServer:
     def _db(self) -> Database:
         return self._rt.control_plane.db
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[BaseRoute]:
         """The SDK's authorization-server routes, adjusted: the metadata names RFC 9207 `iss`,
         `/authorize` shows its errors instead of redirecting them, plus the sign-in page."""
         # AuthSettings keeps a path-less issuer without the trailing slash a bare AnyHttpUrl adds;
@@ -162,7 +162,7 @@ class OAuthServer:
         # Registration accepts public clients (PKCE, no secret), and so does the token endpoint.
         metadata.token_endpoint_auth_methods_supported = ["client_secret_post", "client_secret_basic", "none"]
         metadata.client_id_metadata_document_supported = True
-        routes = []
+        routes: list[BaseRoute] = []
         for route in create_auth_routes(
             self,
             issuer_url=issuer_url,

@@ -435,8 +435,8 @@ async def _no_receive() -> Message:
 
 
 class Mount(Protocol):
-    """Routes of another concern served beside MCP (the upstream connect pages): mounted behind the
-    same Host check, handed the runtime while the app serves, like the OAuth server."""
+    """Routes of another concern served beside MCP (the built-in OAuth server, the upstream connect
+    pages): mounted behind the same Host check, handed the runtime while the app serves."""
 
     runtime: Runtime | None
 
@@ -452,7 +452,7 @@ def build_app(
     mounts: Sequence[Mount] = (),
 ) -> Starlette:
     """The ASGI app serving `server` at `options.path`; its lifespan enters `running()` and hands
-    the runtime to the gate, the OAuth server and the `mounts`. `replicated`: sessions keep their
+    the runtime to the gate and the `mounts` (the built-in OAuth server is one, when configured). `replicated`: sessions keep their
     stream events in Redis (the runtime's broker), so a client can resume on another replica."""
     if not options.path.startswith("/"):
         raise ConfigurationError("the MCP path must start with '/'")
@@ -475,9 +475,6 @@ def build_app(
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    routes: list[BaseRoute] = [Route(options.path, endpoint=gate), Route("/healthz", health)]
-    for mount in mounts:
-        routes += mount.routes()
     oauth = None
     if options.oauth_issuer is not None:
         oauth = OAuthServer(
@@ -485,7 +482,10 @@ def build_app(
             resource=options.resource_url,
             client_metadata=ClientMetadataFetcher(allow_private=options.client_metadata_allow_private),
         )
-        routes += oauth.routes()
+        mounts = [oauth, *mounts]
+    routes: list[BaseRoute] = [Route(options.path, endpoint=gate), Route("/healthz", health)]
+    for mount in mounts:
+        routes += mount.routes()
     if options.authorization_servers:
         metadata = {
             "resource": options.resource_url,
@@ -508,11 +508,9 @@ def build_app(
             server.session_manager.run(),
             anyio.create_task_group() as tg,
         ):
-            gate.runtime = runtime
-            if oauth is not None:
-                oauth.runtime = runtime
-            for mount in mounts:
-                mount.runtime = runtime
+            served: list[_Gate | Mount] = [gate, *mounts]
+            for piece in served:
+                piece.runtime = runtime
             manager = server.session_manager
             runtime.telemetry.watch_http(
                 sessions=lambda: _sdk.open_sessions(manager), get_streams=lambda: gate.open_get_streams
@@ -521,11 +519,8 @@ def build_app(
             try:
                 yield {}
             finally:
-                for mount in mounts:
-                    mount.runtime = None
-                gate.runtime = None
-                if oauth is not None:
-                    oauth.runtime = None
+                for piece in served:
+                    piece.runtime = None
                 tg.cancel_scope.cancel()
 
     starlette = Starlette(routes=routes, lifespan=lifespan)
